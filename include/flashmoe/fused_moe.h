@@ -1,0 +1,41 @@
+// flashmoe: the fused MoE op on the GPU -- the host API.
+//
+// Contract (CUTLASS / cuBLASLt style):
+//   1. fill a MoeProblem; validate_problem() and fused_moe_can_implement() say whether it runs;
+//   2. fused_moe_workspace_size() gives the bytes of device workspace a run needs;
+//   3. fused_moe_run() enqueues the forward on the caller's stream, with the caller's device
+//      arrays and workspace. It never allocates and never synchronizes the host, so it can be
+//      captured in a CUDA graph. It computes the same function as reference_fused_moe()
+//      (flashmoe/reference.h) up to the rounding of the path that ran.
+#pragma once
+
+#include <cstddef>
+
+#include "flashmoe/options.h"
+#include "flashmoe/types.h"
+
+typedef struct CUstream_st* cudaStream_t;
+
+namespace flashmoe {
+
+/// Which implementation a run used (reported to the user; never a silent fallback).
+enum class KernelPath : int {
+  kNone = 0,
+  kMultiKernelSm80 = 1,  // routing kernels + sm_80 mma.sync gathered GEMMs + combine kernel
+};
+
+char const* kernel_path_name(KernelPath path);
+
+/// Whether this build and the current device can run `problem`; names the reason if not.
+Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path);
+
+/// Bytes of device workspace fused_moe_run needs for `problem` (256-byte aligned slices).
+std::size_t fused_moe_workspace_size(MoeProblem const& problem);
+
+/// Enqueues the forward on `stream`. `args` holds device pointers; `workspace` at least
+/// fused_moe_workspace_size(problem) bytes of device memory. Data-dependent errors (non-finite
+/// scores) cannot be reported without a host sync: such scores are treated as -inf.
+Status fused_moe_run(MoeProblem const& problem, MoeArgs const& args, void* workspace,
+                     std::size_t workspace_bytes, cudaStream_t stream, KernelPath* path);
+
+}  // namespace flashmoe

@@ -1,0 +1,116 @@
+// flashmoe: the description of one MoE forward (problem + options) and the arrays it reads/writes.
+//
+// The host API follows the cuBLASLt / CUTLASS contract: describe the problem (MoeProblem),
+// validate it (validate_problem), ask the workspace size, run on a caller's stream with the
+// caller's workspace and arrays (MoeArgs). Every array is dense and row-major.
+#pragma once
+
+#include <cstdint>
+
+#include "flashmoe/types.h"
+
+namespace flashmoe {
+
+enum class Scoring : int {
+  kSoftmax = 0,  // inputs are logits; score = softmax(logits / temperature) over all E experts
+  kSigmoid = 1,  // inputs are logits; score = sigmoid(logits / temperature) (DeepSeek-V3)
+  kNone = 2,     // inputs are already probabilities; score = input (temperature must be 1)
+};
+
+enum class Activation : int {
+  kSilu = 0,  // silu(g) = g / (1 + exp(-g))          (SwiGLU)
+  kGelu = 1,  // gelu(g) = g * 0.5 * (1 + erf(g/sqrt2)) (exact, torch's default)
+};
+
+enum class Overflow : int {
+  kDrop = 0,     // assignments over capacity are dropped
+  kReroute = 1,  // ... moved to the token's next-best expert with room (see reference.h)
+};
+
+/// Raw-weight layout. kInOut is the seed's `[E, in, out]`; kOutIn is nn.Linear's `[E, out, in]`
+/// (Hugging Face / vLLM checkpoints), accepted without a copy.
+enum class WeightLayout : int { kInOut = 0, kOutIn = 1 };
+
+enum class Precision : int {
+  kAuto = 0,  // the inputs' own types (CPU: exact float64 math on them; GPU: bf16/fp16 path)
+  kBF16 = 1,  // tokens and weights rounded to bf16, fp32 (GPU) / fp64 (CPU) accumulation
+  kFP8 = 2,   // E4M3 weights (per output channel scales) and activations (per token scales)
+};
+
+enum class ExpertKind : int {
+  kLinear = 0,    // y_e(x) = x @ W_e, W_e: [H, D]
+  kGatedFFN = 1,  // y_e(x) = (act(x @ Wg_e) * (x @ Wu_e)) @ Wd_e, Wg/Wu: [H, I], Wd: [I, H]
+};
+
+/// Router options. Defaults are the seed's behaviour (softmax over logits, renormalized top-k).
+struct RoutingOptions {
+  int top_k = 8;                        // experts per token, 1..num_experts
+  Scoring scoring = Scoring::kSoftmax;
+  bool renormalize = true;              // the k combine weights are rescaled to sum to 1
+  double temperature = 1.0;             // scores come from logits / temperature; > 0
+  int n_group = 0;                      // grouped top-k (DeepSeek): 0 = off
+  int topk_group = 0;                   // groups kept when n_group > 0
+  double routed_scaling_factor = 1.0;   // multiplies the final combine weights
+  double capacity_factor = 0.0;         // 0 = dropless; else >= 1, cap = ceil(c * T * k / E)
+  Overflow overflow = Overflow::kDrop;
+};
+
+/// Shapes, types and options of one forward. Shapes are derived from the arrays by the caller.
+struct MoeProblem {
+  int64_t num_tokens = 0;         // T
+  int64_t hidden = 0;             // H
+  int64_t num_experts = 0;        // E: the routing space (columns of routing_weights)
+  int64_t num_local_experts = 0;  // experts whose weights are passed (== E without expert_map)
+  ExpertKind kind = ExpertKind::kLinear;
+  int64_t out_dim = 0;            // linear experts: D (the output has D columns)
+  int64_t inter_dim = 0;          // gated-FFN experts: I (the output has H columns)
+  Activation activation = Activation::kSilu;
+  WeightLayout layout = WeightLayout::kInOut;
+  Precision precision = Precision::kAuto;
+  RoutingOptions routing;
+
+  DType token_dtype = DType::kFloat32;   // also the output's type
+  DType weight_dtype = DType::kFloat32;  // w1 and w2
+  DType score_dtype = DType::kFloat32;   // routing_weights
+
+  bool prerouted = false;          // topk_ids/topk_weights given instead of routing_weights
+  bool has_correction_bias = false;
+  bool has_expert_map = false;
+
+  /// Columns of the output: D for linear experts, H for gated-FFN experts.
+  int64_t output_dim() const { return kind == ExpertKind::kLinear ? out_dim : hidden; }
+};
+
+/// The arrays of one forward. Input pointers may be host or device memory, matching the entry
+/// point (reference_* takes host pointers, fused_moe_run device pointers).
+struct MoeArgs {
+  void const* tokens = nullptr;           // [T, H] token_dtype
+  // Linear: w1 = W [E_local, H, D] (kInOut) or [E_local, D, H] (kOutIn); w2 unused.
+  // Gated FFN: w1 = W_gate_up [E_local, H, 2I] (gate columns first, then up) or [E_local, 2I, H];
+  //            w2 = W_down [E_local, I, H] or [E_local, H, I].
+  void const* w1 = nullptr;
+  void const* w2 = nullptr;
+  void const* routing_weights = nullptr;  // [T, E] score_dtype; null when prerouted
+  float const* correction_bias = nullptr; // [E] float32, selection only; null if absent
+  int32_t const* topk_ids_in = nullptr;   // [T, k] prerouted expert ids (global, -1 = none)
+  float const* topk_weights_in = nullptr; // [T, k] prerouted combine weights
+  int32_t const* expert_map = nullptr;    // [E] global -> local expert index, -1 = not local
+
+  void* out = nullptr;                    // [T, output_dim()] token_dtype
+
+  // Optional outputs (null = not wanted).
+  int32_t* topk_ids_out = nullptr;        // [T, k] final expert per slot (global), -1 = dropped
+  float* topk_weights_out = nullptr;      // [T, k] combine weight per slot, 0 where dropped
+  int32_t* expert_load = nullptr;         // [E] assignments each expert finally received
+  int64_t* drop_reroute_counts = nullptr; // [2] {dropped assignments, rerouted assignments}
+};
+
+/// Checks shapes, option ranges and type support that do not need the data itself.
+/// Messages name the argument as the Python API spells it (e.g. "top_k must be in 1..64, got 0").
+Status validate_problem(MoeProblem const& problem);
+
+/// The expert capacity for a problem with capacity_factor > 0:
+/// ceil(capacity_factor * (T * top_k) / E), computed in double in that order.
+int64_t expert_capacity(MoeProblem const& problem);
+
+}  // namespace flashmoe
