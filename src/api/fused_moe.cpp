@@ -1,0 +1,202 @@
+// flashmoe: the host API of the fused MoE op on the GPU (flashmoe/fused_moe.h).
+//
+// can_implement -> workspace_size -> run, in the CUTLASS / cuBLASLt style. The only state kept
+// between calls is a cache of device properties (compute capability), filled once per device.
+#include "flashmoe/fused_moe.h"
+
+#include <cuda_runtime_api.h>
+
+#include <array>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <sstream>
+#include <string>
+
+#include "fused/cuda_check.h"
+#include "fused/moe_config.h"
+#include "fused/moe_workspace.h"
+#include "fused/multikernel_moe.h"
+#include "routing/routing_kernels.h"
+
+namespace flashmoe {
+namespace {
+
+template <typename... Parts>
+std::string cat(Parts const&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  return os.str();
+}
+
+struct DeviceInfo {
+  int major = 0;
+  int minor = 0;
+};
+
+// Compute capability of the current device, read once per device (thread-safe).
+Status current_device_info(int* device, DeviceInfo* info) {
+  constexpr int kMaxDevices = 64;
+  static std::array<std::once_flag, kMaxDevices> once;
+  static std::array<DeviceInfo, kMaxDevices> cache;
+  static std::array<cudaError_t, kMaxDevices> errors;
+  FLASHMOE_CUDA_CHECK(cudaGetDevice(device));
+  if (*device < 0 || *device >= kMaxDevices) {
+    return Status::Unsupported(cat("CUDA device ordinal ", *device, " is beyond the ",
+                                   kMaxDevices, " devices this build tracks"));
+  }
+  int const d = *device;
+  std::call_once(once[d], [d] {
+    errors[d] = cudaDeviceGetAttribute(&cache[d].major, cudaDevAttrComputeCapabilityMajor, d);
+    if (errors[d] == cudaSuccess) {
+      errors[d] = cudaDeviceGetAttribute(&cache[d].minor, cudaDevAttrComputeCapabilityMinor, d);
+    }
+  });
+  FLASHMOE_CUDA_CHECK(errors[d]);
+  *info = cache[d];
+  return Status::Ok();
+}
+
+// Everything the GPU path needs beyond validate_problem(), decided from the problem alone.
+Status check_gpu_support(MoeProblem const& p) {
+  if (p.precision == Precision::kFP8) {
+    return Status::Unsupported(
+        "precision=\"fp8\" needs the Hopper FP8 path (issue 4), not built yet");
+  }
+  if (p.token_dtype != DType::kBFloat16 && p.token_dtype != DType::kFloat16) {
+    return Status::Unsupported(cat("the GPU path takes bfloat16 or float16 tokens, got ",
+                                   dtype_name(p.token_dtype),
+                                   " (float32/float64 run on the CPU reference)"));
+  }
+  if (p.weight_dtype != p.token_dtype) {
+    return Status::Unsupported(cat("expert_weights must have the tokens' dtype (",
+                                   dtype_name(p.token_dtype), ") on the GPU path, got ",
+                                   dtype_name(p.weight_dtype)));
+  }
+  if (p.precision == Precision::kBF16 && p.token_dtype != DType::kBFloat16) {
+    return Status::Unsupported(cat("precision=\"bf16\" on the GPU needs bfloat16 tokens, got ",
+                                   dtype_name(p.token_dtype), "; use precision=\"auto\""));
+  }
+  // 16-byte cp.async rows: every row length must be a multiple of 8 elements.
+  if (p.hidden % 8 != 0) {
+    return Status::Unsupported(
+        cat("the GPU path needs the hidden size H to be a multiple of 8, got ", p.hidden));
+  }
+  if (p.kind == ExpertKind::kLinear && p.out_dim % 8 != 0) {
+    return Status::Unsupported(cat(
+        "the GPU path needs the expert output dimension D to be a multiple of 8, got ", p.out_dim));
+  }
+  if (p.kind == ExpertKind::kGatedFFN && p.inter_dim % 8 != 0) {
+    return Status::Unsupported(cat(
+        "the GPU path needs the intermediate dimension I to be a multiple of 8, got ",
+        p.inter_dim));
+  }
+  if (!p.prerouted && routing::topk_items_per_thread(p.num_experts) == 0) {
+    return Status::Unsupported(cat("the GPU routing takes at most ",
+                                   routing::kMaxRoutingExperts,
+                                   " experts (routing_weights columns), got ", p.num_experts));
+  }
+  int64_t const int_max = 2147483647;
+  int64_t const cols = p.kind == ExpertKind::kLinear ? p.out_dim : 2 * p.inter_dim;
+  if (p.num_tokens * p.routing.top_k > int_max || p.hidden > int_max || cols > int_max ||
+      p.num_experts > int_max || p.num_local_experts > int_max) {
+    return Status::Unsupported("the GPU path needs T * top_k, H, D (or 2 * I) and E below 2^31");
+  }
+  return Status::Ok();
+}
+
+Status check_pointer(void const* ptr, char const* name, bool aligned16) {
+  if (ptr == nullptr) return Status::Invalid(cat(name, " must not be null"));
+  if (aligned16 && reinterpret_cast<std::uintptr_t>(ptr) % 16 != 0) {
+    return Status::Invalid(cat(name, " must be 16-byte aligned on the GPU path"));
+  }
+  return Status::Ok();
+}
+
+Status check_args(MoeProblem const& p, MoeArgs const& a) {
+  FLASHMOE_RETURN_IF_ERROR(check_pointer(a.tokens, "tokens", true));
+  FLASHMOE_RETURN_IF_ERROR(check_pointer(a.w1, "expert_weights", true));
+  if (p.kind == ExpertKind::kGatedFFN) {
+    FLASHMOE_RETURN_IF_ERROR(check_pointer(a.w2, "expert_weights (w_down)", true));
+  }
+  FLASHMOE_RETURN_IF_ERROR(check_pointer(a.out, "out", true));
+  if (p.prerouted) {
+    FLASHMOE_RETURN_IF_ERROR(check_pointer(a.topk_ids_in, "topk_ids", false));
+    FLASHMOE_RETURN_IF_ERROR(check_pointer(a.topk_weights_in, "topk_weights", false));
+  } else {
+    FLASHMOE_RETURN_IF_ERROR(check_pointer(a.routing_weights, "routing_weights", false));
+  }
+  if (p.has_correction_bias) {
+    FLASHMOE_RETURN_IF_ERROR(check_pointer(a.correction_bias, "correction_bias", false));
+  }
+  if (p.has_expert_map) {
+    FLASHMOE_RETURN_IF_ERROR(check_pointer(a.expert_map, "expert_map", false));
+  }
+  return Status::Ok();
+}
+
+bool print_config_requested() {
+  char const* v = std::getenv("FLASHMOE_PRINT_CONFIG");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+}  // namespace
+
+Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
+  if (path != nullptr) *path = KernelPath::kNone;
+  FLASHMOE_RETURN_IF_ERROR(validate_problem(problem));
+  FLASHMOE_RETURN_IF_ERROR(check_gpu_support(problem));
+  int device = 0;
+  DeviceInfo info;
+  FLASHMOE_RETURN_IF_ERROR(current_device_info(&device, &info));
+  if (info.major < 8) {
+    return Status::Unsupported(cat("the GPU path needs compute capability >= 8.0 (mma.sync "
+                                   "bf16, cp.async); device ",
+                                   device, " is ", info.major, ".", info.minor));
+  }
+  if (path != nullptr) *path = KernelPath::kMultiKernelSm80;
+  return Status::Ok();
+}
+
+std::size_t fused_moe_workspace_size(MoeProblem const& problem) {
+  if (!validate_problem(problem).ok() || !check_gpu_support(problem).ok()) return 0;
+  if (problem.num_tokens == 0) return 0;
+  fused::MoeConfig const config = fused::choose_moe_config(problem);
+  fused::MoeWorkspace ws;
+  if (!fused::carve_moe_workspace(problem, config, nullptr, &ws).ok()) return 0;
+  return ws.bytes;
+}
+
+Status fused_moe_run(MoeProblem const& problem, MoeArgs const& args, void* workspace,
+                     std::size_t workspace_bytes, cudaStream_t stream, KernelPath* path) {
+  KernelPath chosen = KernelPath::kNone;
+  if (path != nullptr) *path = KernelPath::kNone;
+  FLASHMOE_RETURN_IF_ERROR(fused_moe_can_implement(problem, &chosen));
+  if (problem.num_tokens == 0) {
+    if (path != nullptr) *path = chosen;
+    return Status::Ok();  // nothing to compute, nothing written
+  }
+  FLASHMOE_RETURN_IF_ERROR(check_args(problem, args));
+
+  fused::MoeConfig const config = fused::choose_moe_config(problem);
+  fused::MoeWorkspace sizes;
+  FLASHMOE_RETURN_IF_ERROR(fused::carve_moe_workspace(problem, config, nullptr, &sizes));
+  if (workspace == nullptr || workspace_bytes < sizes.bytes) {
+    return Status::Invalid(cat("workspace must hold at least ", sizes.bytes,
+                               " bytes (fused_moe_workspace_size), got ",
+                               workspace == nullptr ? 0 : workspace_bytes,
+                               workspace == nullptr ? " (null)" : ""));
+  }
+  fused::MoeWorkspace ws;
+  FLASHMOE_RETURN_IF_ERROR(fused::carve_moe_workspace(problem, config, workspace, &ws));
+  if (print_config_requested()) {
+    std::fprintf(stderr, "%s\n", fused::describe_moe_config(problem, config).c_str());
+  }
+  FLASHMOE_RETURN_IF_ERROR(fused::run_multikernel_moe(problem, args, config, ws, stream));
+  if (path != nullptr) *path = chosen;
+  return Status::Ok();
+}
+
+}  // namespace flashmoe

@@ -1,0 +1,53 @@
+// flashmoe: the tile chooser of the multi-kernel path.
+#include "fused/moe_config.h"
+
+#include <algorithm>
+#include <sstream>
+
+namespace flashmoe::fused {
+
+MoeConfig choose_moe_config(MoeProblem const& problem) {
+  MoeConfig c;
+  int64_t const T = problem.num_tokens;
+  int64_t const k = problem.routing.top_k;
+  int64_t const E = std::max<int64_t>(problem.num_experts, 1);
+  c.num_assignments = T * k;
+  // Expected rows per expert: every expert (local or not) draws T*k/E assignments on average.
+  double const rows_per_expert = static_cast<double>(T * k) / static_cast<double>(E);
+  if (rows_per_expert <= 16.0) {
+    // Decode-like: an expert holds a handful of tokens. A 128-row tile would be >= 7/8
+    // padding (zero-filled loads, idle warps); 16 rows keeps the CTA small (72 KB, 3 per SM)
+    // so enough CTAs stream weights at once. Each expert's weights are still read once per
+    // 16 rows, and with <= 16 rows that is once.
+    c.tile = gemm::GemmTile::kM16N128;
+    c.reason = "<= 16 rows per expert on average: 16-row tiles (decode)";
+  } else {
+    // Above that, one 128-row tile covers a typical expert (the seed shape has ~64 rows per
+    // expert: with 64-row tiles about half the experts would spill into a second tile whose
+    // weights are read again). Warps whose 32 rows are padding skip their MMAs. Large T
+    // (prefill) also wants the big tile: it is the one with the most reuse per weight byte.
+    c.tile = gemm::GemmTile::kM128N128;
+    c.reason = "> 16 rows per expert on average: 128-row tiles (one tile per typical expert)";
+  }
+  c.bm = gemm::gemm_tile_bm(c.tile);
+  c.bn = gemm::gemm_tile_bn(c.tile);
+  // Sum over experts of ceil(rows_e / BM) <= (T*k + nonempty * (BM - 1)) / BM, with at most
+  // min(E_local, T*k) nonempty experts: the grid covers this many M-tile slots.
+  int64_t const nonempty = std::min<int64_t>(problem.num_local_experts, c.num_assignments);
+  c.num_tile_slots = (c.num_assignments + nonempty * (c.bm - 1)) / c.bm;
+  return c;
+}
+
+std::string describe_moe_config(MoeProblem const& problem, MoeConfig const& config) {
+  std::ostringstream os;
+  os << "flashmoe config: T=" << problem.num_tokens << " E=" << problem.num_experts
+     << " E_local=" << problem.num_local_experts << " k=" << problem.routing.top_k
+     << " H=" << problem.hidden
+     << (problem.kind == ExpertKind::kLinear ? " D=" : " I=")
+     << (problem.kind == ExpertKind::kLinear ? problem.out_dim : problem.inter_dim)
+     << " -> path=multikernel-sm80 tile=" << config.bm << "x" << config.bn << "x64"
+     << " tile_slots=" << config.num_tile_slots << " (" << config.reason << ")";
+  return os.str();
+}
+
+}  // namespace flashmoe::fused

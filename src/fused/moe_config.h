@@ -1,0 +1,28 @@
+// flashmoe (internal): the kernel configuration of a run, a pure function of the problem
+// (printed to stderr by fused_moe_run when the environment has FLASHMOE_PRINT_CONFIG=1).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "flashmoe/options.h"
+#include "gemm/grouped_gemm_args.h"
+
+namespace flashmoe::fused {
+
+struct MoeConfig {
+  gemm::GemmTile tile = gemm::GemmTile::kM128N128;
+  int32_t bm = 0;               // rows of an M tile
+  int32_t bn = 0;               // weight columns of an N tile
+  int64_t num_assignments = 0;  // T * k
+  int64_t num_tile_slots = 0;   // M-tile slots the GEMM grids cover (worst case over routings)
+  char const* reason = "";
+};
+
+/// Chooses the GEMM tile for `problem` (see the comments in moe_config.cpp for why).
+MoeConfig choose_moe_config(MoeProblem const& problem);
+
+/// One line describing the choice, for FLASHMOE_PRINT_CONFIG=1.
+std::string describe_moe_config(MoeProblem const& problem, MoeConfig const& config);
+
+}  // namespace flashmoe::fused

@@ -1,0 +1,106 @@
+// flashmoe: carving the multi-kernel path's workspace (moe_workspace.h).
+#include "fused/moe_workspace.h"
+
+#include <cstdint>
+
+#include "routing/routing_kernels.h"
+
+namespace flashmoe::fused {
+namespace {
+
+constexpr std::size_t kAlign = 256;
+
+// Hands out 256-byte aligned slices of [base, base + size); with base == nullptr it only
+// counts, and every slice is null.
+class Carver {
+ public:
+  // The caller's pointer need not be 256-byte aligned: slices start at the next aligned
+  // address, and bytes() includes that slack.
+  explicit Carver(void* base)
+      : base_(((reinterpret_cast<std::uintptr_t>(base) + kAlign - 1) / kAlign) * kAlign) {}
+
+  template <typename T>
+  T* take(std::size_t count) {
+    offset_ = ((offset_ + kAlign - 1) / kAlign) * kAlign;
+    T* const p = base_ != 0 && count > 0 ? reinterpret_cast<T*>(base_ + offset_) : nullptr;
+    offset_ += count * sizeof(T);
+    return p;
+  }
+  std::size_t bytes() const { return offset_ + kAlign; }
+
+ private:
+  std::uintptr_t base_ = 0;
+  std::size_t offset_ = 0;
+};
+
+}  // namespace
+
+Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, void* base,
+                           MoeWorkspace* ws) {
+  using routing::TokenStats;
+  std::size_t const T = static_cast<std::size_t>(problem.num_tokens);
+  std::size_t const n = static_cast<std::size_t>(config.num_assignments);
+  std::size_t const E = static_cast<std::size_t>(problem.num_experts);
+  std::size_t const EL = static_cast<std::size_t>(problem.num_local_experts);
+  bool const capacity = problem.routing.capacity_factor > 0.0;
+  bool const reroute = capacity && problem.routing.overflow == Overflow::kReroute;
+  bool const ffn = problem.kind == ExpertKind::kGatedFFN;
+  std::size_t const elem = dtype_size(problem.token_dtype);
+
+  std::size_t cub_bytes = 0;
+  FLASHMOE_RETURN_IF_ERROR(routing::routing_cub_temp_bytes(
+      config.num_assignments, problem.num_experts, problem.num_local_experts, capacity,
+      &cub_bytes));
+
+  Carver c(base);
+  routing::RoutingBuffers& rb = ws->routing;
+  rb = routing::RoutingBuffers{};
+  rb.orig_ids = c.take<int32_t>(n);
+  rb.final_ids = c.take<int32_t>(n);
+  rb.weights = c.take<float>(n);
+  rb.iota = c.take<int32_t>(n);
+  if (reroute) rb.token_stats = c.take<TokenStats>(T);
+  if (capacity) {
+    rb.prio_keys = c.take<uint64_t>(n);
+    rb.prio_keys_sorted = c.take<uint64_t>(n);
+    rb.perm_prio = c.take<int32_t>(n);
+    rb.expert_keys = c.take<uint32_t>(n);
+    rb.expert_keys_sorted = c.take<uint32_t>(n);
+    rb.perm_expert = c.take<int32_t>(n);
+    rb.expert_counts = c.take<int32_t>(E);
+    rb.expert_starts = c.take<int32_t>(E);
+  }
+  if (reroute) {
+    rb.pending = c.take<int32_t>(n);
+    rb.rr_list = c.take<int32_t>(n);
+    rb.rr_list_next = c.take<int32_t>(n);
+    rb.rr_target = c.take<int32_t>(n);
+    rb.rr_prio = c.take<double>(n);
+    rb.rr_accepted = c.take<int32_t>(n);
+    rb.rr_bucket_items = c.take<int32_t>(n);
+    rb.rr_load = c.take<int32_t>(E);
+    rb.rr_bucket_count = c.take<int32_t>(E);
+    rb.rr_bucket_start = c.take<int32_t>(E);
+    rb.rr_bucket_fill = c.take<int32_t>(E);
+  }
+  rb.local_keys = c.take<uint32_t>(n);
+  rb.local_keys_sorted = c.take<uint32_t>(n);
+  rb.assign_sorted = c.take<int32_t>(n);
+  rb.local_counts = c.take<int32_t>(EL);
+  rb.local_offsets = c.take<int32_t>(2 * (EL + 1));
+  rb.tiles = c.take<gemm::TileInfo>(static_cast<std::size_t>(config.num_tile_slots));
+  rb.row_token = c.take<int32_t>(n);
+  rb.slot_row = c.take<int32_t>(n);
+  // Never a null scratch pointer: CUB treats d_temp_storage == nullptr as a size query.
+  cub_bytes = cub_bytes < 16 ? 16 : cub_bytes;
+  rb.cub_temp = c.take<unsigned char>(cub_bytes);
+  rb.cub_temp_bytes = cub_bytes;
+  std::size_t const inter = ffn ? static_cast<std::size_t>(problem.inter_dim) : 0;
+  ws->hidden = ffn ? c.take<unsigned char>(n * inter * elem) : nullptr;
+  ws->expert_out =
+      c.take<unsigned char>(n * static_cast<std::size_t>(problem.output_dim()) * elem);
+  ws->bytes = c.bytes();
+  return Status::Ok();
+}
+
+}  // namespace flashmoe::fused

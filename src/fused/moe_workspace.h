@@ -1,0 +1,38 @@
+// flashmoe (internal): the device workspace of one multi-kernel run -- one struct whose slices
+// the host sizes and carves, each 256-byte aligned (CUB's convention), from the caller's buffer.
+//
+//   routing      ids, weights, sort keys and permutations, counts, the tile list (O(T*k + E))
+//   cub scratch  the largest of the routing's CUB device sorts / histograms / scans
+//   hidden       [T*k, I] act(x Wg) * (x Wu) rows of gated-FFN experts, in the tokens' dtype
+//   expert_out   [T*k, N] one output row per computed assignment, in the tokens' dtype
+// expert_out is in the tokens' dtype (bf16/fp16), not fp32: at the seed shape it is the
+// largest buffer (T*k*D = 134M elements), and 16-bit rows halve its write + read traffic
+// (~0.09 ms of the ~2.9 ms floor) for one extra rounding (2^-9 relative for bf16) that the
+// combine's fp32 sum then averages; the 1e-2 accuracy budget is far away. Rows are dense (one
+// per computed assignment, ordered by local expert), not padded to the M tile, so the
+// workspace does not grow with E * (BM - 1) padding rows.
+#pragma once
+
+#include <cstddef>
+
+#include "flashmoe/options.h"
+#include "flashmoe/types.h"
+#include "fused/moe_config.h"
+#include "routing/routing_params.h"
+
+namespace flashmoe::fused {
+
+struct MoeWorkspace {
+  routing::RoutingBuffers routing;
+  void* hidden = nullptr;
+  void* expert_out = nullptr;
+  std::size_t bytes = 0;  // total bytes the carve needs (including alignment of the base)
+};
+
+/// Carves the workspace of `problem` with `config` from `base` (nullptr: sizes only, every
+/// pointer null). ws->bytes is the size to allocate. Fails only if CUB cannot size its scratch
+/// (no usable device).
+Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, void* base,
+                           MoeWorkspace* ws);
+
+}  // namespace flashmoe::fused

@@ -1,0 +1,98 @@
+// flashmoe: the multi-kernel forward (multikernel_moe.h).
+#include "fused/multikernel_moe.h"
+
+#include "flashmoe/fused_moe.h"
+#include "fused/combine.h"
+#include "gemm/grouped_gemm_args.h"
+#include "routing/routing_kernels.h"
+
+namespace flashmoe::fused {
+
+Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
+                           MoeConfig const& config, MoeWorkspace const& ws,
+                           cudaStream_t stream) {
+  RoutingOptions const& r = problem.routing;
+  bool const capacity = r.capacity_factor > 0.0;
+
+  routing::RoutingParams rp;
+  rp.num_tokens = static_cast<int32_t>(problem.num_tokens);
+  rp.num_experts = static_cast<int32_t>(problem.num_experts);
+  rp.num_local_experts = static_cast<int32_t>(problem.num_local_experts);
+  rp.top_k = r.top_k;
+  rp.scoring = static_cast<int32_t>(r.scoring);
+  rp.score_dtype = static_cast<int32_t>(problem.score_dtype);
+  rp.n_group = r.n_group;
+  rp.topk_group = r.topk_group;
+  rp.renormalize = r.renormalize;
+  rp.has_bias = problem.has_correction_bias;
+  rp.prerouted = problem.prerouted;
+  rp.reroute = capacity && r.overflow == Overflow::kReroute;
+  rp.temperature = r.temperature;
+  rp.routed_scaling_factor = r.routed_scaling_factor;
+  rp.capacity = capacity ? expert_capacity(problem) : 0;
+  rp.tile_m = config.bm;
+  rp.num_tile_slots = static_cast<int32_t>(config.num_tile_slots);
+  rp.routing_weights = args.routing_weights;
+  rp.correction_bias = problem.has_correction_bias ? args.correction_bias : nullptr;
+  rp.topk_ids_in = args.topk_ids_in;
+  rp.topk_weights_in = args.topk_weights_in;
+  rp.expert_map = problem.has_expert_map ? args.expert_map : nullptr;
+
+  routing::RoutingOutputs out;
+  out.topk_ids = args.topk_ids_out;
+  out.topk_weights = args.topk_weights_out;
+  out.expert_load = args.expert_load;
+  out.drop_reroute_counts = args.drop_reroute_counts;
+
+  routing::RoutingBuffers const& rb = ws.routing;
+  FLASHMOE_RETURN_IF_ERROR(routing::enqueue_routing(rp, rb, out, stream));
+
+  gemm::GroupedGemmArgs g;
+  g.tiles = rb.tiles;
+  g.num_tile_slots = static_cast<int32_t>(config.num_tile_slots);
+  g.activation = problem.activation;
+  if (problem.kind == ExpertKind::kLinear) {
+    // y[row] = x[token(row)] @ W[expert(row)]
+    g.a = args.tokens;
+    g.a_rows = rb.row_token;
+    g.b = args.w1;
+    g.c = ws.expert_out;
+    g.k = problem.hidden;
+    g.n_out = problem.out_dim;
+    g.b_cols = problem.out_dim;
+    FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm80_grouped_gemm(
+        g, problem.token_dtype, config.tile, problem.layout, /*gate_up=*/false, stream));
+  } else {
+    // hidden[row] = act(x Wg) * (x Wu), then y[row] = hidden[row] @ Wd.
+    g.a = args.tokens;
+    g.a_rows = rb.row_token;
+    g.b = args.w1;
+    g.c = ws.hidden;
+    g.k = problem.hidden;
+    g.n_out = problem.inter_dim;
+    g.b_cols = 2 * problem.inter_dim;
+    FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm80_grouped_gemm(
+        g, problem.token_dtype, config.tile, problem.layout, /*gate_up=*/true, stream));
+    g.a = ws.hidden;
+    g.a_rows = nullptr;  // row r of `hidden` is assignment row r: no gather
+    g.b = args.w2;
+    g.c = ws.expert_out;
+    g.k = problem.inter_dim;
+    g.n_out = problem.hidden;
+    g.b_cols = problem.hidden;
+    FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm80_grouped_gemm(
+        g, problem.token_dtype, config.tile, problem.layout, /*gate_up=*/false, stream));
+  }
+
+  CombineParams cp;
+  cp.y = ws.expert_out;
+  cp.slot_row = rb.slot_row;
+  cp.weights = rb.weights;
+  cp.out = args.out;
+  cp.num_tokens = problem.num_tokens;
+  cp.top_k = r.top_k;
+  cp.cols = problem.output_dim();
+  return launch_combine(cp, problem.token_dtype, stream);
+}
+
+}  // namespace flashmoe::fused

@@ -1,0 +1,66 @@
+// The GPU path's tile chooser (src/fused/moe_config.h): a pure function of the problem, so it is
+// tested on the host, with or without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "fused/moe_config.h"
+
+namespace flashmoe::fused {
+namespace {
+
+MoeProblem seed_like(int64_t T, int64_t E, int k, int64_t E_local) {
+  MoeProblem p;
+  p.num_tokens = T;
+  p.hidden = 4096;
+  p.num_experts = E;
+  p.num_local_experts = E_local;
+  p.has_expert_map = E_local != E;
+  p.out_dim = 4096;
+  p.routing.top_k = k;
+  p.token_dtype = p.weight_dtype = DType::kBFloat16;
+  return p;
+}
+
+TEST(GpuConfig, DecodeTakesSixteenRowTilesSeedTakesOneTilePerExpert) {
+  EXPECT_EQ(choose_moe_config(seed_like(1, 256, 8, 256)).bm, 16);
+  EXPECT_EQ(choose_moe_config(seed_like(128, 256, 8, 256)).bm, 16);   // 4 rows per expert
+  EXPECT_EQ(choose_moe_config(seed_like(2048, 256, 8, 256)).bm, 128);  // 64 rows per expert
+  EXPECT_EQ(choose_moe_config(seed_like(16384, 256, 8, 256)).bm, 128);
+  MoeConfig const c = choose_moe_config(seed_like(2048, 256, 8, 256));
+  EXPECT_EQ(c.num_assignments, 2048 * 8);
+  EXPECT_FALSE(describe_moe_config(seed_like(2048, 256, 8, 256), c).empty());
+}
+
+// However the T*k assignments fall on the local experts, their M tiles fit the grid's slots.
+TEST(GpuConfig, TileSlotsCoverEveryRouting) {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 400; ++trial) {
+    int64_t const E = 1 + rng() % 300;
+    int64_t const E_local = 1 + rng() % E;
+    int const k = 1 + static_cast<int>(rng() % std::min<int64_t>(E, 16));
+    int64_t const T = 1 + rng() % 3000;
+    MoeConfig const c = choose_moe_config(seed_like(T, E, k, E_local));
+    // Worst cases: spread one row over as many experts as possible, the rest piled on one.
+    std::vector<int64_t> rows(E_local, 0);
+    int64_t left = T * k;
+    std::uniform_int_distribution<int64_t> pick(0, E_local - 1);
+    bool const spread = trial % 2 == 0;
+    for (int64_t e = 0; e < E_local && left > 0 && spread; ++e, --left) rows[e] = 1;
+    while (left > 0) {
+      int64_t const e = pick(rng);
+      int64_t const n = std::min<int64_t>(left, 1 + static_cast<int64_t>(rng() % 97));
+      rows[e] += n;
+      left -= n;
+    }
+    int64_t tiles = 0;
+    for (int64_t r : rows) tiles += (r + c.bm - 1) / c.bm;
+    ASSERT_LE(tiles, c.num_tile_slots) << "T=" << T << " k=" << k << " E_local=" << E_local;
+  }
+}
+
+}  // namespace
+}  // namespace flashmoe::fused
