@@ -1,0 +1,99 @@
+// flashmoe (internal): the sm_90a FP8 grouped expert GEMM -- what a launch reads and writes.
+// Host-only header (no device code); the kernel is in sm90_fp8_grouped_gemm.cuh.
+//
+// For every M tile of the dense assignment list (gemm::TileInfo, built with tile_m =
+// kSm90Fp8BlockM, see grouped_gemm_args.h) and every row r of it, with e = the tile's expert and
+// src(r) = a_rows[r] (the gather: a token index) or r (a_rows == nullptr, e.g. the FFN's down
+// projection reading h):
+//
+//   A[r, k]   = e4m3(a[src(r), k] / a_scales[src(r)])            quantized inside the gather
+//   acc[r, p] = sum over 128-wide K blocks b of  sum_{k in b} A[r, k] * W8[e, p, k]  * bs(e, p, b)
+//               (each K block in a fresh wgmma accumulator, promoted into fp32 registers:
+//               "periodic promotion"; bs = the block scale, 1 for channel scales)
+//   plain:    out[r, n] = acc[r, n] * a_scales[src(r)] * cs(e, n)                  n < n
+//   gate-up:  g = acc[r, gate row of i] * a_scales[src(r)] * cs(e, i)
+//             u = acc[r, up row of i]   * a_scales[src(r)] * cs(e, I + i)
+//             out[r, i] = act(g) * u                                                i < I = n
+//   (cs = the channel scale, 1 for block scales). Rows past a tile's `rows` are never stored.
+// W8 and the scales are laid out as quantize_weights_fp8.h describes.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "flashmoe/options.h"
+#include "flashmoe/types.h"
+#include "gemm/grouped_gemm_args.h"
+#include "gemm/quantize_weights_fp8.h"
+
+namespace flashmoe::gemm {
+
+/// The M tile of the kernel: the TileInfo list must be built with tile_m == kSm90Fp8BlockM.
+inline constexpr int kSm90Fp8BlockM = 64;
+
+enum class Fp8Epilogue : int {
+  kPlain = 0,       // out = acc * scales
+  kGateUpSilu = 1,  // out = silu(g) * u   (weights prepared with gate_up = true)
+  kGateUpGelu = 2,  // out = gelu(g) * u   (exact erf gelu)
+};
+
+/// Upper bound of the M tiles of `num_rows` assignments over `num_experts` experts:
+/// sum_e ceil(count_e / BM) <= num_rows / BM + num_experts.
+inline constexpr int64_t sm90_fp8_max_tiles(int64_t num_rows, int64_t num_experts) {
+  return num_rows / kSm90Fp8BlockM + num_experts;
+}
+
+/// Everything one launch needs (device pointers).
+struct Sm90Fp8GemmParams {
+  // A: source rows of `a` ([*, k], a_row_stride elements apart; bf16 or fp16; 16-byte aligned
+  // rows: a % 16 == 0, a_row_stride % 8 == 0).
+  void const* a = nullptr;
+  DType a_dtype = DType::kBFloat16;
+  int64_t a_row_stride = 0;
+  int32_t const* a_rows = nullptr;   // [dense rows] -> source row; nullptr: the identity
+  float const* a_scales = nullptr;   // [source rows] token_scales.h (must be > 0)
+
+  // The M tiles (expert, first dense row, rows <= kSm90Fp8BlockM); a slot with expert < 0 ends
+  // the list. num_tile_slots is the host's bound (sm90_fp8_max_tiles).
+  TileInfo const* tiles = nullptr;
+  int32_t num_tile_slots = 0;
+
+  // Weights: quantize_weights_fp8.h's prepared layout.
+  void const* w_fp8 = nullptr;       // [E, Np, k] E4M3, 16-byte aligned
+  float const* w_scales = nullptr;
+  Fp8ScaleKind scale_kind = Fp8ScaleKind::kChannel;
+  int64_t num_experts = 0;           // E (the tensor map's extent; tile experts must be < E)
+
+  int64_t k = 0;                     // reduction length, k % 16 == 0
+  int64_t n = 0;                     // output columns: N (plain) or I (gate-up); n % 8 == 0
+  Fp8Epilogue epilogue = Fp8Epilogue::kPlain;
+
+  // Output: [dense rows, n] with out_row_stride elements between rows, float32 / bf16 / fp16.
+  void* out = nullptr;
+  DType out_dtype = DType::kFloat32;
+  int64_t out_row_stride = 0;
+
+  // The work queue: 2 int32 of device memory, zero before the first launch; every launch that
+  // completes leaves them zero again (the last CTA resets them), so a workspace slice is set to
+  // zero once when it is created. Launches running concurrently need separate slices.
+  int32_t* scheduler = nullptr;
+
+  int max_ctas = 0;                  // persistent CTAs; 0 = one per SM (tests use a few)
+};
+
+/// Bytes of the `scheduler` slice.
+inline constexpr std::size_t kSm90Fp8SchedulerBytes = 2 * sizeof(int32_t);
+
+/// Checks shapes, types and alignments (no device access). kNotSupported names the limit.
+Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& params);
+
+/// Enqueues the GEMM on `stream` (one persistent kernel). Needs a compute capability 9.0 device
+/// (kNotSupported otherwise). Never allocates, never synchronizes.
+Status launch_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& params, cudaStream_t stream);
+
+/// Dynamic shared memory bytes of the compiled configuration (for reports).
+int sm90_fp8_grouped_gemm_smem_bytes();
+
+}  // namespace flashmoe::gemm

@@ -1,0 +1,109 @@
+// flashmoe: the per-row amax pre-pass of FP8 activations (see token_scales.h). One warp per row;
+// 16-byte loads when the rows allow them.
+#include "gemm/token_scales.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "flashmoe/quantization.h"
+#include "fused/cuda_check.h"
+
+namespace flashmoe::gemm {
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v) {
+  return static_cast<float>(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) {
+  return __half2float(v);
+}
+
+/// amax of 16 bytes of T.
+template <typename T>
+__device__ __forceinline__ float amax16(uint4 const& v) {
+  T vals[16 / sizeof(T)];
+  memcpy(vals, &v, 16);
+  float m = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 16 / static_cast<int>(sizeof(T)); ++i) m = fmaxf(m, fabsf(to_float(vals[i])));
+  return m;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    token_scales_fp8_kernel(T const* __restrict__ x, int64_t rows, int64_t cols,
+                            int64_t row_stride, int32_t const* __restrict__ rows_device,
+                            bool vec16, float* __restrict__ scales) {
+  int64_t const row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  int const lane = threadIdx.x % 32;
+  int64_t limit = rows;
+  if (rows_device != nullptr) limit = min(limit, static_cast<int64_t>(*rows_device));
+  if (row >= limit) return;
+  T const* const xr = x + row * row_stride;
+  float m = 0.0f;
+  if (vec16) {
+    constexpr int kPer = 16 / sizeof(T);
+    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
+      m = fmaxf(m, amax16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c))));
+    }
+  } else {
+    for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, fabsf(to_float(xr[c])));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  if (lane == 0) scales[row] = m > 0.0f ? __fdiv_rn(m, kE4M3Max) : 1.0f;
+}
+
+template <typename T>
+Status launch_typed(void const* x, int64_t rows, int64_t cols, int64_t row_stride,
+                    int32_t const* rows_device, float* scales, cudaStream_t stream) {
+  bool const vec16 = reinterpret_cast<std::uintptr_t>(x) % 16 == 0 &&
+                     (row_stride * static_cast<int64_t>(sizeof(T))) % 16 == 0 &&
+                     (cols * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+  int64_t const blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  token_scales_fp8_kernel<T><<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
+      static_cast<T const*>(x), rows, cols, row_stride, rows_device, vec16, scales);
+  FLASHMOE_LAUNCH_CHECK("token_scales_fp8_kernel");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status launch_token_scales_fp8(void const* x, DType dtype, int64_t rows, int64_t cols,
+                               int64_t row_stride, int32_t const* rows_device, float* scales,
+                               cudaStream_t stream) {
+  if (rows < 0 || cols <= 0 || row_stride < cols) {
+    return Status::Invalid("token scales: need rows >= 0, cols > 0 and row_stride >= cols");
+  }
+  if (rows == 0) return Status::Ok();
+  if (x == nullptr || scales == nullptr) {
+    return Status::Invalid("token scales: x and scales must be non-null");
+  }
+  if ((rows + kWarpsPerBlock - 1) / kWarpsPerBlock > INT32_MAX) {
+    return Status::Unsupported("token scales: too many rows");
+  }
+  switch (dtype) {
+    case DType::kBFloat16:
+      return launch_typed<__nv_bfloat16>(x, rows, cols, row_stride, rows_device, scales, stream);
+    case DType::kFloat16:
+      return launch_typed<__half>(x, rows, cols, row_stride, rows_device, scales, stream);
+    case DType::kFloat32:
+      return launch_typed<float>(x, rows, cols, row_stride, rows_device, scales, stream);
+    default:
+      return Status::BadType(std::string("token scales: x must be bfloat16, float16 or float32, "
+                                         "got ") + dtype_name(dtype));
+  }
+}
+
+}  // namespace flashmoe::gemm

@@ -1,0 +1,25 @@
+// flashmoe (internal): the per-row amax pre-pass of FP8 activations.
+//
+//   scales[r] = amax_c |x[r, c]| / 448   (float32 division; 1 when the row is all zero)
+//
+// for r < rows (or < min(rows, *rows_device) when rows_device is given: the device-side count of
+// valid rows, e.g. the dense assignment count, so rows the previous kernel did not write are not
+// read). The sm_90a FP8 GEMM then quantizes x[r, c] to e4m3(x[r, c] / scales[r]) inside its
+// gather, so no quantized copy of the activations exists in device memory.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "flashmoe/types.h"
+
+namespace flashmoe::gemm {
+
+/// x: [rows, cols] (row_stride elements apart), bf16 / fp16 / fp32. scales: [rows] float32.
+/// Enqueues one kernel on `stream`; never allocates, never synchronizes.
+Status launch_token_scales_fp8(void const* x, DType dtype, int64_t rows, int64_t cols,
+                               int64_t row_stride, int32_t const* rows_device, float* scales,
+                               cudaStream_t stream);
+
+}  // namespace flashmoe::gemm
