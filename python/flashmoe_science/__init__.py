@@ -1,0 +1,23 @@
+"""flashmoe_science: a fused Mixture-of-Experts layer.
+
+    from flashmoe_science import fused_moe
+    out = fused_moe(tokens, expert_weights, routing_weights, top_k=8)
+
+NumPy arrays and CPU torch tensors run the C++ reference; CUDA tensors run the GPU path. The
+routing rules are stated in include/flashmoe/routing.h. When torch is importable, the op is also
+registered as `torch.ops.flashmoe.fused_moe` (torch.compile-traceable).
+"""
+
+from . import _C  # noqa: F401  (import the extension first: a build problem shows here)
+from .ops import fused_moe, fused_moe_workspace_size
+from .schedule import TemperatureSchedule, annealed_temperature
+from .stats import MoeStats
+
+__version__ = "0.1.0"
+__all__ = [
+    "fused_moe",
+    "fused_moe_workspace_size",
+    "MoeStats",
+    "TemperatureSchedule",
+    "annealed_temperature",
+]

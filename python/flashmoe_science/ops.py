@@ -1,0 +1,317 @@
+"""fused_moe: the op. Validates, converts, and hands the arrays to the C++ core.
+
+NumPy arrays and CPU torch tensors run the C++ reference (float64 accumulation); CUDA tensors run
+the GPU path on torch's current stream. Torch inputs go through the registered custom op
+`torch.ops.flashmoe.fused_moe` (torch_library.py), so torch.compile can trace a model calling it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from . import _C, _checks
+from .stats import MoeStats, load_ratio
+
+if _checks.torch is not None:  # registers torch.ops.flashmoe.fused_moe
+    from . import torch_library as _torch_library
+else:
+    _torch_library = None
+
+
+def fused_moe(
+    tokens: Any,
+    expert_weights: Any,
+    routing_weights: Any = None,
+    top_k: Optional[int] = None,
+    *,
+    scoring: str = "softmax",
+    renormalize: bool = True,
+    temperature: float = 1.0,
+    n_group: Optional[int] = None,
+    topk_group: Optional[int] = None,
+    correction_bias: Any = None,
+    routed_scaling_factor: float = 1.0,
+    topk_ids: Any = None,
+    topk_weights: Any = None,
+    expert_map: Any = None,
+    capacity_factor: Optional[float] = None,
+    overflow: str = "drop",
+    activation: str = "silu",
+    layout: str = "in_out",
+    precision: str = "auto",
+    out: Any = None,
+    return_stats: bool = False,
+    workspace: Any = None,
+):
+    """Mixture-of-Experts forward: route each token to top_k experts and combine their outputs.
+
+        out[t] = sum_j w[t, j] * y_{e[t, j]}(tokens[t])
+
+    with the routing rules of include/flashmoe/routing.h and
+        linear experts    (expert_weights = W [E, H, D]):            y_e(x) = x @ W[e]
+        gated-FFN experts (expert_weights = (W_gu [E, H, 2I], W_d [E, I, H])):
+            y_e(x) = (act(x @ W_gu[e][:, :I]) * (x @ W_gu[e][:, I:])) @ W_d[e]
+    layout="out_in" takes every matrix transposed ([E, D, H]; [E, 2I, H] and [E, H, I]).
+
+    Args:
+        tokens: [batch, seq, H] or [T, H]; float16/bfloat16/float32/float64. NumPy or CPU torch
+            runs the C++ reference; a CUDA tensor runs the GPU path (bf16/fp16; float32 needs
+            precision="bf16", which casts tokens and weights to bf16 for the call).
+        expert_weights: W [E, H, D], or the pair (w_gate_up, w_down) for gated-FFN experts.
+        routing_weights: [T, E] router scores (logits for softmax/sigmoid, probabilities for
+            scoring="none"). Not given when pre-routed.
+        top_k: experts per token, 1..E. None: 8, or topk_ids.shape[1] when pre-routed.
+        scoring: "softmax" | "sigmoid" | "none".
+        renormalize: rescale the k combine weights to sum to 1.
+        temperature: scores come from routing_weights / temperature (see TemperatureSchedule).
+        n_group, topk_group: grouped top-k (DeepSeek): keep the topk_group best of n_group
+            contiguous expert groups, then pick top_k inside them. Both or neither.
+        correction_bias: [E], added to the scores for the selection only.
+        routed_scaling_factor: multiplies the combine weights.
+        topk_ids, topk_weights: [T, k] pre-routed experts (-1 = none) and combine weights.
+        expert_map: [E] global -> local expert index (-1 = not held here); expert_weights then
+            holds the local experts only.
+        capacity_factor: None (dropless) or c >= 1: no expert takes more than
+            ceil(c * T * k / E) assignments.
+        overflow: "drop" or "reroute" (to the token's next-best expert with room).
+        activation: "silu" (SwiGLU) or "gelu" (exact), gated-FFN experts only.
+        layout: "in_out" ([E, in, out], the seed's) or "out_in" (nn.Linear's [E, out, in]).
+        precision: "auto" (the inputs' types), "bf16" (inputs rounded to bf16), "fp8" (E4M3
+            weights and activations; CPU reference only for now).
+        out: preallocated output of the result's shape and the tokens' dtype, on their device.
+        return_stats: also return a MoeStats (final routing, per-expert load, drops, path).
+        workspace: CUDA only: a preallocated uint8 device buffer (e.g. for CUDA-graph capture);
+            by default one is allocated per call.
+
+    Returns:
+        out of shape tokens.shape[:-1] + (D,) (linear) or (H,) (gated FFN), the tokens' dtype;
+        (out, MoeStats) with return_stats=True.
+
+    Raises:
+        ValueError / TypeError naming the argument for bad shapes, dtypes, options and data
+        (non-finite scores); NotImplementedError for what this build cannot run on the device.
+    """
+    if not isinstance(return_stats, bool):
+        raise TypeError(f"return_stats must be a bool, got {type(return_stats).__name__}")
+    given = dict(
+        scoring=scoring,
+        renormalize=renormalize,
+        temperature=temperature,
+        n_group=n_group,
+        topk_group=topk_group,
+        correction_bias=correction_bias,
+        routed_scaling_factor=routed_scaling_factor,
+        topk_ids=topk_ids,
+        topk_weights=topk_weights,
+        expert_map=expert_map,
+        capacity_factor=capacity_factor,
+        overflow=overflow,
+        activation=activation,
+        layout=layout,
+        precision=precision,
+    )
+    plan, w1, w2 = _checks.check_call(
+        tokens, expert_weights, routing_weights, top_k, out=out, workspace=workspace, **given
+    )
+    options = _op_options(plan, given)
+    arrays = (tokens, w1, w2, routing_weights, correction_bias, topk_ids, topk_weights, expert_map)
+    if plan.lib == _checks.TORCH:
+        return _torch_library.run(plan, options, arrays, out, workspace, return_stats)
+    return _run_numpy(plan, options, arrays, out, return_stats)
+
+
+def fused_moe_workspace_size(
+    tokens: Any,
+    expert_weights: Any,
+    routing_weights: Any = None,
+    top_k: Optional[int] = None,
+    **options: Any,
+) -> int:
+    """Bytes of CUDA workspace fused_moe needs for these arguments (same signature, options as
+    keywords): preallocate `workspace=torch.empty(n, dtype=torch.uint8, device="cuda")` once, e.g.
+    to capture the call in a CUDA graph without an allocation inside it."""
+    unknown = set(options) - set(_OPTION_DEFAULTS)
+    if unknown:
+        raise TypeError(
+            f"unexpected option(s) {sorted(unknown)}; accepted: {sorted(_OPTION_DEFAULTS)}"
+        )
+    given = {**_OPTION_DEFAULTS, **options}
+    plan, w1, w2 = _checks.check_call(
+        tokens, expert_weights, routing_weights, top_k, out=None, workspace=None, **given
+    )
+    # What the CUDA runner passes: bf16 after the precision="bf16" cast, float32 scores.
+    dtypes = (
+        ("bfloat16", "bfloat16", "float32")
+        if plan.cuda_cast_bf16
+        else (_checks.dtype_name(tokens), _checks.dtype_name(w1), "float32")
+    )
+    problem = build_problem(
+        (plan.T, plan.H),
+        tuple(w1.shape),
+        w2 is not None,
+        dtypes=dtypes,
+        prerouted=plan.prerouted,
+        has_correction_bias=given["correction_bias"] is not None,
+        has_expert_map=given["expert_map"] is not None,
+        **_op_options(plan, given),
+    )
+    return int(_C.workspace_size(problem))
+
+
+# The keyword options of fused_moe (not out/return_stats/workspace), with their defaults.
+_OPTION_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(fused_moe).parameters.items()
+    if p.kind is p.KEYWORD_ONLY and name not in ("out", "return_stats", "workspace")
+}
+
+
+def _op_options(plan: _checks.Plan, given: Dict[str, Any]) -> Dict[str, Any]:
+    """The plain-valued options the op and the problem dict take (None -> 0 for the C++ side)."""
+    return dict(
+        num_experts=plan.E,
+        top_k=plan.top_k,
+        scoring=given["scoring"],
+        renormalize=given["renormalize"],
+        temperature=float(given["temperature"]),
+        n_group=0 if given["n_group"] is None else int(given["n_group"]),
+        topk_group=0 if given["topk_group"] is None else int(given["topk_group"]),
+        routed_scaling_factor=float(given["routed_scaling_factor"]),
+        capacity_factor=plan.capacity_factor,
+        overflow=given["overflow"],
+        activation=given["activation"],
+        layout=given["layout"],
+        precision=given["precision"],
+    )
+
+
+def build_problem(
+    tokens2d_shape: Tuple[int, int],
+    w1_shape: Tuple[int, ...],
+    gated: bool,
+    *,
+    dtypes: Tuple[str, str, str],
+    prerouted: bool,
+    has_correction_bias: bool,
+    has_expert_map: bool,
+    num_experts: int,
+    top_k: int,
+    scoring: str,
+    renormalize: bool,
+    temperature: float,
+    n_group: int,
+    topk_group: int,
+    routed_scaling_factor: float,
+    capacity_factor: float,
+    overflow: str,
+    activation: str,
+    layout: str,
+    precision: str,
+) -> Dict[str, Any]:
+    """The problem dict of _C.forward / _C.workspace_size (MoeProblem's fields, by name)."""
+    T, H = (int(s) for s in tokens2d_shape)
+    out_cols = int(w1_shape[1] if layout == "out_in" else w1_shape[2])
+    return dict(
+        num_tokens=T,
+        hidden=H,
+        num_experts=num_experts,
+        num_local_experts=int(w1_shape[0]),
+        kind="gated_ffn" if gated else "linear",
+        out_dim=0 if gated else out_cols,
+        inter_dim=out_cols // 2 if gated else 0,
+        activation=activation,
+        layout=layout,
+        precision=precision,
+        top_k=top_k,
+        scoring=scoring,
+        renormalize=renormalize,
+        temperature=temperature,
+        n_group=n_group,
+        topk_group=topk_group,
+        routed_scaling_factor=routed_scaling_factor,
+        capacity_factor=capacity_factor,
+        overflow=overflow,
+        token_dtype=dtypes[0],
+        weight_dtype=dtypes[1],
+        score_dtype=dtypes[2],
+        prerouted=prerouted,
+        has_correction_bias=has_correction_bias,
+        has_expert_map=has_expert_map,
+    )
+
+
+def check_index_range(name: str, values: Any, hi: int) -> None:
+    """Host check that integer `values` lie in -1..hi-1 (-1 = none / not local)."""
+    if math.prod(values.shape) == 0:
+        return
+    lo_v, hi_v = int(values.min()), int(values.max())
+    if lo_v < -1 or hi_v >= hi:
+        raise ValueError(f"{name} values must be in -1..{hi - 1}, got values in {lo_v}..{hi_v}")
+
+
+def _run_numpy(plan, options, arrays, out, return_stats):
+    tokens, w1, w2, rw, cb, ids, tw, em = arrays
+    if out is None:
+        out = np.empty(plan.out_shape, dtype=tokens.dtype)
+    T, k, E = plan.T, plan.top_k, plan.E
+    stats = None
+    if return_stats:
+        stats = (
+            np.full((T, k), -1, np.int32),
+            np.zeros((T, k), np.float32),
+            np.zeros(E, np.int32),
+            np.zeros(2, np.int64),
+        )
+    path = "none"
+    if T > 0:
+        c = np.ascontiguousarray
+        if ids is not None:
+            check_index_range("topk_ids", ids, E)
+            ids, tw = c(ids, dtype=np.int32), c(tw, dtype=np.float32)
+        if em is not None:
+            check_index_range("expert_map", em, plan.E_local)
+            em = c(em, dtype=np.int32)
+        if cb is not None:
+            cb = c(cb, dtype=np.float32)
+        tokens2d = c(tokens).reshape(plan.T, plan.H)
+        w1, w2 = c(w1), None if w2 is None else c(w2)
+        rw = None if rw is None else c(rw)
+        problem = build_problem(
+            tokens2d.shape,
+            w1.shape,
+            w2 is not None,
+            dtypes=(tokens.dtype.name, w1.dtype.name, "float32" if rw is None else rw.dtype.name),
+            prerouted=ids is not None,
+            has_correction_bias=cb is not None,
+            has_expert_map=em is not None,
+            **options,
+        )
+        s = stats or (None,) * 4
+        path = _C.forward(
+            problem,
+            tokens2d,
+            w1,
+            w2,
+            rw,
+            cb,
+            ids,
+            tw,
+            em,
+            out.reshape(plan.T, plan.out_dim),
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            None,
+            0,
+        )
+    if not return_stats:
+        return out
+    ids_out, w_out, load, counts = stats
+    return out, MoeStats(
+        ids_out, w_out, load, load_ratio(load), int(counts[0]), int(counts[1]), path
+    )

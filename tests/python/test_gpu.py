@@ -1,0 +1,304 @@
+"""The CUDA path against the C++ CPU reference (float64) on random and awkward shapes.
+
+Protocol (DESIGN.md section 5): fresh random inputs per test, output poisoned with NaN before each
+GPU run, NaN never passes, bf16/fp16 relative Frobenius error below 1e-2 against the float64
+reference on the same (rounded) inputs, routing compared slot by slot, and bitwise-identical
+output across 3 runs (the default combine is deterministic).
+"""
+
+import math
+import zlib
+
+import numpy as np
+import pytest
+
+import numpy_moe
+from conftest import torch
+from flashmoe_science import fused_moe, fused_moe_workspace_size
+
+pytestmark = pytest.mark.skipif(
+    torch is None or not torch.cuda.is_available(), reason="no CUDA GPU: GPU tests not run"
+)
+
+TOL = 1e-2
+
+# (name, T, H, E, D or I, top_k): T=1, T not a multiple of any tile, E not a power of two,
+# H and D not multiples of 128, and a seed-like shape.
+SHAPES = [
+    ("T1", 1, 64, 8, 48, 2),
+    ("ragged", 37, 96, 12, 80, 4),
+    ("odd", 130, 72, 6, 40, 1),
+    ("E10", 67, 136, 10, 200, 3),
+    ("wide", 200, 256, 16, 128, 8),
+]
+
+
+def case(seed, T, H, E, N, kind, dtype):
+    """CUDA inputs of `dtype`: tokens [T, H], weights, float32 logits [T, E]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, H, generator=g)
+    if kind == "linear":
+        w = torch.randn(E, H, N, generator=g) * H**-0.5
+        weights = w.to(dtype).cuda()
+    else:
+        wgu = torch.randn(E, H, 2 * N, generator=g) * H**-0.5
+        wd = torch.randn(E, N, H, generator=g) * N**-0.5
+        weights = (wgu.to(dtype).cuda(), wd.to(dtype).cuda())
+    logits = torch.randn(T, E, generator=g)
+    return x.to(dtype).cuda(), weights, logits.cuda()
+
+
+def to_cpu64(a):
+    if a is None:
+        return None
+    if isinstance(a, tuple):
+        return tuple(to_cpu64(x) for x in a)
+    return a.detach().cpu().double() if a.is_floating_point() else a.detach().cpu()
+
+
+def reference(tokens, weights, logits, top_k, **opts):
+    """The C++ CPU reference in float64 on exactly the GPU's (rounded) inputs."""
+    cpu_opts = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in opts.items()}
+    return fused_moe(
+        to_cpu64(tokens),
+        to_cpu64(weights),
+        None if logits is None else logits.cpu(),
+        top_k,
+        return_stats=True,
+        **cpu_opts,
+    )
+
+
+def run_gpu(tokens, weights, logits, top_k, out_shape, runs=3, **opts):
+    """Runs the GPU path `runs` times into NaN-poisoned outputs; checks bitwise run-to-run
+    equality and returns (out, stats) of the first run."""
+    first = None
+    for _ in range(runs):
+        out = torch.full(out_shape, float("nan"), dtype=tokens.dtype, device="cuda")
+        got, stats = fused_moe(tokens, weights, logits, top_k, out=out, return_stats=True, **opts)
+        assert got is out
+        torch.cuda.synchronize()
+        if first is None:
+            first = (out.clone(), stats)
+        else:
+            assert torch.equal(out, first[0]), "GPU output differs between runs"
+    return first
+
+
+def compare(tokens, weights, logits, top_k, compare_routing=True, **opts):
+    out_dim = weights.shape[2] if not isinstance(weights, tuple) else tokens.shape[-1]
+    if isinstance(weights, torch.Tensor) and opts.get("layout") == "out_in":
+        out_dim = weights.shape[1]
+    out_shape = tuple(tokens.shape[:-1]) + (out_dim,)
+    got, stats = run_gpu(tokens, weights, logits, top_k, out_shape, **opts)
+    want, ref_stats = reference(tokens, weights, logits, top_k, **opts)
+    assert bool(torch.isfinite(got).all()), "NaN/inf in the GPU output (poisoned rows unwritten?)"
+    err = numpy_moe.rel_err(got.double().cpu().numpy(), want.numpy())
+    assert err < TOL, f"relative Frobenius error {err:.3e} >= {TOL}"
+    assert stats.kernel_path not in ("reference-cpu", "none")
+    assert stats.topk_ids.device.type == "cuda" and stats.expert_load.device.type == "cuda"
+    if compare_routing:
+        np.testing.assert_array_equal(stats.topk_ids.cpu().numpy(), ref_stats.topk_ids.numpy())
+        np.testing.assert_array_equal(
+            stats.expert_load.cpu().numpy(), ref_stats.expert_load.numpy()
+        )
+        np.testing.assert_allclose(
+            stats.topk_weights.cpu().numpy(), ref_stats.topk_weights.numpy(), rtol=1e-5, atol=1e-6
+        )
+        assert (stats.dropped, stats.rerouted) == (ref_stats.dropped, ref_stats.rerouted)
+    return got, stats
+
+
+ROUTINGS = {
+    "softmax": dict(),
+    "sigmoid-no-renorm-temp": dict(scoring="sigmoid", renormalize=False, temperature=0.7),
+    "none": dict(scoring="none"),
+    "deepseek": dict(
+        scoring="sigmoid", n_group=2, topk_group=1, routed_scaling_factor=2.5, correction_bias=True
+    ),
+    "capacity-drop": dict(capacity_factor=1.0, overflow="drop"),
+    "capacity-reroute": dict(capacity_factor=1.25, overflow="reroute"),
+    "prerouted": dict(prerouted=True),
+    "expert-map": dict(expert_map=True),
+}
+
+
+def routing_opts(name, tokens, logits, top_k, seed):
+    """Materializes a ROUTINGS entry for these inputs: (logits, top_k, opts)."""
+    opts = dict(ROUTINGS[name])
+    T, E = logits.shape
+    g = torch.Generator().manual_seed(seed + 7)
+    if opts.pop("correction_bias", False):
+        opts["correction_bias"] = (torch.randn(E, generator=g) * 0.1).cuda()
+        if top_k > E // 2:  # topk_group=1 of 2 groups leaves E/2 eligible experts
+            top_k = max(1, E // 2)
+    if name == "none":
+        logits = torch.softmax(logits, dim=1)
+    if opts.pop("prerouted", False):
+        ids = torch.stack([torch.randperm(E, generator=g)[:top_k] for _ in range(T)])
+        ids[::3, 0] = -1
+        opts["topk_ids"] = ids.to(torch.int32).cuda()
+        opts["topk_weights"] = torch.rand(T, top_k, generator=g).cuda()
+        logits = None
+    if opts.pop("expert_map", False):
+        perm = torch.randperm(E, generator=g)
+        emap = torch.full((E,), -1, dtype=torch.int32)
+        emap[perm[: (E + 1) // 2]] = torch.arange((E + 1) // 2, dtype=torch.int32)
+        opts["expert_map"] = emap.cuda()
+    return logits, top_k, opts
+
+
+def local_weights(weights, opts):
+    """With an expert map, keep only the local experts' weights (in local order)."""
+    emap = opts.get("expert_map")
+    if emap is None:
+        return weights
+    order = torch.argsort(emap.cpu().long())[(emap.cpu() < 0).sum() :].cuda()
+    if isinstance(weights, tuple):
+        return tuple(w[order].contiguous() for w in weights)
+    return weights[order].contiguous()
+
+
+@pytest.mark.parametrize("routing", list(ROUTINGS))
+@pytest.mark.parametrize("kind", ["linear", "ffn"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_gpu_matches_reference(shape, kind, routing, dtype):
+    name, T, H, E, N, k = shape
+    seed = zlib.crc32(f"{name}/{kind}/{routing}/{dtype}".encode())
+    tokens, weights, logits = case(seed, T, H, E, N, kind, getattr(torch, dtype))
+    logits, k, opts = routing_opts(routing, tokens, logits, k, seed)
+    weights = local_weights(weights, opts)
+    compare(tokens, weights, logits, k, **opts)
+
+
+@pytest.mark.parametrize("kind", ["linear", "ffn"])
+def test_gpu_layout_out_in(kind):
+    tokens, weights, logits = case(11, 45, 96, 6, 64, kind, torch.bfloat16)
+    if kind == "linear":
+        t_weights = weights.transpose(1, 2).contiguous()
+    else:
+        t_weights = tuple(w.transpose(1, 2).contiguous() for w in weights)
+    a, _ = compare(tokens, weights, logits, 2)
+    b, _ = compare(tokens, t_weights, logits, 2, layout="out_in")
+    assert numpy_moe.rel_err(b.double().cpu().numpy(), a.double().cpu().numpy()) < TOL
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+def test_gpu_activation(activation):
+    tokens, weights, logits = case(12, 70, 64, 8, 48, "ffn", torch.bfloat16)
+    compare(tokens, weights, logits, 2, activation=activation)
+
+
+@pytest.mark.parametrize("kind", ["linear", "ffn"])
+def test_gpu_experts_with_zero_tokens(kind):
+    tokens, weights, logits = case(13, 50, 64, 12, 48, kind, torch.bfloat16)
+    logits[:, 6:] -= 30.0  # experts 6..11 receive nothing
+    _, stats = compare(tokens, weights, logits, 3)
+    assert int(stats.expert_load[6:].sum()) == 0
+
+
+@pytest.mark.parametrize("kind", ["linear", "ffn"])
+def test_gpu_one_expert_takes_everything(kind):
+    tokens, weights, logits = case(14, 300, 64, 12, 48, kind, torch.float16)
+    logits[:, 5] += 30.0
+    _, stats = compare(tokens, weights, logits, 1)
+    assert int(stats.expert_load[5]) == 300
+
+
+def test_gpu_batched_tokens_shape():
+    tokens, w, logits = case(15, 2 * 33, 64, 12, 48, "linear", torch.bfloat16)
+    out = fused_moe(tokens.reshape(2, 33, 64), w, logits, top_k=8)
+    assert out.shape == (2, 33, 48) and out.dtype == torch.bfloat16 and out.is_cuda
+    flat = fused_moe(tokens, w, logits, top_k=8)
+    assert torch.equal(out.reshape(66, 48), flat)
+
+
+def test_gpu_zero_tokens():
+    tokens, w, logits = case(16, 4, 64, 6, 48, "linear", torch.bfloat16)
+    out = fused_moe(tokens[:0], w, logits[:0], 2)
+    assert out.shape == (0, 48) and out.is_cuda
+
+
+def test_gpu_float32_needs_precision_bf16():
+    tokens, w, logits = case(17, 40, 64, 8, 48, "linear", torch.float32)
+    with pytest.raises(TypeError, match="precision='bf16'"):
+        fused_moe(tokens, w, logits, 2)
+    out, stats = fused_moe(tokens, w, logits, 2, precision="bf16", return_stats=True)
+    assert out.dtype == torch.float32 and stats.kernel_path not in ("reference-cpu", "none")
+    want, _ = reference(tokens, w, logits, 2, precision="bf16")
+    assert numpy_moe.rel_err(out.double().cpu().numpy(), want.numpy()) < TOL
+
+
+def test_gpu_fp8_not_built_yet():
+    tokens, w, logits = case(18, 8, 64, 8, 48, "linear", torch.bfloat16)
+    with pytest.raises(NotImplementedError, match=r"FP8 path not built yet \(issue 4\)"):
+        fused_moe(tokens, w, logits, 2, precision="fp8")
+
+
+def test_gpu_input_errors():
+    tokens, w, logits = case(19, 8, 64, 8, 48, "linear", torch.bfloat16)
+    with pytest.raises(
+        ValueError, match="all arrays must be on one device: .*routing_weights on cpu"
+    ):
+        fused_moe(tokens, w, logits.cpu(), 2)
+    bad = logits.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="routing_weights has non-finite values"):
+        fused_moe(tokens, w, bad, 2)
+    with pytest.raises(TypeError, match="must have the tokens' dtype bfloat16 on CUDA"):
+        fused_moe(tokens, w.half(), logits, 2)
+    ids = torch.full((8, 2), 8, dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match="topk_ids values must be in -1..7"):
+        fused_moe(tokens, w, topk_ids=ids, topk_weights=torch.ones(8, 2, device="cuda"))
+
+
+def test_gpu_cuda_graph_capture_with_workspace():
+    tokens, w, logits = case(20, 96, 64, 8, 48, "ffn", torch.bfloat16)
+    n = fused_moe_workspace_size(tokens, w, logits, 2)
+    workspace = torch.empty(max(n, 1), dtype=torch.uint8, device="cuda")
+    out = torch.empty(96, 64, dtype=torch.bfloat16, device="cuda")
+    eager = fused_moe(tokens, w, logits, 2, out=out, workspace=workspace).clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fused_moe(tokens, w, logits, 2, out=out, workspace=workspace)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
+
+
+def test_gpu_small_workspace_is_an_error():
+    tokens, w, logits = case(21, 96, 64, 8, 48, "linear", torch.bfloat16)
+    n = fused_moe_workspace_size(tokens, w, logits, 2)
+    if n == 0:
+        pytest.skip("this path needs no workspace")
+    small = torch.empty(n - 1, dtype=torch.uint8, device="cuda")
+    with pytest.raises(ValueError, match=f"workspace must hold at least {n} bytes"):
+        fused_moe(tokens, w, logits, 2, workspace=small)
+
+
+def test_gpu_on_other_stream():
+    tokens, w, logits = case(22, 64, 64, 8, 48, "linear", torch.bfloat16)
+    want = fused_moe(tokens, w, logits, 2)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got = fused_moe(tokens, w, logits, 2)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    assert torch.equal(got, want)
+    assert math.isfinite(float(got.float().abs().sum()))
+
+
+def test_gpu_unaligned_views():
+    # Views at an odd element offset (2-byte aligned) work and give the aligned result.
+    tokens, w, logits = case(23, 40, 64, 8, 48, "linear", torch.bfloat16)
+    want = fused_moe(tokens, w, logits, 2)
+    flat = torch.empty(tokens.numel() + 1, dtype=tokens.dtype, device="cuda")
+    shifted = flat[1:].view(tokens.shape)
+    shifted.copy_(tokens)
+    out_flat = torch.full((want.numel() + 1,), float("nan"), dtype=want.dtype, device="cuda")
+    out = out_flat[1:].view(want.shape)
+    got = fused_moe(shifted, w, logits, 2, out=out)
+    assert got is out and torch.equal(out, want)
