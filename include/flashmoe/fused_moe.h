@@ -7,6 +7,9 @@
 //      arrays and workspace. It never allocates and never synchronizes the host, so it can be
 //      captured in a CUDA graph. It computes the same function as reference_fused_moe()
 //      (flashmoe/reference.h) up to the rounding of the path that ran.
+// precision kFP8 runs on a compute capability 9.0 device with weights prepared once by
+// prepare_experts_fp8() (flashmoe/quantization.h; MoeProblem::weights_prepared); raw weights
+// with kFP8 are refused (kNotSupported), never re-quantized per call.
 #pragma once
 
 #include <cstddef>
@@ -22,6 +25,9 @@ namespace flashmoe {
 enum class KernelPath : int {
   kNone = 0,
   kMultiKernelSm80 = 1,  // routing kernels + sm_80 mma.sync gathered GEMMs + combine kernel
+  // precision kFP8 with prepared weights on a compute capability 9.0 device: routing kernels
+  // (64-row tiles) + token amax pre-pass + sm_90a FP8 (wgmma) gathered GEMM(s) + combine kernel
+  kMultiKernelSm90Fp8 = 2,
 };
 
 char const* kernel_path_name(KernelPath path);

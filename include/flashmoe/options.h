@@ -37,6 +37,14 @@ enum class Precision : int {
   kFP8 = 2,   // E4M3 weights (per output channel scales) and activations (per token scales)
 };
 
+/// Scales of prepared FP8 expert weights (MoeProblem::weights_prepared; see MoeArgs::w1_scale).
+enum class WeightScale : int {
+  kNone = 0,      // raw (unprepared) weights: no scales
+  kChannel = 1,   // one float32 scale per (expert, output channel), over the input dimension
+  kBlock128 = 2,  // one float32 scale per (expert, 128 output channels x 128 inputs) block
+                  // (the DeepSeek-V3 checkpoint layout)
+};
+
 enum class ExpertKind : int {
   kLinear = 0,    // y_e(x) = x @ W_e, W_e: [H, D]
   kGatedFFN = 1,  // y_e(x) = (act(x @ Wg_e) * (x @ Wu_e)) @ Wd_e, Wg/Wu: [H, I], Wd: [I, H]
@@ -73,6 +81,13 @@ struct MoeProblem {
   DType weight_dtype = DType::kFloat32;  // w1 and w2
   DType score_dtype = DType::kFloat32;   // routing_weights
 
+  // Prepared FP8 weights (precision kFP8 on the GPU): w1/w2 are E4M3 arrays in the prepared
+  // layout (see MoeArgs), made once by prepare_experts_fp8() (flashmoe/quantization.h), with
+  // weight_dtype = kFloat8E4M3 and weight_scale naming their scales. `layout` is then ignored
+  // for w1/w2 (the prepared layout is fixed); the raw layout only matters to the preparation.
+  bool weights_prepared = false;
+  WeightScale weight_scale = WeightScale::kNone;  // kChannel or kBlock128 when prepared
+
   bool prerouted = false;          // topk_ids/topk_weights given instead of routing_weights
   bool has_correction_bias = false;
   bool has_expert_map = false;
@@ -88,8 +103,30 @@ struct MoeArgs {
   // Linear: w1 = W [E_local, H, D] (kInOut) or [E_local, D, H] (kOutIn); w2 unused.
   // Gated FFN: w1 = W_gate_up [E_local, H, 2I] (gate columns first, then up) or [E_local, 2I, H];
   //            w2 = W_down [E_local, I, H] or [E_local, H, I].
+  //
+  // Prepared FP8 weights (MoeProblem::weights_prepared, made by prepare_experts_fp8()):
+  // E_local experts, each a matrix of N_raw output channels over K inputs, stored as
+  //   w1 / w2   [E_local, Np, K] E4M3 (OCP e4m3fn) bytes, K contiguous (row p = one output
+  //             channel: the K-major operand that the sm_90a GEMM loads with TMA); 16-byte
+  //             aligned; K % 16 == 0.
+  //   w1_scale / w2_scale   float32, in the raw channel order (whatever the row order):
+  //             kChannel  [E_local, N_raw]                                 amax / 448 per channel
+  //             kBlock128 [E_local, ceil(N_raw / 128), ceil(K / 128)]      amax / 448 per block
+  //   dequantized weight of (channel c, input k) = e4m3 value * its scale.
+  // with, per matrix:
+  //   linear w1:     K = H, N_raw = D,  Np = D,  row p = output channel p.
+  //   FFN w2 (down): K = I, N_raw = H,  Np = H,  row p = output channel p.
+  //   FFN w1 (gate/up): K = H, N_raw = 2I (raw channels: gate 0..I-1, then up I..2I-1),
+  //       Np = 128 * ceil(I / 64): rows come in chunks of 128; chunk j holds
+  //         rows 128j      .. 128j + 63   gate channels 64j .. 64j + 63
+  //         rows 128j + 64 .. 128j + 127  up channels   64j .. 64j + 63  (raw I + 64j ..)
+  //       and rows whose channel 64j + i >= I are zero padding (only when I % 64 != 0).
+  //       With kBlock128 scales the gate/up FFN needs I % 64 == 0.
+  // prepared_weight_bytes() / prepared_scale_bytes() / prepared_layout() give the sizes.
   void const* w1 = nullptr;
   void const* w2 = nullptr;
+  float const* w1_scale = nullptr;        // prepared weights only (see above); else null
+  float const* w2_scale = nullptr;        // prepared gated-FFN weights only; else null
   void const* routing_weights = nullptr;  // [T, E] score_dtype; null when prerouted
   float const* correction_bias = nullptr; // [E] float32, selection only; null if absent
   int32_t const* topk_ids_in = nullptr;   // [T, k] prerouted expert ids (global, -1 = none)

@@ -13,8 +13,10 @@
 // is rounded once to the tokens' type. Precision modes change the inputs first:
 //   kAuto: none.  kBF16: tokens and weights rounded to bf16.
 //   kFP8: weights fake-quantized to E4M3 per (expert, output channel) and tokens per token row
-//         (flashmoe/quantization.h); for gated FFN the intermediate act(g)*u is also quantized per
-//         row before the down projection. This is the "same quantization" reference of FP8 paths.
+//         (flashmoe/quantization.h); for gated FFN the intermediate act(g)*u is rounded to bf16
+//         (the FP8 paths keep it as bf16 rows) and then quantized per row before the down
+//         projection. This is the "same quantization" reference of FP8 paths.
+// Prepared (E4M3) weights are GPU-only: the reference returns kNotSupported for them.
 // A token with no computed slot gets a zero row. T = 0 is valid and writes nothing.
 #pragma once
 

@@ -18,6 +18,7 @@
 #include "fused/cuda_check.h"
 #include "fused/moe_config.h"
 #include "fused/moe_workspace.h"
+#include "fused/multikernel_fp8.h"
 #include "fused/multikernel_moe.h"
 #include "routing/routing_kernels.h"
 
@@ -59,12 +60,8 @@ Status current_device_info(int* device, DeviceInfo* info) {
   return Status::Ok();
 }
 
-// Everything the GPU path needs beyond validate_problem(), decided from the problem alone.
-Status check_gpu_support(MoeProblem const& p) {
-  if (p.precision == Precision::kFP8) {
-    return Status::Unsupported(
-        "precision=\"fp8\" needs the Hopper FP8 path (issue 4), not built yet");
-  }
+// What the bf16/fp16 path (sm_80 kernels) needs beyond validate_problem().
+Status check_16bit_support(MoeProblem const& p) {
   if (p.token_dtype != DType::kBFloat16 && p.token_dtype != DType::kFloat16) {
     return Status::Unsupported(cat("the GPU path takes bfloat16 or float16 tokens, got ",
                                    dtype_name(p.token_dtype),
@@ -92,6 +89,16 @@ Status check_gpu_support(MoeProblem const& p) {
     return Status::Unsupported(cat(
         "the GPU path needs the intermediate dimension I to be a multiple of 8, got ",
         p.inter_dim));
+  }
+  return Status::Ok();
+}
+
+// Everything the GPU paths need beyond validate_problem(), decided from the problem alone.
+Status check_gpu_support(MoeProblem const& p) {
+  if (fused::is_fp8_problem(p)) {
+    FLASHMOE_RETURN_IF_ERROR(fused::check_fp8_problem(p));
+  } else {
+    FLASHMOE_RETURN_IF_ERROR(check_16bit_support(p));
   }
   if (!p.prerouted && routing::topk_items_per_thread(p.num_experts) == 0) {
     return Status::Unsupported(cat("the GPU routing takes at most ",
@@ -121,6 +128,13 @@ Status check_args(MoeProblem const& p, MoeArgs const& a) {
   if (p.kind == ExpertKind::kGatedFFN) {
     FLASHMOE_RETURN_IF_ERROR(check_pointer(a.w2, "expert_weights (w_down)", true));
   }
+  if (p.weights_prepared) {
+    FLASHMOE_RETURN_IF_ERROR(check_pointer(a.w1_scale, "expert_weights scales (w1_scale)", false));
+    if (p.kind == ExpertKind::kGatedFFN) {
+      FLASHMOE_RETURN_IF_ERROR(
+          check_pointer(a.w2_scale, "expert_weights scales of w_down (w2_scale)", false));
+    }
+  }
   FLASHMOE_RETURN_IF_ERROR(check_pointer(a.out, "out", true));
   if (p.prerouted) {
     FLASHMOE_RETURN_IF_ERROR(check_pointer(a.topk_ids_in, "topk_ids", false));
@@ -137,6 +151,12 @@ Status check_args(MoeProblem const& p, MoeArgs const& a) {
   return Status::Ok();
 }
 
+// The kernel configuration of a supported problem: the FP8 path has its own (64-row tiles).
+fused::MoeConfig choose_config(MoeProblem const& problem) {
+  return fused::is_fp8_problem(problem) ? fused::choose_fp8_config(problem)
+                                        : fused::choose_moe_config(problem);
+}
+
 bool print_config_requested() {
   char const* v = std::getenv("FLASHMOE_PRINT_CONFIG");
   return v != nullptr && std::strcmp(v, "1") == 0;
@@ -151,6 +171,11 @@ Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
   int device = 0;
   DeviceInfo info;
   FLASHMOE_RETURN_IF_ERROR(current_device_info(&device, &info));
+  if (fused::is_fp8_problem(problem)) {
+    FLASHMOE_RETURN_IF_ERROR(fused::check_fp8_device(device, info.major, info.minor));
+    if (path != nullptr) *path = KernelPath::kMultiKernelSm90Fp8;
+    return Status::Ok();
+  }
   if (info.major < 8) {
     return Status::Unsupported(cat("the GPU path needs compute capability >= 8.0 (mma.sync "
                                    "bf16, cp.async); device ",
@@ -163,7 +188,7 @@ Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
 std::size_t fused_moe_workspace_size(MoeProblem const& problem) {
   if (!validate_problem(problem).ok() || !check_gpu_support(problem).ok()) return 0;
   if (problem.num_tokens == 0) return 0;
-  fused::MoeConfig const config = fused::choose_moe_config(problem);
+  fused::MoeConfig const config = choose_config(problem);
   fused::MoeWorkspace ws;
   if (!fused::carve_moe_workspace(problem, config, nullptr, &ws).ok()) return 0;
   return ws.bytes;
@@ -180,7 +205,7 @@ Status fused_moe_run(MoeProblem const& problem, MoeArgs const& args, void* works
   }
   FLASHMOE_RETURN_IF_ERROR(check_args(problem, args));
 
-  fused::MoeConfig const config = fused::choose_moe_config(problem);
+  fused::MoeConfig const config = choose_config(problem);
   fused::MoeWorkspace sizes;
   FLASHMOE_RETURN_IF_ERROR(fused::carve_moe_workspace(problem, config, nullptr, &sizes));
   if (workspace == nullptr || workspace_bytes < sizes.bytes) {
@@ -191,10 +216,17 @@ Status fused_moe_run(MoeProblem const& problem, MoeArgs const& args, void* works
   }
   fused::MoeWorkspace ws;
   FLASHMOE_RETURN_IF_ERROR(fused::carve_moe_workspace(problem, config, workspace, &ws));
+  bool const fp8 = chosen == KernelPath::kMultiKernelSm90Fp8;
   if (print_config_requested()) {
-    std::fprintf(stderr, "%s\n", fused::describe_moe_config(problem, config).c_str());
+    std::string const line = fp8 ? fused::describe_fp8_config(problem, config)
+                                 : fused::describe_moe_config(problem, config);
+    std::fprintf(stderr, "%s\n", line.c_str());
   }
-  FLASHMOE_RETURN_IF_ERROR(fused::run_multikernel_moe(problem, args, config, ws, stream));
+  if (fp8) {
+    FLASHMOE_RETURN_IF_ERROR(fused::run_multikernel_fp8(problem, args, config, ws, stream));
+  } else {
+    FLASHMOE_RETURN_IF_ERROR(fused::run_multikernel_moe(problem, args, config, ws, stream));
+  }
   if (path != nullptr) *path = chosen;
   return Status::Ok();
 }

@@ -53,12 +53,52 @@ Status validate_enums(MoeProblem const& p) {
   if (precision < 0 || precision > 2) {
     return Status::Invalid(cat("precision must be 'auto', 'bf16' or 'fp8', got value ", precision));
   }
+  int const weight_scale = static_cast<int>(p.weight_scale);
+  if (weight_scale < 0 || weight_scale > 2) {
+    return Status::Invalid(
+        cat("weight_scale must be 'none', 'channel' or 'block128', got value ", weight_scale));
+  }
   int const kind = static_cast<int>(p.kind);
   if (kind < 0 || kind > 1) {
     return Status::Invalid(
         cat("expert_weights must describe linear experts (one array) or "
             "gated-FFN experts (w_gate_up, w_down), got kind value ",
             kind));
+  }
+  return Status::Ok();
+}
+
+// The expert weights' type: raw float weights, or FP8 weights prepared by prepare_experts_fp8()
+// (E4M3 in the prepared layout, with scales), which only precision='fp8' reads.
+Status validate_weights(MoeProblem const& p) {
+  if (!p.weights_prepared) {
+    if (p.weight_dtype == DType::kFloat8E4M3) {
+      return Status::BadType(
+          "expert_weights of dtype float8_e4m3fn must be prepared FP8 weights: make them with "
+          "prepare_experts(...) and run them with precision='fp8' (weights_prepared)");
+    }
+    FLASHMOE_RETURN_IF_ERROR(check_float_dtype(p.weight_dtype, "expert_weights"));
+    if (p.weight_scale != WeightScale::kNone) {
+      return Status::Invalid(
+          "weight_scale applies to prepared FP8 weights only (weights_prepared); raw "
+          "expert_weights take weight_scale='none'");
+    }
+    return Status::Ok();
+  }
+  if (p.precision != Precision::kFP8) {
+    return Status::Invalid(cat("prepared FP8 expert_weights (weights_prepared) run with "
+                               "precision='fp8' only, got precision value ",
+                               static_cast<int>(p.precision)));
+  }
+  if (p.weight_dtype != DType::kFloat8E4M3) {
+    return Status::BadType(cat("prepared FP8 expert_weights (weights_prepared) must have dtype "
+                               "float8_e4m3fn, got ",
+                               dtype_name(p.weight_dtype)));
+  }
+  if (p.weight_scale == WeightScale::kNone) {
+    return Status::Invalid(
+        "prepared FP8 expert_weights (weights_prepared) need weight_scale 'channel' or "
+        "'block128' (the kind of scales prepare_experts made), got 'none'");
   }
   return Status::Ok();
 }
@@ -153,7 +193,7 @@ Status validate_routing(MoeProblem const& p) {
 Status validate_problem(MoeProblem const& problem) {
   FLASHMOE_RETURN_IF_ERROR(validate_enums(problem));
   FLASHMOE_RETURN_IF_ERROR(check_float_dtype(problem.token_dtype, "tokens"));
-  FLASHMOE_RETURN_IF_ERROR(check_float_dtype(problem.weight_dtype, "expert_weights"));
+  FLASHMOE_RETURN_IF_ERROR(validate_weights(problem));
   // Pre-routed input has no routing_weights array, so its type is not looked at.
   if (!problem.prerouted) {
     FLASHMOE_RETURN_IF_ERROR(check_float_dtype(problem.score_dtype, "routing_weights"));

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "gemm/sm90_fp8_grouped_gemm.h"
 #include "routing/routing_kernels.h"
 
 namespace flashmoe::fused {
@@ -46,6 +47,10 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
   bool const reroute = capacity && problem.routing.overflow == Overflow::kReroute;
   bool const ffn = problem.kind == ExpertKind::kGatedFFN;
   std::size_t const elem = dtype_size(problem.token_dtype);
+  // The FP8 path (prepared E4M3 weights): bf16 hidden rows, token / hidden-row scales and the
+  // GEMMs' work queues.
+  bool const fp8 = problem.precision == Precision::kFP8 && problem.weights_prepared;
+  std::size_t const hidden_elem = fp8 ? 2 : elem;
 
   std::size_t cub_bytes = 0;
   FLASHMOE_RETURN_IF_ERROR(routing::routing_cub_temp_bytes(
@@ -96,9 +101,18 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
   rb.cub_temp = c.take<unsigned char>(cub_bytes);
   rb.cub_temp_bytes = cub_bytes;
   std::size_t const inter = ffn ? static_cast<std::size_t>(problem.inter_dim) : 0;
-  ws->hidden = ffn ? c.take<unsigned char>(n * inter * elem) : nullptr;
+  ws->hidden = ffn ? c.take<unsigned char>(n * inter * hidden_elem) : nullptr;
   ws->expert_out =
       c.take<unsigned char>(n * static_cast<std::size_t>(problem.output_dim()) * elem);
+  ws->token_scales = nullptr;
+  ws->hidden_scales = nullptr;
+  ws->fp8_scheduler = nullptr;
+  if (fp8) {
+    ws->token_scales = c.take<float>(T);
+    ws->hidden_scales = ffn ? c.take<float>(n) : nullptr;
+    // Two work queues (the FFN's GEMMs), kSm90Fp8SchedulerBytes each.
+    ws->fp8_scheduler = c.take<int32_t>(2 * gemm::kSm90Fp8SchedulerBytes / sizeof(int32_t));
+  }
   ws->bytes = c.bytes();
   return Status::Ok();
 }

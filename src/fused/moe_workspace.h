@@ -11,9 +11,16 @@
 // combine's fp32 sum then averages; the 1e-2 accuracy budget is far away. Rows are dense (one
 // per computed assignment, ordered by local expert), not padded to the M tile, so the
 // workspace does not grow with E * (BM - 1) padding rows.
+//
+// The FP8 path (precision kFP8 with prepared weights, multikernel_fp8.h) uses the same slices
+// (its `hidden` rows are always bfloat16: the down projection's A operand) plus
+//   token_scales   [T]          per-token amax / 448 of the tokens (the GEMM's gather divides)
+//   hidden_scales  [T*k]        per-row amax / 448 of the FFN's hidden rows
+//   fp8_scheduler  2 x kSm90Fp8SchedulerBytes: the two GEMMs' work queues, zeroed by every run
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "flashmoe/options.h"
 #include "flashmoe/types.h"
@@ -26,6 +33,10 @@ struct MoeWorkspace {
   routing::RoutingBuffers routing;
   void* hidden = nullptr;
   void* expert_out = nullptr;
+  // FP8 path only (null otherwise).
+  float* token_scales = nullptr;
+  float* hidden_scales = nullptr;
+  int32_t* fp8_scheduler = nullptr;
   std::size_t bytes = 0;  // total bytes the carve needs (including alignment of the base)
 };
 

@@ -68,6 +68,11 @@ double activate(Activation act, double g) {
 
 Status reference_fused_moe(MoeProblem const& problem, MoeArgs const& args) {
   FLASHMOE_RETURN_IF_ERROR(validate_problem(problem));
+  if (problem.weights_prepared) {
+    return Status::Unsupported(
+        "prepared (E4M3) expert weights run on the GPU only; the CPU reference takes raw "
+        "weights with precision=\"fp8\"");
+  }
   int64_t const T = problem.num_tokens;
   int64_t const H = problem.hidden;
   int64_t const E = problem.num_experts;
@@ -161,7 +166,12 @@ Status reference_fused_moe(MoeProblem const& problem, MoeArgs const& args) {
     for (Slot const& s : slots[le]) {
       matvec(&x[s.t * H], w_gate_up, H, 2 * I, gu.data());
       for (int64_t i = 0; i < I; ++i) h[i] = activate(problem.activation, gu[i]) * gu[I + i];
-      if (problem.precision == Precision::kFP8) fake_quantize_e4m3_group(h.data(), I, 1);
+      if (problem.precision == Precision::kFP8) {
+        // FP8 paths store the intermediate as bf16 rows before quantizing them (the GEMM's A
+        // operand is bf16), so the same-quantization reference rounds it to bf16 first too.
+        for (int64_t i = 0; i < I; ++i) h[i] = round_to_bf16(h[i]);
+        fake_quantize_e4m3_group(h.data(), I, 1);
+      }
       matvec(h.data(), w_down, I, H, y.data());
       for (int64_t o = 0; o < D; ++o) acc[s.t * D + o] += s.weight * y[o];
     }

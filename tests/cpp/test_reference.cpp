@@ -99,6 +99,7 @@ std::vector<double> naive_forward(MoeProblem const& p, RoutingResult const& r,
         a[i] = (p.activation == Activation::kSilu ? silu(g) : gelu(g)) * u;
       }
       if (quantize_intermediate) {
+        for (double& v : a) v = round_to_bf16(v);  // FP8 paths keep h as bf16 rows first
         double amax = 0.0;
         for (double v : a) amax = std::max(amax, std::fabs(v));
         double const scale = amax > 0 ? amax / 448.0 : 1.0;

@@ -253,8 +253,8 @@ def fused_moe(
                 inter = wgu.shape[1] // 2
                 h = x[t] @ wgu
                 a = _act(h[:inter], activation) * h[inter:]
-                if precision == "fp8":
-                    a = fake_quant_e4m3(a[None, :], axis=1)[0]
+                if precision == "fp8":  # bf16 rows, then per-row E4M3 (reference.h)
+                    a = fake_quant_e4m3(round_bf16(a)[None, :], axis=1)[0]
                 y = a @ wd
             else:
                 y = x[t] @ mats[0][le]

@@ -1,0 +1,260 @@
+// flashmoe: the FP8 forward on Hopper (multikernel_fp8.h).
+#include "fused/multikernel_fp8.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+#include "fused/combine.h"
+#include "fused/cuda_check.h"
+#include "gemm/grouped_gemm_args.h"
+#include "gemm/quantize_weights_fp8.h"
+#include "gemm/sm90_fp8_grouped_gemm.h"
+#include "gemm/token_scales.h"
+#include "routing/routing_kernels.h"
+
+namespace flashmoe::fused {
+namespace {
+
+template <typename... Parts>
+std::string cat(Parts const&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  return os.str();
+}
+
+// The N of one CTA tile of the sm_90a kernel (two math warpgroups of 128 columns); recorded in
+// MoeConfig::bn for reports only (the GEMM launcher owns its tiling).
+constexpr int32_t kFp8BlockN = 256;
+
+gemm::Fp8ScaleKind scale_kind(WeightScale s) {
+  return s == WeightScale::kBlock128 ? gemm::Fp8ScaleKind::kBlock128
+                                     : gemm::Fp8ScaleKind::kChannel;
+}
+
+char const* scale_name(WeightScale s) {
+  switch (s) {
+    case WeightScale::kChannel: return "channel";
+    case WeightScale::kBlock128: return "block128";
+    default: return "none";
+  }
+}
+
+routing::RoutingParams routing_params(MoeProblem const& problem, MoeArgs const& args,
+                                      MoeConfig const& config) {
+  RoutingOptions const& r = problem.routing;
+  bool const capacity = r.capacity_factor > 0.0;
+  routing::RoutingParams rp;
+  rp.num_tokens = static_cast<int32_t>(problem.num_tokens);
+  rp.num_experts = static_cast<int32_t>(problem.num_experts);
+  rp.num_local_experts = static_cast<int32_t>(problem.num_local_experts);
+  rp.top_k = r.top_k;
+  rp.scoring = static_cast<int32_t>(r.scoring);
+  rp.score_dtype = static_cast<int32_t>(problem.score_dtype);
+  rp.n_group = r.n_group;
+  rp.topk_group = r.topk_group;
+  rp.renormalize = r.renormalize;
+  rp.has_bias = problem.has_correction_bias;
+  rp.prerouted = problem.prerouted;
+  rp.reroute = capacity && r.overflow == Overflow::kReroute;
+  rp.temperature = r.temperature;
+  rp.routed_scaling_factor = r.routed_scaling_factor;
+  rp.capacity = capacity ? expert_capacity(problem) : 0;
+  rp.tile_m = config.bm;  // kSm90Fp8BlockM: the FP8 GEMM traps on a tile of more rows
+  rp.num_tile_slots = static_cast<int32_t>(config.num_tile_slots);
+  rp.routing_weights = args.routing_weights;
+  rp.correction_bias = problem.has_correction_bias ? args.correction_bias : nullptr;
+  rp.topk_ids_in = args.topk_ids_in;
+  rp.topk_weights_in = args.topk_weights_in;
+  rp.expert_map = problem.has_expert_map ? args.expert_map : nullptr;
+  return rp;
+}
+
+}  // namespace
+
+Status check_fp8_problem(MoeProblem const& p) {
+  if (!p.weights_prepared) {
+    return Status::Unsupported(
+        "precision=\"fp8\" on the GPU needs weights prepared once with prepare_experts(...)"
+        " (C++: prepare_experts_fp8() in flashmoe/quantization.h, then weights_prepared = true)");
+  }
+  if (p.token_dtype != DType::kBFloat16 && p.token_dtype != DType::kFloat16) {
+    return Status::Unsupported(cat("precision=\"fp8\" on the GPU takes bfloat16 or float16 "
+                                   "tokens, got ",
+                                   dtype_name(p.token_dtype)));
+  }
+  // K of the first GEMM: 16-byte TMA rows of E4M3 weights.
+  if (p.hidden % 16 != 0) {
+    return Status::Unsupported(cat("precision=\"fp8\" on the GPU needs the hidden size H to be "
+                                   "a multiple of 16, got ",
+                                   p.hidden));
+  }
+  if (p.kind == ExpertKind::kLinear && p.out_dim % 8 != 0) {
+    return Status::Unsupported(cat("precision=\"fp8\" on the GPU needs the expert output "
+                                   "dimension D to be a multiple of 8, got ",
+                                   p.out_dim));
+  }
+  if (p.kind == ExpertKind::kGatedFFN) {
+    // I is the N of the gate/up GEMM and the K of the down projection.
+    if (p.inter_dim % 16 != 0) {
+      return Status::Unsupported(cat("precision=\"fp8\" on the GPU needs the intermediate "
+                                     "dimension I to be a multiple of 16, got ",
+                                     p.inter_dim));
+    }
+    if (p.weight_scale == WeightScale::kBlock128 && p.inter_dim % gemm::kFp8GateUpHalf != 0) {
+      return Status::Unsupported(cat("precision=\"fp8\" with block128 weight scales needs the "
+                                     "intermediate dimension I to be a multiple of 64 (each "
+                                     "64-channel gate/up half-chunk in one 128x128 block), got ",
+                                     p.inter_dim));
+    }
+  }
+  return Status::Ok();
+}
+
+Status check_fp8_device(int device, int major, int minor) {
+  if (major == 9 && minor == 0) return Status::Ok();
+  if (major < 9) {
+    return Status::Unsupported(cat(
+        "precision=\"fp8\" on the GPU needs a compute capability 9.0 (Hopper) device: the FP8 "
+        "kernel uses sm_90a wgmma and TMA; device ",
+        device, " has compute capability ", major, ".", minor,
+        " (an FP8 path for earlier GPUs, dequantizing the weights inside the kernel, is not "
+        "built yet; use precision=\"bf16\" or \"auto\" with raw weights)"));
+  }
+  return Status::Unsupported(cat("precision=\"fp8\" on the GPU needs a compute capability 9.0 "
+                                 "(Hopper) device: the FP8 kernel is sm_90a code, which runs "
+                                 "on 9.0 only; device ",
+                                 device, " has compute capability ", major, ".", minor));
+}
+
+MoeConfig choose_fp8_config(MoeProblem const& problem) {
+  MoeConfig c;
+  c.num_assignments = problem.num_tokens * problem.routing.top_k;
+  c.bm = gemm::kSm90Fp8BlockM;
+  c.bn = kFp8BlockN;
+  // Sum over experts of ceil(rows_e / 64) <= (T*k + nonempty * 63) / 64, with at most
+  // min(E_local, T*k) nonempty experts (the same bound as choose_moe_config's).
+  int64_t const nonempty = std::min<int64_t>(problem.num_local_experts, c.num_assignments);
+  c.num_tile_slots = (c.num_assignments + nonempty * (c.bm - 1)) / c.bm;
+  c.reason = "sm_90a FP8 grouped GEMM: the routing cuts 64-row M tiles (the kernel's tile list)";
+  return c;
+}
+
+std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& config) {
+  std::ostringstream os;
+  os << "flashmoe config: T=" << problem.num_tokens << " E=" << problem.num_experts
+     << " E_local=" << problem.num_local_experts << " k=" << problem.routing.top_k
+     << " H=" << problem.hidden
+     << (problem.kind == ExpertKind::kLinear ? " D=" : " I=")
+     << (problem.kind == ExpertKind::kLinear ? problem.out_dim : problem.inter_dim)
+     << " -> path=multikernel-sm90-fp8 m_tile=" << config.bm
+     << " weight_scale=" << scale_name(problem.weight_scale)
+     << " tile_slots=" << config.num_tile_slots << " (" << config.reason << ")";
+  return os.str();
+}
+
+Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
+                           MoeConfig const& config, MoeWorkspace const& ws,
+                           cudaStream_t stream) {
+  if (ws.token_scales == nullptr || ws.fp8_scheduler == nullptr ||
+      (problem.kind == ExpertKind::kGatedFFN &&
+       (ws.hidden == nullptr || ws.hidden_scales == nullptr))) {
+    return Status(StatusCode::kInternal, "fp8 forward: workspace carved without the FP8 slices");
+  }
+  int64_t const T = problem.num_tokens;
+  int64_t const H = problem.hidden;
+  int64_t const EL = problem.num_local_experts;
+  int64_t const rows = config.num_assignments;  // host bound of the dense assignment rows
+
+  // The two GEMMs' work queues: a fresh (or poisoned) workspace holds garbage there. Each GEMM
+  // leaves its queue zero when it completes, but the run does not rely on a previous one.
+  FLASHMOE_CUDA_CHECK(
+      cudaMemsetAsync(ws.fp8_scheduler, 0, 2 * gemm::kSm90Fp8SchedulerBytes, stream));
+
+  routing::RoutingParams const rp = routing_params(problem, args, config);
+  routing::RoutingOutputs out;
+  out.topk_ids = args.topk_ids_out;
+  out.topk_weights = args.topk_weights_out;
+  out.expert_load = args.expert_load;
+  out.drop_reroute_counts = args.drop_reroute_counts;
+  routing::RoutingBuffers const& rb = ws.routing;
+  FLASHMOE_RETURN_IF_ERROR(routing::enqueue_routing(rp, rb, out, stream));
+
+  // Per-token scales of every token (the gather reads those of the routed ones).
+  FLASHMOE_RETURN_IF_ERROR(gemm::launch_token_scales_fp8(args.tokens, problem.token_dtype, T, H, H,
+                                                         nullptr, ws.token_scales, stream));
+
+  gemm::Sm90Fp8GemmParams g;
+  g.a = args.tokens;
+  g.a_dtype = problem.token_dtype;
+  g.a_row_stride = H;
+  g.a_rows = rb.row_token;
+  g.a_scales = ws.token_scales;
+  g.tiles = rb.tiles;
+  g.num_tile_slots = static_cast<int32_t>(config.num_tile_slots);
+  g.w_fp8 = args.w1;
+  g.w_scales = args.w1_scale;
+  g.scale_kind = scale_kind(problem.weight_scale);
+  g.num_experts = EL;
+  g.k = H;
+  g.scheduler = ws.fp8_scheduler;
+  g.max_ctas = 0;
+
+  if (problem.kind == ExpertKind::kLinear) {
+    // y[row] = x[token(row)] @ W8[expert(row)], in the tokens' dtype for the combine.
+    g.n = problem.out_dim;
+    g.epilogue = gemm::Fp8Epilogue::kPlain;
+    g.out = ws.expert_out;
+    g.out_dtype = problem.token_dtype;
+    g.out_row_stride = problem.out_dim;
+    FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm90_fp8_grouped_gemm(g, stream));
+  } else {
+    int64_t const I = problem.inter_dim;
+    // h[row] = act(x Wg) * (x Wu), bf16 rows (the down projection's A operand; bf16 rather than
+    // fp16 so that large activations cannot overflow).
+    g.n = I;
+    g.epilogue = problem.activation == Activation::kSilu ? gemm::Fp8Epilogue::kGateUpSilu
+                                                         : gemm::Fp8Epilogue::kGateUpGelu;
+    g.out = ws.hidden;
+    g.out_dtype = DType::kBFloat16;
+    g.out_row_stride = I;
+    FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm90_fp8_grouped_gemm(g, stream));
+
+    // Per-row scales of h: only the rows the GEMM wrote (the dense count, local_offsets[E_local],
+    // is read on the device; the rest of the slice is never read).
+    int32_t const* const dense_rows = rb.local_offsets + EL;
+    FLASHMOE_RETURN_IF_ERROR(gemm::launch_token_scales_fp8(
+        ws.hidden, DType::kBFloat16, rows, I, I, dense_rows, ws.hidden_scales, stream));
+
+    // y[row] = h[row] @ Wd8[expert(row)]: row r of h is dense row r (no gather).
+    g.a = ws.hidden;
+    g.a_dtype = DType::kBFloat16;
+    g.a_row_stride = I;
+    g.a_rows = nullptr;
+    g.a_scales = ws.hidden_scales;
+    g.w_fp8 = args.w2;
+    g.w_scales = args.w2_scale;
+    g.k = I;
+    g.n = H;
+    g.epilogue = gemm::Fp8Epilogue::kPlain;
+    g.out = ws.expert_out;
+    g.out_dtype = problem.token_dtype;
+    g.out_row_stride = H;
+    // Its own queue (the first one is reset by its GEMM, but the two need not share).
+    g.scheduler = ws.fp8_scheduler + gemm::kSm90Fp8SchedulerBytes / sizeof(int32_t);
+    FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm90_fp8_grouped_gemm(g, stream));
+  }
+
+  CombineParams cp;
+  cp.y = ws.expert_out;
+  cp.slot_row = rb.slot_row;
+  cp.weights = rb.weights;
+  cp.out = args.out;
+  cp.num_tokens = T;
+  cp.top_k = problem.routing.top_k;
+  cp.cols = problem.output_dim();
+  return launch_combine(cp, problem.token_dtype, stream);
+}
+
+}  // namespace flashmoe::fused

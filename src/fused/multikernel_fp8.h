@@ -1,0 +1,57 @@
+// flashmoe (internal): the FP8 forward on Hopper (KernelPath::kMultiKernelSm90Fp8):
+//
+//   routing kernels (64-row M tiles)  ->  per-token amax pre-pass (token_scales.h)
+//   linear:    sm_90a FP8 GEMM  y[row] = x[token(row)] @ W8[e]                (expert_out rows)
+//   gated FFN: sm_90a FP8 GEMM  h[row] = act(x Wg8) * (x Wu8)   (bf16 hidden rows)
+//              -> amax pre-pass over the hidden rows (row count read on the device)
+//              -> sm_90a FP8 GEMM  y[row] = h[row] @ Wd8                       (expert_out rows)
+//   -> combine (the sm_80 path's deterministic combine kernel, expert_out in the tokens' dtype)
+//
+// All on the caller's stream, no host synchronisation, no allocation: graph-capturable. The
+// GEMMs' work-queue counters live in the workspace and are zeroed by a cudaMemsetAsync at the
+// start of every run (the workspace may be fresh or poisoned).
+//
+// Weights are prepared once by prepare_experts_fp8() (flashmoe/quantization.h); their layout is
+// documented at MoeArgs (flashmoe/options.h) and in gemm/quantize_weights_fp8.h.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "flashmoe/options.h"
+#include "flashmoe/types.h"
+#include "fused/moe_config.h"
+#include "fused/moe_workspace.h"
+
+namespace flashmoe::fused {
+
+/// True when `problem` takes the FP8 path (precision kFP8; with raw weights it is refused by
+/// check_fp8_problem, never silently run in another precision).
+inline bool is_fp8_problem(MoeProblem const& problem) {
+  return problem.precision == Precision::kFP8;
+}
+
+/// What the FP8 path needs of a validated kFP8 problem, without touching a device
+/// (kNotSupported naming the reason): prepared weights, bf16/fp16 tokens, H % 16 == 0, D % 8 == 0
+/// (linear), I % 16 == 0 (gated FFN), I % 64 == 0 (gated FFN with block128 scales).
+Status check_fp8_problem(MoeProblem const& problem);
+
+/// Whether device `device` of compute capability major.minor runs the FP8 path (9.0 only: the
+/// kernel is sm_90a code). kNotSupported naming the device's capability otherwise.
+Status check_fp8_device(int device, int major, int minor);
+
+/// The FP8 path's configuration: 64-row M tiles (the sm_90a kernel's one tile), the worst-case
+/// tile-slot count of the routing's tile list. Separate from choose_moe_config (the sm_80 chooser).
+MoeConfig choose_fp8_config(MoeProblem const& problem);
+
+/// One line describing the FP8 run, for FLASHMOE_PRINT_CONFIG=1.
+std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& config);
+
+/// Enqueues the forward. The problem passed fused_moe_can_implement (KernelPath
+/// kMultiKernelSm90Fp8), T > 0, the args were checked, and `ws` was carved for
+/// (problem, choose_fp8_config(problem)) from the caller's workspace.
+Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
+                           MoeConfig const& config, MoeWorkspace const& ws, cudaStream_t stream);
+
+}  // namespace flashmoe::fused

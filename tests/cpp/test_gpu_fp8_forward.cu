@@ -1,0 +1,823 @@
+// The FP8 forward on Hopper through the host API (KernelPath::kMultiKernelSm90Fp8):
+// prepare_experts_fp8() once, then fused_moe_run() with precision kFP8, against the CPU.
+//
+//   GpuSmallFp8Fwd.*   small shapes on a compute capability 9.0 device (also the set for
+//                      compute-sanitizer --tool memcheck flashmoe_tests --gtest_filter='GpuSmallFp8Fwd.*')
+//   GpuFp8Fwd.*        a larger gated-FFN shape
+//   Fp8FwdHost.*       host-only: prepared-layout sizes, the Unsupported / Invalid messages
+// Without an sm_90 device every GPU test is skipped with a visible reason.
+//
+// What a GPU case checks (DESIGN.md section 5): fresh random inputs, output and workspace
+// poisoned with 0xFF (NaN) before every run, routing outputs equal to the reference's, a second
+// run bitwise identical, and three relative Frobenius errors of the output:
+//   * vs a host "mirror" of the GPU's quantization (built from the prepared bytes and scales
+//     downloaded from the device: per-token float32 scales, float32 reciprocal, E4M3 rounding;
+//     expert outputs rounded to the tokens' type; for gated FFN the hidden rows rounded to bf16
+//     before their per-row quantization, as the GPU stores them): < 5e-3. This is the check of
+//     the kernels, for channel and block128 scales alike.
+//   * vs reference_fused_moe with precision kFP8 (channel scales only: the reference has no
+//     block scales): < 5e-3 for both kinds (the reference also rounds h to bf16 before its
+//     per-row quantization, as the FP8 paths store it).
+//   * vs the exact reference (precision kAuto, float64, unquantized): linear < 5e-2 (the format
+//     alone gives ~3.6%); gated FFN < 8e-2 (four E4M3 roundings in a row, x, W_gate_up, h and
+//     W_down, give ~5-6% on random data; printed).
+// The prepared weights themselves are checked against the raw ones (every E4M3 value within
+// half an E4M3 step of raw / scale, padding rows zero).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "flashmoe/quantization.h"
+#include "fused/multikernel_fp8.h"
+#include "gemm/quantize_weights_fp8.h"
+#include "gpu_test_util.h"
+
+namespace flashmoe::gpu_test {
+namespace {
+
+bool has_sm90_device() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();  // clear "no device / no driver"
+    return false;
+  }
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return major == 9 && minor == 0;
+}
+
+#define FLASHMOE_REQUIRE_SM90()                                                    \
+  do {                                                                             \
+    if (!has_sm90_device()) GTEST_SKIP() << "no sm_90 CUDA device: test not run"; \
+  } while (0)
+
+double const kSameQuantTol = 5e-3;   // vs the mirror; vs reference kFP8 for linear experts
+double const kExactLinearTol = 5e-2;
+double const kExactFfnTol = 8e-2;
+
+// ------------------------------------------------------------------------------ host numerics
+
+/// OCP E4M3FN byte -> value (NaN for 0x7f / 0xff).
+double e4m3_value(uint8_t b) {
+  int const sign = b >> 7;
+  int const exp = (b >> 3) & 15;
+  int const man = b & 7;
+  if (exp == 15 && man == 7) return std::nan("");
+  double const v = exp == 0 ? std::ldexp(man, -9) : std::ldexp(8 + man, exp - 10);
+  return sign ? -v : v;
+}
+
+double activate(Activation a, double g) {
+  return a == Activation::kSilu ? g / (1.0 + std::exp(-g))
+                                : 0.5 * g * (1.0 + std::erf(g / std::sqrt(2.0)));
+}
+
+/// The GPU's per-row quantization of `row` (already in the type the GPU reads): float32 scale
+/// amax / 448 (1 for a zero row), the gather multiplies by the float32 reciprocal, rounds to
+/// E4M3; returns the dequantized values.
+std::vector<double> quantize_row_like_gpu(std::vector<double> const& row) {
+  float amax = 0.0f;
+  for (double v : row) amax = std::max(amax, std::fabs(static_cast<float>(v)));
+  float const s = amax > 0.0f ? amax / kE4M3Max : 1.0f;
+  float const inv = 1.0f / s;
+  std::vector<double> q(row.size());
+  for (size_t i = 0; i < row.size(); ++i) {
+    float const v = static_cast<float>(row[i]) * inv;
+    q[i] = round_to_e4m3(v) * static_cast<double>(s);
+  }
+  return q;
+}
+
+std::string describe(MoeProblem const& p, WeightScale scale) {
+  std::ostringstream os;
+  os << "T=" << p.num_tokens << " E=" << p.num_experts << " E_local=" << p.num_local_experts
+     << " k=" << p.routing.top_k << " H=" << p.hidden
+     << (p.kind == ExpertKind::kLinear ? " D=" : " I=")
+     << (p.kind == ExpertKind::kLinear ? p.out_dim : p.inter_dim) << " "
+     << dtype_name(p.token_dtype) << (p.layout == WeightLayout::kInOut ? " in_out" : " out_in")
+     << (p.kind == ExpertKind::kGatedFFN
+             ? (p.activation == Activation::kSilu ? " silu" : " gelu")
+             : " linear")
+     << (scale == WeightScale::kBlock128 ? " block128" : " channel")
+     << " cap=" << p.routing.capacity_factor
+     << (p.routing.overflow == Overflow::kReroute ? " reroute" : " drop")
+     << (p.prerouted ? " prerouted" : "") << (p.has_expert_map ? " expert_map" : "");
+  return os.str();
+}
+
+/// The kFP8 problem that runs prepared weights made from the raw problem `raw`.
+MoeProblem prepared_problem(MoeProblem raw, WeightScale scale) {
+  raw.precision = Precision::kFP8;
+  raw.weights_prepared = true;
+  raw.weight_dtype = DType::kFloat8E4M3;
+  raw.weight_scale = scale;
+  return raw;
+}
+
+// ------------------------------------------------------------------------- prepared weights
+
+struct Prepared {
+  PreparedLayout l1, l2;
+  DeviceBuffer w1, s1, w2, s2;
+  std::vector<uint8_t> h_w1, h_w2;  // host copies
+  std::vector<float> h_s1, h_s2;
+};
+
+/// prepare_experts_fp8 into poisoned buffers; downloads the result.
+Status prepare(MoeProblem const& raw, DeviceInputs const& in, WeightScale scale, Prepared* w) {
+  bool const ffn = raw.kind == ExpertKind::kGatedFFN;
+  FLASHMOE_RETURN_IF_ERROR(prepared_layout(raw, 1, scale, &w->l1));
+  EXPECT_EQ(prepared_weight_bytes(raw, 1), w->l1.weight_bytes);
+  EXPECT_EQ(prepared_scale_bytes(raw, 1, scale), w->l1.scale_bytes);
+  w->w1.resize(w->l1.weight_bytes);
+  w->s1.resize(w->l1.scale_bytes);
+  cudaMemset(w->w1.get(), 0xAB, w->l1.weight_bytes);  // padding rows must come out zero
+  cudaMemset(w->s1.get(), 0xFF, w->l1.scale_bytes);
+  if (ffn) {
+    FLASHMOE_RETURN_IF_ERROR(prepared_layout(raw, 2, scale, &w->l2));
+    w->w2.resize(w->l2.weight_bytes);
+    w->s2.resize(w->l2.scale_bytes);
+    cudaMemset(w->w2.get(), 0xAB, w->l2.weight_bytes);
+    cudaMemset(w->s2.get(), 0xFF, w->l2.scale_bytes);
+  }
+  cudaDeviceSynchronize();
+  cudaStream_t stream = nullptr;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  Status const s = prepare_experts_fp8(raw, in.w1.get(), ffn ? in.w2.get() : nullptr, scale,
+                                       w->w1.get(), w->s1.get<float>(),
+                                       ffn ? w->w2.get() : nullptr, ffn ? w->s2.get<float>() : nullptr,
+                                       stream);
+  cudaError_t const sync = cudaStreamSynchronize(stream);
+  cudaStreamDestroy(stream);
+  FLASHMOE_RETURN_IF_ERROR(s);
+  if (sync != cudaSuccess) {
+    return Status(StatusCode::kCudaError, std::string("prepare failed: ") + cudaGetErrorString(sync));
+  }
+  w->h_w1 = download<uint8_t>(w->w1, w->l1.weight_bytes);
+  w->h_s1 = download<float>(w->s1, w->l1.scale_bytes / sizeof(float));
+  if (ffn) {
+    w->h_w2 = download<uint8_t>(w->w2, w->l2.weight_bytes);
+    w->h_s2 = download<float>(w->s2, w->l2.scale_bytes / sizeof(float));
+  }
+  return Status::Ok();
+}
+
+/// One prepared matrix dequantized as [E_local][N_raw][K] (K contiguous), in raw channel order.
+std::vector<double> dequantize(PreparedLayout const& l, std::vector<uint8_t> const& bytes,
+                               std::vector<float> const& scales, int* bad_padding) {
+  int64_t const E = l.experts, Np = l.rows, K = l.cols, N = l.channels;
+  bool const block = l.scale_rank == 3;
+  int64_t const nb = (N + 127) / 128, kbs = (K + 127) / 128;
+  std::vector<double> w(static_cast<size_t>(E * N * K), 0.0);
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t p = 0; p < Np; ++p) {
+      int64_t const ch = gemm::fp8_prepared_row_channel(p, N, l.gate_up);
+      uint8_t const* row = &bytes[(e * Np + p) * K];
+      if (ch < 0) {
+        for (int64_t k = 0; k < K; ++k) *bad_padding += row[k] != 0;
+        continue;
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        float const s = block ? scales[(e * nb + ch / 128) * kbs + k / 128] : scales[e * N + ch];
+        w[(e * N + ch) * K + k] = e4m3_value(row[k]) * static_cast<double>(s);
+      }
+    }
+  }
+  return w;
+}
+
+/// The raw matrix `which` of HostData as [E_local][N_raw][K] doubles.
+std::vector<double> raw_matrix(MoeProblem const& p, std::vector<uint16_t> const& bits, int64_t K,
+                               int64_t N) {
+  int64_t const E = p.num_local_experts;
+  std::vector<double> w(static_cast<size_t>(E * N * K));
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t k = 0; k < K; ++k) {
+        int64_t const idx = p.layout == WeightLayout::kInOut ? (e * K + k) * N + n
+                                                             : (e * N + n) * K + k;
+        w[(e * N + n) * K + k] = from_bits(p.weight_dtype, bits[idx]);
+      }
+    }
+  }
+  return w;
+}
+
+/// Every dequantized weight within half an E4M3 step of the raw one:
+/// |q s - w| <= max(2^-4 |w|, 2^-10 s) (normal / subnormal range), with float32 slack.
+void expect_close_to_raw(PreparedLayout const& l, std::vector<double> const& deq,
+                         std::vector<double> const& raw, std::vector<float> const& scales,
+                         char const* name) {
+  int64_t const E = l.experts, K = l.cols, N = l.channels;
+  bool const block = l.scale_rank == 3;
+  int64_t const nb = (N + 127) / 128, kbs = (K + 127) / 128;
+  int64_t bad = 0, first = -1;
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t k = 0; k < K; ++k) {
+        int64_t const i = (e * N + n) * K + k;
+        double const s = block ? scales[(e * nb + n / 128) * kbs + k / 128] : scales[e * N + n];
+        double const bound = 1.0001 * std::max(std::ldexp(std::fabs(raw[i]), -4), std::ldexp(s, -10));
+        if (!(std::fabs(deq[i] - raw[i]) <= bound)) {
+          if (first < 0) first = i;
+          ++bad;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0) << name << ": prepared values not within half an E4M3 step of the raw "
+                    << "weights, first at flat index " << first;
+}
+
+// --------------------------------------------------------------------------- GPU forward run
+
+/// One fused_moe_run with prepared weights on a fresh stream: output, optional outputs and
+/// workspace poisoned first (0xFF: NaN in bf16/fp16), then synchronized.
+Result run_fp8(MoeProblem const& p8, DeviceInputs const& in, Prepared const& w,
+               bool optional_outputs = true) {
+  Result r;
+  int64_t const T = p8.num_tokens;
+  int const k = p8.routing.top_k;
+  std::size_t const out_elems = static_cast<std::size_t>(T * p8.output_dim());
+  DeviceBuffer out(std::max<std::size_t>(out_elems * 2, 16));
+  DeviceBuffer ids(std::max<std::size_t>(T * k * 4, 16));
+  DeviceBuffer wts(std::max<std::size_t>(T * k * 4, 16));
+  DeviceBuffer load(std::max<std::size_t>(p8.num_experts * 4, 16));
+  DeviceBuffer counts(16);
+  std::size_t const ws_bytes = fused_moe_workspace_size(p8);
+  DeviceBuffer ws(ws_bytes);
+  cudaStream_t stream = nullptr;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  cudaMemsetAsync(out.get(), 0xFF, out.bytes(), stream);
+  cudaMemsetAsync(ids.get(), 0x7F, ids.bytes(), stream);
+  cudaMemsetAsync(wts.get(), 0x7F, wts.bytes(), stream);
+  cudaMemsetAsync(load.get(), 0x7F, load.bytes(), stream);
+  cudaMemsetAsync(counts.get(), 0x7F, counts.bytes(), stream);
+  if (ws_bytes > 0) cudaMemsetAsync(ws.get(), 0xFF, ws_bytes, stream);
+  MoeArgs a = in.args(p8);
+  a.w1 = w.w1.get();
+  a.w1_scale = w.s1.get<float>();
+  bool const ffn = p8.kind == ExpertKind::kGatedFFN;
+  a.w2 = ffn ? w.w2.get() : nullptr;
+  a.w2_scale = ffn ? w.s2.get<float>() : nullptr;
+  a.out = out.get();
+  if (optional_outputs) {
+    a.topk_ids_out = ids.get<int32_t>();
+    a.topk_weights_out = wts.get<float>();
+    a.expert_load = load.get<int32_t>();
+    a.drop_reroute_counts = counts.get<int64_t>();
+  }
+  r.status = fused_moe_run(p8, a, ws.get(), ws_bytes, stream, &r.path);
+  cudaError_t const sync = cudaStreamSynchronize(stream);
+  cudaStreamDestroy(stream);
+  if (r.status.ok() && sync != cudaSuccess) {
+    r.status = Status(StatusCode::kCudaError, std::string("kernel failed: ") + cudaGetErrorString(sync));
+  }
+  if (!r.status.ok()) return r;
+  r.out = download<uint16_t>(out, out_elems);
+  if (optional_outputs) {
+    r.topk_ids = download<int32_t>(ids, T * k);
+    r.topk_weights = download<float>(wts, T * k);
+    r.expert_load = download<int32_t>(load, p8.num_experts);
+    r.counts = download<int64_t>(counts, 2);
+  }
+  return r;
+}
+
+/// The host mirror of the GPU's quantized forward (see the top of the file), from the routing
+/// of `ref` and the dequantized prepared weights.
+std::vector<uint16_t> mirror_forward(MoeProblem const& p, HostData const& d, Result const& ref,
+                                     std::vector<double> const& w1, std::vector<double> const& w2) {
+  int64_t const T = p.num_tokens, H = p.hidden, N = p.output_dim(), I = p.inter_dim;
+  int const k = p.routing.top_k;
+  bool const ffn = p.kind == ExpertKind::kGatedFFN;
+  DType const dt = p.token_dtype;
+  auto round_dt = [&](double v) { return from_bits(dt, to_bits(dt, v)); };
+  std::vector<uint16_t> out(static_cast<size_t>(T * N));
+  std::vector<double> acc(N), y(N), x(H), gu(ffn ? 2 * I : 0), h(ffn ? I : 0);
+  for (int64_t t = 0; t < T; ++t) {
+    std::fill(acc.begin(), acc.end(), 0.0);
+    for (int64_t c = 0; c < H; ++c) x[c] = from_bits(dt, d.tokens[t * H + c]);
+    std::vector<double> const xq = quantize_row_like_gpu(x);
+    for (int j = 0; j < k; ++j) {
+      int32_t const e = ref.topk_ids[t * k + j];
+      if (e < 0) continue;
+      int32_t const le = p.has_expert_map ? d.expert_map[e] : e;
+      if (le < 0) continue;
+      if (!ffn) {
+        for (int64_t o = 0; o < N; ++o) {
+          double const* wr = &w1[(le * N + o) * H];
+          double s = 0.0;
+          for (int64_t c = 0; c < H; ++c) s += xq[c] * wr[c];
+          y[o] = s;
+        }
+      } else {
+        for (int64_t n = 0; n < 2 * I; ++n) {
+          double const* wr = &w1[(le * 2 * I + n) * H];
+          double s = 0.0;
+          for (int64_t c = 0; c < H; ++c) s += xq[c] * wr[c];
+          gu[n] = s;
+        }
+        for (int64_t i = 0; i < I; ++i) {
+          h[i] = round_to_bf16(activate(p.activation, gu[i]) * gu[I + i]);  // bf16 hidden rows
+        }
+        std::vector<double> const hq = quantize_row_like_gpu(h);
+        for (int64_t o = 0; o < N; ++o) {
+          double const* wr = &w2[(le * N + o) * I];
+          double s = 0.0;
+          for (int64_t i = 0; i < I; ++i) s += hq[i] * wr[i];
+          y[o] = s;
+        }
+      }
+      double const wt = ref.topk_weights[t * k + j];
+      for (int64_t o = 0; o < N; ++o) acc[o] += wt * round_dt(y[o]);  // expert_out rows
+    }
+    for (int64_t o = 0; o < N; ++o) out[t * N + o] = to_bits(dt, acc[o]);
+  }
+  return out;
+}
+
+template <typename T>
+int64_t first_mismatch(std::vector<T> const& a, std::vector<T> const& b) {
+  if (a.size() != b.size()) return 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!(a[i] == b[i])) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+
+void expect_routing_equal(MoeProblem const& p, Result const& gpu, Result const& ref) {
+  int const k = p.routing.top_k;
+  int64_t const i = first_mismatch(gpu.topk_ids, ref.topk_ids);
+  EXPECT_EQ(i, -1) << "topk_ids differ first at token " << i / k << " slot " << i % k;
+  EXPECT_EQ(first_mismatch(gpu.expert_load, ref.expert_load), -1) << "expert_load differs";
+  EXPECT_EQ(gpu.counts, ref.counts) << "dropped/rerouted counts differ";
+  int bad = 0;
+  for (size_t j = 0; j < ref.topk_weights.size(); ++j) {
+    double const r = ref.topk_weights[j], g = gpu.topk_weights[j];
+    bad += !(std::fabs(g - r) <= 1e-6 * std::max(1.0, std::fabs(r)));
+  }
+  EXPECT_EQ(bad, 0) << "topk_weights differ from the reference";
+}
+
+/// The whole protocol for one problem (the raw problem `raw`: bf16/fp16 weights and tokens).
+void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
+               Logits logits = Logits::kNormal, int hot = 0) {
+  SCOPED_TRACE(describe(raw, scale));
+  bool const ffn = raw.kind == ExpertKind::kGatedFFN;
+  HostData const d = make_data(raw, seed, logits, hot);
+
+  MoeProblem ref_fp8 = raw;  // the CPU reference's "same quantization" (channel scales)
+  ref_fp8.precision = Precision::kFP8;
+  Result const ref_q = run_reference(ref_fp8, d);
+  ASSERT_TRUE(ref_q.status.ok()) << ref_q.status.message();
+  MoeProblem exact = raw;
+  exact.precision = Precision::kAuto;
+  Result const ref_x = run_reference(exact, d);
+  ASSERT_TRUE(ref_x.status.ok()) << ref_x.status.message();
+
+  DeviceInputs in;
+  in.load(raw, d);
+  Prepared w;
+  Status const ps = prepare(raw, in, scale, &w);
+  ASSERT_TRUE(ps.ok()) << "prepare_experts_fp8: " << ps.message();
+
+  // The prepared weights vs the raw ones.
+  int bad_padding = 0;
+  int64_t const H = raw.hidden, I = raw.inter_dim;
+  std::vector<double> const w1 = dequantize(w.l1, w.h_w1, w.h_s1, &bad_padding);
+  std::vector<double> w2;
+  if (ffn) w2 = dequantize(w.l2, w.h_w2, w.h_s2, &bad_padding);
+  EXPECT_EQ(bad_padding, 0) << "non-zero bytes in the padding rows of the prepared weights";
+  expect_close_to_raw(w.l1, w1, raw_matrix(raw, d.w1, H, ffn ? 2 * I : raw.out_dim), w.h_s1, "w1");
+  if (ffn) expect_close_to_raw(w.l2, w2, raw_matrix(raw, d.w2, I, H), w.h_s2, "w2");
+
+  MoeProblem const p8 = prepared_problem(raw, scale);
+  Result const g1 = run_fp8(p8, in, w);
+  ASSERT_TRUE(g1.status.ok()) << g1.status.message();
+  EXPECT_EQ(g1.path, KernelPath::kMultiKernelSm90Fp8);
+  expect_routing_equal(p8, g1, ref_q);
+
+  std::vector<uint16_t> const mirror = mirror_forward(raw, d, ref_q, w1, w2);
+  double const err_m = rel_frobenius(raw.token_dtype, g1.out, mirror);
+  double const err_q = rel_frobenius(raw.token_dtype, g1.out, ref_q.out);
+  double const err_x = rel_frobenius(raw.token_dtype, g1.out, ref_x.out);
+  EXPECT_LT(err_m, kSameQuantTol) << "vs the host mirror of the GPU's quantization";
+  if (scale == WeightScale::kChannel) {
+    EXPECT_LT(err_q, kSameQuantTol) << "vs reference_fused_moe kFP8";
+  }
+  EXPECT_LT(err_x, ffn ? kExactFfnTol : kExactLinearTol) << "vs the exact reference";
+  std::printf("[ fp8 fwd  ] %s: rel err %.3e (mirror), %.3e (reference fp8%s), %.3e (exact)\n",
+              describe(raw, scale).c_str(), err_m, err_q,
+              scale == WeightScale::kChannel ? "" : ", channel-scale quantization: not asserted",
+              err_x);
+
+  Result const g2 = run_fp8(p8, in, w);
+  ASSERT_TRUE(g2.status.ok()) << g2.status.message();
+  EXPECT_EQ(first_mismatch(g2.out, g1.out), -1) << "second run is not bitwise identical";
+  EXPECT_EQ(g2.topk_ids, g1.topk_ids);
+}
+
+// ------------------------------------------------------------------------------ small shapes
+
+TEST(GpuSmallFp8Fwd, LinearSeedLike) {
+  FLASHMOE_REQUIRE_SM90();
+  // The seed's proportions, scaled down: E=16, top-4, H = D = 512, T = 200 (~50 rows/expert).
+  check_fp8(linear_problem(200, 16, 4, 512, 512), WeightScale::kChannel, 1001);
+  check_fp8(linear_problem(200, 16, 4, 512, 512, DType::kBFloat16, WeightLayout::kOutIn),
+            WeightScale::kChannel, 1002);
+}
+
+TEST(GpuSmallFp8Fwd, LinearSeedLikeBlock128) {
+  FLASHMOE_REQUIRE_SM90();
+  check_fp8(linear_problem(200, 16, 4, 512, 512), WeightScale::kBlock128, 1011);
+  check_fp8(linear_problem(200, 16, 4, 512, 512, DType::kFloat16, WeightLayout::kOutIn),
+            WeightScale::kBlock128, 1012);
+}
+
+TEST(GpuSmallFp8Fwd, SingleToken) {
+  FLASHMOE_REQUIRE_SM90();
+  check_fp8(linear_problem(1, 8, 2, 256, 128), WeightScale::kChannel, 1021);
+  check_fp8(linear_problem(1, 8, 2, 256, 128, DType::kFloat16, WeightLayout::kOutIn),
+            WeightScale::kBlock128, 1022);
+  check_fp8(ffn_problem(1, 8, 2, 256, 128, Activation::kSilu), WeightScale::kChannel, 1023);
+}
+
+TEST(GpuSmallFp8Fwd, RaggedTwelveExperts) {
+  FLASHMOE_REQUIRE_SM90();
+  // E = 12 (not a power of two), T = 37, H = 208 and D = 136 (not multiples of 64 or 128):
+  // partial K block, partial N tile, partial M tiles, experts with no rows.
+  check_fp8(linear_problem(37, 12, 3, 208, 136), WeightScale::kChannel, 1031);
+  check_fp8(linear_problem(37, 12, 3, 208, 136, DType::kFloat16, WeightLayout::kOutIn),
+            WeightScale::kChannel, 1032);
+  check_fp8(linear_problem(37, 12, 3, 208, 136, DType::kBFloat16, WeightLayout::kOutIn),
+            WeightScale::kBlock128, 1033);
+  // I = 144: the gate/up rows of the last 128-row chunk are partly zero padding.
+  check_fp8(ffn_problem(37, 12, 3, 208, 144, Activation::kSilu), WeightScale::kChannel, 1034);
+}
+
+TEST(GpuSmallFp8Fwd, FfnSiluAndGelu) {
+  FLASHMOE_REQUIRE_SM90();
+  check_fp8(ffn_problem(64, 8, 2, 256, 256, Activation::kSilu), WeightScale::kChannel, 1041);
+  check_fp8(ffn_problem(64, 8, 2, 256, 256, Activation::kGelu, DType::kFloat16,
+                        WeightLayout::kOutIn),
+            WeightScale::kChannel, 1042);
+  check_fp8(ffn_problem(64, 8, 2, 256, 192, Activation::kGelu, DType::kBFloat16,
+                        WeightLayout::kOutIn),
+            WeightScale::kBlock128, 1043);
+  check_fp8(ffn_problem(64, 8, 2, 256, 192, Activation::kSilu, DType::kFloat16,
+                        WeightLayout::kInOut),
+            WeightScale::kBlock128, 1044);
+}
+
+TEST(GpuSmallFp8Fwd, CapacityDrop) {
+  FLASHMOE_REQUIRE_SM90();
+  MoeProblem p = linear_problem(64, 8, 2, 256, 128);
+  p.routing.capacity_factor = 1.0;
+  check_fp8(p, WeightScale::kChannel, 1051, Logits::kSkewed);
+  MoeProblem f = ffn_problem(64, 8, 2, 128, 96, Activation::kSilu);
+  f.routing.capacity_factor = 1.25;
+  f.routing.scoring = Scoring::kSigmoid;
+  f.has_correction_bias = true;
+  check_fp8(f, WeightScale::kChannel, 1052, Logits::kSkewed);
+  f.routing.overflow = Overflow::kReroute;
+  check_fp8(f, WeightScale::kChannel, 1053, Logits::kSkewed);
+}
+
+TEST(GpuSmallFp8Fwd, ExpertMap) {
+  FLASHMOE_REQUIRE_SM90();
+  MoeProblem p = linear_problem(48, 16, 4, 256, 128);
+  p.has_expert_map = true;
+  p.num_local_experts = 6;
+  check_fp8(p, WeightScale::kChannel, 1061);
+  MoeProblem f = ffn_problem(48, 16, 4, 128, 64, Activation::kGelu, DType::kBFloat16,
+                             WeightLayout::kOutIn);
+  f.has_expert_map = true;
+  f.num_local_experts = 5;
+  f.prerouted = true;
+  check_fp8(f, WeightScale::kBlock128, 1062);
+}
+
+TEST(GpuSmallFp8Fwd, OneExpertTakesEverything) {
+  FLASHMOE_REQUIRE_SM90();
+  // 150 rows at one expert (3 M tiles of 64), the second choices spread.
+  check_fp8(ffn_problem(150, 12, 2, 128, 64, Activation::kSilu), WeightScale::kChannel, 1071,
+            Logits::kOneExpert, 7);
+}
+
+TEST(GpuSmallFp8Fwd, GraphCaptureReplaysBitwise) {
+  FLASHMOE_REQUIRE_SM90();
+  MoeProblem const raw = ffn_problem(40, 8, 2, 128, 64, Activation::kSilu);
+  HostData const d = make_data(raw, 1081);
+  DeviceInputs in;
+  in.load(raw, d);
+  Prepared w;
+  Status const ps = prepare(raw, in, WeightScale::kChannel, &w);
+  ASSERT_TRUE(ps.ok()) << ps.message();
+  MoeProblem const p8 = prepared_problem(raw, WeightScale::kChannel);
+  Result const eager = run_fp8(p8, in, w, /*optional_outputs=*/false);
+  ASSERT_TRUE(eager.status.ok()) << eager.status.message();
+
+  std::size_t const ws_bytes = fused_moe_workspace_size(p8);
+  DeviceBuffer ws(ws_bytes);
+  DeviceBuffer out(raw.num_tokens * raw.output_dim() * 2);
+  FLASHMOE_ASSERT_CUDA(cudaMemset(ws.get(), 0xFF, ws_bytes));  // scheduler garbage included
+  cudaStream_t stream = nullptr;
+  FLASHMOE_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  MoeArgs a = in.args(p8);
+  a.w1 = w.w1.get();
+  a.w1_scale = w.s1.get<float>();
+  a.w2 = w.w2.get();
+  a.w2_scale = w.s2.get<float>();
+  a.out = out.get();
+  cudaGraph_t graph = nullptr;
+  FLASHMOE_ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  KernelPath path = KernelPath::kNone;
+  Status const rs = fused_moe_run(p8, a, ws.get(), ws_bytes, stream, &path);
+  cudaError_t const end = cudaStreamEndCapture(stream, &graph);
+  ASSERT_TRUE(rs.ok()) << "fused_moe_run under stream capture: " << rs.message();
+  ASSERT_EQ(end, cudaSuccess) << cudaGetErrorString(end);
+  cudaGraphExec_t exec = nullptr;
+  FLASHMOE_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  for (int replay = 0; replay < 2; ++replay) {
+    FLASHMOE_ASSERT_CUDA(cudaMemsetAsync(out.get(), 0xFF, out.bytes(), stream));
+    FLASHMOE_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
+    FLASHMOE_ASSERT_CUDA(cudaStreamSynchronize(stream));
+    std::vector<uint16_t> const got = download<uint16_t>(out, eager.out.size());
+    EXPECT_EQ(first_mismatch(got, eager.out), -1) << "graph replay " << replay << " differs";
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+TEST(GpuSmallFp8Fwd, ArgumentsAndZeroTokens) {
+  FLASHMOE_REQUIRE_SM90();
+  MoeProblem const raw = linear_problem(4, 8, 2, 128, 64);
+  MoeProblem p8 = prepared_problem(raw, WeightScale::kChannel);
+  KernelPath path = KernelPath::kNone;
+  Status s = fused_moe_can_implement(p8, &path);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(path, KernelPath::kMultiKernelSm90Fp8);
+  EXPECT_STREQ(kernel_path_name(path), "multikernel-sm90-fp8");
+  std::size_t const need = fused_moe_workspace_size(p8);
+  ASSERT_GT(need, 0u);
+
+  HostData const d = make_data(raw, 1091);
+  DeviceInputs in;
+  in.load(raw, d);
+  Prepared w;
+  ASSERT_TRUE(prepare(raw, in, WeightScale::kChannel, &w).ok());
+  DeviceBuffer out(4 * 64 * 2);
+  DeviceBuffer ws(need);
+  MoeArgs a = in.args(p8);
+  a.w1 = w.w1.get();
+  a.out = out.get();
+  a.w1_scale = nullptr;  // prepared weights without their scales
+  s = fused_moe_run(p8, a, ws.get(), need, nullptr, &path);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("w1_scale"), std::string::npos) << s.message();
+  a.w1_scale = w.s1.get<float>();
+  s = fused_moe_run(p8, a, ws.get(), need - 1, nullptr, &path);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("workspace"), std::string::npos) << s.message();
+
+  // Raw weights with precision "fp8" are refused, never quantized on the fly.
+  MoeProblem unprepared = raw;
+  unprepared.precision = Precision::kFP8;
+  s = fused_moe_can_implement(unprepared, &path);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported);
+  EXPECT_EQ(path, KernelPath::kNone);
+
+  MoeProblem zero = p8;
+  zero.num_tokens = 0;
+  MoeArgs none;
+  s = fused_moe_run(zero, none, nullptr, 0, nullptr, &path);
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(path, KernelPath::kMultiKernelSm90Fp8);
+  EXPECT_EQ(fused_moe_workspace_size(zero), 0u);
+}
+
+// ------------------------------------------------------------------------------ larger shape
+
+TEST(GpuFp8Fwd, FfnLarger) {
+  FLASHMOE_REQUIRE_SM90();
+  check_fp8(ffn_problem(256, 16, 4, 512, 256, Activation::kSilu), WeightScale::kChannel, 1101);
+  check_fp8(ffn_problem(256, 16, 4, 512, 256, Activation::kSilu, DType::kBFloat16,
+                        WeightLayout::kOutIn),
+            WeightScale::kBlock128, 1102);
+}
+
+// ------------------------------------------------------------------------- host-only checks
+
+TEST(Fp8FwdHost, PreparedLayoutSizes) {
+  MoeProblem lin = linear_problem(4, 8, 2, 256, 200);
+  PreparedLayout l;
+  ASSERT_TRUE(prepared_layout(lin, 1, WeightScale::kChannel, &l).ok());
+  EXPECT_EQ(l.experts, 8);
+  EXPECT_EQ(l.rows, 200);
+  EXPECT_EQ(l.cols, 256);
+  EXPECT_EQ(l.channels, 200);
+  EXPECT_FALSE(l.gate_up);
+  EXPECT_EQ(l.scale_rank, 2);
+  EXPECT_EQ(l.weight_bytes, 8u * 200 * 256);
+  EXPECT_EQ(l.scale_bytes, 4u * 8 * 200);
+  ASSERT_TRUE(prepared_layout(lin, 1, WeightScale::kBlock128, &l).ok());
+  EXPECT_EQ(l.scale_rank, 3);
+  EXPECT_EQ(l.scale_shape[1], 2);  // ceil(200 / 128)
+  EXPECT_EQ(l.scale_shape[2], 2);  // ceil(256 / 128)
+  EXPECT_EQ(l.scale_bytes, 4u * 8 * 2 * 2);
+  EXPECT_EQ(prepared_weight_bytes(lin, 2), 0u);  // linear experts have no w2
+  EXPECT_FALSE(prepared_layout(lin, 2, WeightScale::kChannel, &l).ok());
+  EXPECT_FALSE(prepared_layout(lin, 1, WeightScale::kNone, &l).ok());
+
+  MoeProblem ffn = ffn_problem(4, 6, 2, 256, 144, Activation::kSilu);
+  ASSERT_TRUE(prepared_layout(ffn, 1, WeightScale::kChannel, &l).ok());
+  EXPECT_TRUE(l.gate_up);
+  EXPECT_EQ(l.rows, 128 * 3);  // 128 * ceil(144 / 64): gate/up chunks, the last one padded
+  EXPECT_EQ(l.channels, 288);
+  EXPECT_EQ(l.weight_bytes, 6u * 384 * 256);
+  EXPECT_EQ(prepared_scale_bytes(ffn, 1, WeightScale::kChannel), 4u * 6 * 288);
+  ASSERT_TRUE(prepared_layout(ffn, 2, WeightScale::kBlock128, &l).ok());
+  EXPECT_EQ(l.rows, 256);
+  EXPECT_EQ(l.cols, 144);
+  EXPECT_EQ(l.scale_shape[1], 2);
+  EXPECT_EQ(l.scale_shape[2], 2);
+  EXPECT_EQ(prepared_weight_bytes(ffn, 3), 0u);
+  // The prepared row -> raw channel map of the gate/up interleave.
+  EXPECT_EQ(gemm::fp8_prepared_row_channel(0, 288, true), 0);
+  EXPECT_EQ(gemm::fp8_prepared_row_channel(64, 288, true), 144);    // first up channel
+  EXPECT_EQ(gemm::fp8_prepared_row_channel(128, 288, true), 64);    // second chunk, gate
+  EXPECT_EQ(gemm::fp8_prepared_row_channel(256 + 15, 288, true), 143);
+  EXPECT_EQ(gemm::fp8_prepared_row_channel(256 + 16, 288, true), -1);  // padding
+  EXPECT_EQ(gemm::fp8_prepared_row_channel(256 + 64 + 15, 288, true), 287);
+  EXPECT_EQ(gemm::fp8_prepared_row_channel(256 + 64 + 16, 288, true), -1);
+}
+
+TEST(Fp8FwdHost, UnsupportedMessages) {
+  // Raw weights with precision "fp8": refused before any device is looked at.
+  MoeProblem p = linear_problem(4, 8, 2, 128, 64);
+  p.precision = Precision::kFP8;
+  KernelPath path = KernelPath::kMultiKernelSm80;
+  Status s = fused_moe_can_implement(p, &path);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported);
+  EXPECT_EQ(s.message().find("precision=\"fp8\" on the GPU needs weights prepared once with "
+                             "prepare_experts(...)"),
+            0u)
+      << s.message();
+  EXPECT_EQ(path, KernelPath::kNone);
+  EXPECT_EQ(fused_moe_workspace_size(p), 0u);
+  MoeArgs none;
+  s = fused_moe_run(p, none, nullptr, 0, nullptr, &path);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported) << s.message();
+
+  // The device check names the device's capability.
+  s = fused::check_fp8_device(0, 8, 0);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported);
+  EXPECT_NE(s.message().find("precision=\"fp8\""), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("compute capability 8.0"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("9.0"), std::string::npos) << s.message();
+  s = fused::check_fp8_device(1, 8, 9);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported);
+  EXPECT_NE(s.message().find("device 1 has compute capability 8.9"), std::string::npos)
+      << s.message();
+  s = fused::check_fp8_device(0, 10, 0);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported);
+  EXPECT_NE(s.message().find("compute capability 10.0"), std::string::npos) << s.message();
+  EXPECT_TRUE(fused::check_fp8_device(0, 9, 0).ok());
+
+  // Shape limits of the FP8 kernels, on a prepared problem.
+  MoeProblem q = prepared_problem(linear_problem(4, 8, 2, 200, 64), WeightScale::kChannel);
+  s = fused::check_fp8_problem(q);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported);
+  EXPECT_NE(s.message().find("hidden size H to be a multiple of 16, got 200"), std::string::npos)
+      << s.message();
+  q = prepared_problem(linear_problem(4, 8, 2, 128, 60), WeightScale::kChannel);
+  s = fused::check_fp8_problem(q);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported);
+  EXPECT_NE(s.message().find("D to be a multiple of 8"), std::string::npos) << s.message();
+  q = prepared_problem(ffn_problem(4, 8, 2, 128, 40, Activation::kSilu), WeightScale::kChannel);
+  s = fused::check_fp8_problem(q);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported);
+  EXPECT_NE(s.message().find("I to be a multiple of 16, got 40"), std::string::npos)
+      << s.message();
+  q = prepared_problem(ffn_problem(4, 8, 2, 128, 80, Activation::kSilu), WeightScale::kBlock128);
+  s = fused::check_fp8_problem(q);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported);
+  EXPECT_NE(s.message().find("multiple of 64"), std::string::npos) << s.message();
+  q = prepared_problem(ffn_problem(4, 8, 2, 128, 80, Activation::kSilu), WeightScale::kChannel);
+  EXPECT_TRUE(fused::check_fp8_problem(q).ok());
+  q = prepared_problem(linear_problem(4, 8, 2, 128, 64, DType::kFloat32), WeightScale::kChannel);
+  s = fused::check_fp8_problem(q);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported);
+  EXPECT_NE(s.message().find("float32"), std::string::npos) << s.message();
+}
+
+TEST(Fp8FwdHost, ValidateAcceptsE4M3OnlyWhenPrepared) {
+  MoeProblem const raw = linear_problem(4, 8, 2, 128, 64);
+  MoeProblem p = prepared_problem(raw, WeightScale::kChannel);
+  EXPECT_TRUE(validate_problem(p).ok()) << validate_problem(p).message();
+  p.weight_scale = WeightScale::kBlock128;
+  EXPECT_TRUE(validate_problem(p).ok()) << validate_problem(p).message();
+
+  p = raw;
+  p.weight_dtype = DType::kFloat8E4M3;  // E4M3 weights that were not prepared
+  Status s = validate_problem(p);
+  EXPECT_EQ(s.code(), StatusCode::kUnsupportedType);
+  EXPECT_NE(s.message().find("prepare_experts"), std::string::npos) << s.message();
+  p.precision = Precision::kFP8;
+  EXPECT_EQ(validate_problem(p).code(), StatusCode::kUnsupportedType);
+
+  p = prepared_problem(raw, WeightScale::kChannel);
+  p.precision = Precision::kBF16;  // prepared weights run with precision "fp8" only
+  s = validate_problem(p);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("precision='fp8'"), std::string::npos) << s.message();
+
+  p = prepared_problem(raw, WeightScale::kChannel);
+  p.weight_dtype = DType::kBFloat16;  // "prepared" but not E4M3
+  s = validate_problem(p);
+  EXPECT_EQ(s.code(), StatusCode::kUnsupportedType);
+  EXPECT_NE(s.message().find("float8_e4m3fn"), std::string::npos) << s.message();
+
+  p = prepared_problem(raw, WeightScale::kNone);
+  s = validate_problem(p);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("weight_scale"), std::string::npos) << s.message();
+
+  p = raw;
+  p.weight_scale = WeightScale::kChannel;  // scales of raw weights
+  s = validate_problem(p);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("weight_scale"), std::string::npos) << s.message();
+
+  p = raw;
+  p.weight_scale = static_cast<WeightScale>(7);
+  s = validate_problem(p);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("weight_scale"), std::string::npos) << s.message();
+}
+
+TEST(Fp8FwdHost, PrepareArgumentErrors) {
+  // Every one of these fails before anything is enqueued (no device needed).
+  alignas(16) static unsigned char dummy[64];
+  float scales[4];
+  MoeProblem lin = linear_problem(4, 8, 2, 128, 64);
+  Status s = prepare_experts_fp8(lin, nullptr, nullptr, WeightScale::kChannel, dummy, scales,
+                                 nullptr, nullptr, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("expert_weights must not be null"), std::string::npos)
+      << s.message();
+  s = prepare_experts_fp8(lin, dummy, nullptr, WeightScale::kChannel, nullptr, scales, nullptr,
+                          nullptr, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("w1_fp8"), std::string::npos) << s.message();
+  s = prepare_experts_fp8(lin, dummy, nullptr, WeightScale::kNone, dummy, scales, nullptr,
+                          nullptr, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("weight_scale"), std::string::npos) << s.message();
+  MoeProblem odd = linear_problem(4, 8, 2, 200, 64);
+  s = prepare_experts_fp8(odd, dummy, nullptr, WeightScale::kChannel, dummy, scales, nullptr,
+                          nullptr, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported);
+  EXPECT_NE(s.message().find("multiple of 16, got 200"), std::string::npos) << s.message();
+  MoeProblem ffn = ffn_problem(4, 8, 2, 128, 96, Activation::kSilu);
+  s = prepare_experts_fp8(ffn, dummy, dummy, WeightScale::kBlock128, dummy, scales, dummy, scales,
+                          nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported);
+  EXPECT_NE(s.message().find("multiple of 64, got 96"), std::string::npos) << s.message();
+  s = prepare_experts_fp8(ffn, dummy, nullptr, WeightScale::kChannel, dummy, scales, dummy,
+                          scales, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("w_down"), std::string::npos) << s.message();
+  MoeProblem prepared = prepared_problem(lin, WeightScale::kChannel);
+  s = prepare_experts_fp8(prepared, dummy, nullptr, WeightScale::kChannel, dummy, scales, nullptr,
+                          nullptr, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("weights_prepared"), std::string::npos) << s.message();
+  MoeProblem f64 = linear_problem(4, 8, 2, 128, 64);
+  f64.weight_dtype = DType::kFloat64;
+  s = prepare_experts_fp8(f64, dummy, nullptr, WeightScale::kChannel, dummy, scales, nullptr,
+                          nullptr, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kUnsupportedType);
+  EXPECT_NE(s.message().find("float64"), std::string::npos) << s.message();
+  s = prepare_experts_fp8(lin, dummy, nullptr, WeightScale::kChannel, dummy + 1, scales, nullptr,
+                          nullptr, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("16-byte aligned"), std::string::npos) << s.message();
+}
+
+}  // namespace
+}  // namespace flashmoe::gpu_test
