@@ -5,10 +5,12 @@
 
 NumPy arrays and CPU torch tensors run the C++ reference; CUDA tensors run the GPU path. The
 routing rules are stated in include/flashmoe/routing.h. When torch is importable, the op is also
-registered as `torch.ops.flashmoe.fused_moe` (torch.compile-traceable).
+registered as `torch.ops.flashmoe.fused_moe` (torch.compile-traceable) and the nn.Module
+`FusedMoE` (router + experts, loadable from Hugging Face MoE state dicts) is exported.
 """
 
 from . import _C  # noqa: F401  (import the extension first: a build problem shows here)
+from ._checks import torch as _torch
 from .ops import fused_moe, fused_moe_workspace_size
 from .schedule import TemperatureSchedule, annealed_temperature
 from .stats import MoeStats
@@ -21,3 +23,8 @@ __all__ = [
     "TemperatureSchedule",
     "annealed_temperature",
 ]
+
+if _torch is not None:  # the nn.Module needs torch
+    from .module import FusedMoE  # noqa: F401  (exported through __all__)
+
+    __all__.append("FusedMoE")

@@ -1,0 +1,164 @@
+"""The GPU path inside CUDA graphs and torch.compile, and the FusedMoE module on CUDA.
+
+(a) fused_moe captured in a torch.cuda.CUDAGraph (static inputs, out=, a workspace of
+    fused_moe_workspace_size bytes) and replayed on fresh inputs equals eager calls bitwise; the
+    captured call neither synchronizes with the host (sync debug mode "error"; the capture itself
+    fails on a sync) nor allocates.
+(b) torch.compile(fullgraph=True) of a LayerNorm -> FusedMoE -> residual block in bf16 equals
+    eager bitwise.
+(c) FusedMoE on CUDA (bf16) against its float32 CPU copy (the C++ reference).
+Small shapes (E=16, H=256, I=128, T=64), so the file runs in seconds.
+"""
+
+import copy
+
+import pytest
+
+import numpy_moe
+from conftest import torch
+from flashmoe_science import FusedMoE, fused_moe, fused_moe_workspace_size
+
+pytestmark = pytest.mark.skipif(
+    torch is None or not torch.cuda.is_available(), reason="no CUDA GPU: GPU tests not run"
+)
+
+E, H, I, T, TOP_K = 16, 256, 128, 64, 4
+BF16 = torch.bfloat16 if torch else None
+
+# Routing options of the graph and module tests; "deepseek" exercises every routing kernel
+# (sigmoid, correction bias, grouped top-k, scaling, capacity with reroute).
+ROUTINGS = {
+    "softmax": {},
+    "deepseek": dict(
+        scoring="sigmoid",
+        n_group=4,
+        topk_group=2,
+        routed_scaling_factor=2.5,
+        capacity_factor=1.25,
+        overflow="reroute",
+    ),
+}
+
+
+def randn(g, *shape, scale=1.0, dtype=BF16):
+    return (torch.randn(*shape, generator=g) * scale).to(dtype).cuda()
+
+
+@pytest.mark.parametrize("routing", list(ROUTINGS))
+def test_gpu_cuda_graph_replay_matches_eager(routing):
+    g = torch.Generator().manual_seed(100 + len(routing))
+    weights = (randn(g, E, H, 2 * I, scale=H**-0.5), randn(g, E, I, H, scale=I**-0.5))
+    opts = dict(ROUTINGS[routing])
+    if routing == "deepseek":
+        opts["correction_bias"] = randn(g, E, scale=0.1, dtype=torch.float32)
+    static_x, static_logits = randn(g, T, H), randn(g, T, E, dtype=torch.float32)
+    static_out = torch.empty(T, H, dtype=BF16, device="cuda")
+    n = fused_moe_workspace_size(static_x, weights, static_logits, TOP_K, **opts)
+    workspace = torch.empty(max(n, 1), dtype=torch.uint8, device="cuda")
+
+    def step():
+        fused_moe(
+            static_x, weights, static_logits, TOP_K, out=static_out, workspace=workspace, **opts
+        )
+
+    side = torch.cuda.Stream()  # warm up off the default stream, as torch.cuda.graph expects
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+
+    graph = torch.cuda.CUDAGraph()
+    allocated = torch.cuda.memory_stats()["allocated_bytes.all.allocated"]
+    with torch.cuda.graph(graph):  # global capture mode: any host sync invalidates the capture
+        torch.cuda.set_sync_debug_mode("error")  # and torch's own syncs (.item(), ...) raise
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.cuda.memory_stats()["allocated_bytes.all.allocated"] == allocated, (
+        "fused_moe allocated memory inside the captured region although out= and a workspace "
+        "were given"
+    )
+
+    for i in range(3):
+        x, logits = randn(g, T, H), randn(g, T, E, dtype=torch.float32)
+        static_x.copy_(x)
+        static_logits.copy_(logits)
+        static_out.fill_(float("nan"))
+        graph.replay()
+        want = fused_moe(x, weights, logits, TOP_K, **opts)  # its own output and workspace
+        torch.cuda.synchronize()
+        assert bool(torch.isfinite(static_out).all()), f"replay {i}: NaN left in out"
+        assert torch.equal(static_out, want), f"replay {i} differs from the eager call"
+
+
+def make_moe(routing, seed):
+    """A FusedMoE (gated, E=16, H=256, I=128) on CUDA in bf16, initialized on the CPU."""
+    torch.manual_seed(seed)
+    use_bias = routing == "deepseek"
+    moe = FusedMoE(H, E, TOP_K, I, use_correction_bias=use_bias, **ROUTINGS[routing])
+    if use_bias:
+        with torch.no_grad():
+            moe.e_score_correction_bias.normal_(0.0, 0.1)
+    return moe.to("cuda", BF16)
+
+
+class Block(torch.nn.Module if torch else object):
+    """A pre-norm MoE sub-layer: x + FusedMoE(LayerNorm(x))."""
+
+    def __init__(self, moe):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(H, device="cuda", dtype=BF16)
+        with torch.no_grad():
+            self.norm.weight.normal_(1.0, 0.1)
+            self.norm.bias.normal_(0.0, 0.1)
+        self.moe = moe
+
+    def forward(self, x):
+        return x + self.moe(self.norm(x))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_gpu_compile_block_fullgraph(backend):
+    """The block compiled with fullgraph=True. It also returns the normed tokens h, so the MoE
+    and residual are checked bitwise on the tokens the compiled graph actually fed them: inductor
+    computes LayerNorm with its own kernel (its reduction order may move a bf16 result by one
+    ulp) and, unless emulate_precision_casts is set, may fuse the bf16 -> float32 round trip
+    away and feed the float32 router the unrounded norm output (seen with CPU inductor)."""
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    block = Block(make_moe("softmax", seed=30)).eval()
+    x = randn(torch.Generator().manual_seed(31), 2, T // 2, H)
+
+    def step(x):
+        h = block.norm(x)
+        return h, x + block.moe(h)
+
+    with torch.no_grad(), inductor_config.patch(emulate_precision_casts=True):
+        h, got = torch.compile(step, fullgraph=True, backend=backend)(x)
+        want = x + block.moe(h)
+        eager = block(x)
+    torch.cuda.synchronize()
+    assert got.dtype == BF16 and bool(torch.isfinite(got).all())
+    assert torch.equal(got, want), f"{backend}: compiled MoE + residual differ from eager"
+    if backend == "aot_eager":  # ATen's LayerNorm: the whole block is eager's, bit for bit
+        assert torch.equal(got, eager)
+    else:
+        torch.testing.assert_close(h, block.norm(x))  # bf16 tolerance (rtol 1.6e-2)
+
+
+@pytest.mark.parametrize("routing", list(ROUTINGS))
+def test_gpu_module_matches_cpu_reference(routing):
+    moe = make_moe(routing, seed=40 + len(routing))
+    cpu = copy.deepcopy(moe).to("cpu", torch.float32)  # the same (bf16-rounded) values
+    x = randn(torch.Generator().manual_seed(41), T, H)
+    with torch.no_grad():
+        got = moe(x)
+        want = cpu(x.cpu().float())
+    torch.cuda.synchronize()
+    assert got.shape == (T, H) and got.dtype == BF16 and got.is_cuda
+    assert bool(torch.isfinite(got).all())
+    err = numpy_moe.rel_err(got.double().cpu().numpy(), want.double().numpy())
+    assert err < 1e-2, f"relative Frobenius error {err:.3e} >= 1e-2"

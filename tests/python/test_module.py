@@ -1,0 +1,194 @@
+"""FusedMoE (the nn.Module) on the CPU: loading Hugging Face-style state dicts, forward against an
+explicit per-expert PyTorch loop in float64, load errors, torch.compile of a model block."""
+
+import pytest
+
+from conftest import requires_torch, torch
+
+pytestmark = requires_torch
+
+if torch is not None:
+    import torch.nn.functional as F
+
+    from flashmoe_science import FusedMoE, fused_moe
+
+PREFIX = "model.layers.3."
+# style -> (block prefix, names of the gate, up and down projections)
+HF_NAMES = {
+    "mixtral": ("block_sparse_moe.", "w1", "w3", "w2"),
+    "qwen3": ("mlp.", "gate_proj", "up_proj", "down_proj"),
+    "deepseek": ("mlp.", "gate_proj", "up_proj", "down_proj"),
+}
+
+
+def hf_state_dict(style, E=8, H=32, I=24, seed=0, bias=False):
+    """A decoder layer's state dict in Hugging Face naming (float64, nn.Linear [out, in])."""
+    g = torch.Generator().manual_seed(seed)
+    block, gate, up, down = HF_NAMES[style]
+    p = PREFIX + block
+    sd = {
+        PREFIX + "input_layernorm.weight": torch.ones(H, dtype=torch.float64),  # not ours
+        p + "gate.weight": torch.randn(E, H, generator=g, dtype=torch.float64) * H**-0.5,
+    }
+    for e in range(E):
+        for name, shape, fan_in in ((gate, (I, H), H), (up, (I, H), H), (down, (H, I), I)):
+            w = torch.randn(*shape, generator=g, dtype=torch.float64) * fan_in**-0.5
+            sd[f"{p}experts.{e}.{name}.weight"] = w
+    if bias:
+        sd[p + "gate.e_score_correction_bias"] = torch.randn(E, generator=g, dtype=torch.float64)
+    return sd
+
+
+def per_expert_loop(x, sd, style, top_k, scoring="softmax", n_group=None, topk_group=None, rsf=1):
+    """The MoE block written out in float64, one expert at a time, from the per-expert weights:
+    scores, (biased, grouped) top-k selection, renormalized combine weights, SwiGLU experts."""
+    block, gate, up, down = HF_NAMES[style]
+    p = PREFIX + block
+    x = x.double().reshape(-1, x.shape[-1])
+    logits = x @ sd[p + "gate.weight"].double().T
+    scores = logits.softmax(-1) if scoring == "softmax" else logits.sigmoid()
+    bias = sd.get(p + "gate.e_score_correction_bias")
+    q = scores if bias is None else scores + bias.double()
+    T, E = q.shape
+    if n_group is not None:  # group score: best q (sum of the two best with a bias)
+        grouped = q.view(T, n_group, E // n_group)
+        gscore = grouped.max(-1).values if bias is None else grouped.topk(2, -1).values.sum(-1)
+        keep = torch.zeros(T, n_group, dtype=torch.bool)
+        keep.scatter_(1, gscore.topk(topk_group, -1).indices, True)
+        q = q.masked_fill(~keep.repeat_interleave(E // n_group, 1), float("-inf"))
+    ids = q.topk(top_k, -1).indices
+    w = scores.gather(1, ids)
+    w = w / w.sum(-1, keepdim=True) * rsf
+    out = torch.zeros_like(x)
+    for e in range(E):
+        rows, slots = (ids == e).nonzero(as_tuple=True)
+        key = f"{p}experts.{e}.{{}}.weight"
+        xe = x[rows]
+        h = F.silu(xe @ sd[key.format(gate)].double().T) * (xe @ sd[key.format(up)].double().T)
+        out.index_add_(0, rows, w[rows, slots, None] * (h @ sd[key.format(down)].double().T))
+    return out
+
+
+def rel_err(a, b):
+    return float((a.double() - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize(
+    "dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)] if torch else []
+)
+@pytest.mark.parametrize("style", ["mixtral", "qwen3"])
+def test_forward_matches_per_expert_loop(style, dtype, tol):
+    sd = {k: v.to(dtype) for k, v in hf_state_dict(style, seed=len(style)).items()}
+    moe = FusedMoE.from_state_dict(sd, PREFIX, style, top_k=2)
+    assert moe.w_gate_up.dtype == dtype and moe.w_gate_up.shape == (8, 48, 32)
+    assert moe.w_down.shape == (8, 32, 24) and moe.e_score_correction_bias is None
+    x = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    with torch.no_grad():
+        got = moe(x)
+    assert got.shape == x.shape and got.dtype == dtype
+    want = per_expert_loop(x, sd, style, 2).reshape(got.shape)
+    assert rel_err(got, want) < tol
+
+
+def test_deepseek_routing_and_bias():
+    sd = hf_state_dict("deepseek", E=8, seed=3, bias=True)
+    opts = dict(scoring="sigmoid", n_group=4, topk_group=2, routed_scaling_factor=2.5)
+    moe = FusedMoE.from_state_dict(sd, PREFIX, "deepseek", top_k=3, **opts)
+    bias = sd[PREFIX + "mlp.gate.e_score_correction_bias"]
+    assert moe.e_score_correction_bias.dtype == torch.float32
+    assert torch.equal(moe.e_score_correction_bias, bias.float())
+    sd[PREFIX + "mlp.gate.e_score_correction_bias"] = bias.float()  # what the module holds
+    x = torch.randn(11, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        got = moe(x)
+    want = per_expert_loop(x, sd, "deepseek", 3, "sigmoid", 4, 2, rsf=2.5)
+    assert rel_err(got, want) < 1e-12
+
+
+def test_load_into_existing_module_and_state_dict_round_trip():
+    sd = hf_state_dict("qwen3", E=6, H=16, I=8)
+    moe = FusedMoE(16, 6, 2, 8, dtype=torch.float64)
+    assert moe.load_experts_from_state_dict(sd, PREFIX, style="qwen3") is moe
+    gate, up = (sd[PREFIX + f"mlp.experts.4.{n}.weight"] for n in ("gate_proj", "up_proj"))
+    assert torch.equal(moe.w_gate_up[4], torch.cat([gate, up]))  # [2I, H]: gate rows, then up
+    assert torch.equal(moe.w_down[4], sd[PREFIX + "mlp.experts.4.down_proj.weight"])
+    copy = FusedMoE(16, 6, 2, 8, dtype=torch.float64)
+    copy.load_state_dict(moe.state_dict())
+    x = torch.randn(5, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(copy(x), moe(x))
+
+
+def test_linear_experts():
+    moe = FusedMoE(16, 6, 2, out_features=10, dtype=torch.float64)
+    assert moe.weight.shape == (6, 10, 16)
+    x = torch.randn(3, 4, 16, dtype=torch.float64)
+    with torch.no_grad():
+        got = moe(x)
+        logits = x.reshape(12, 16) @ moe.router.weight.T
+        want = fused_moe(x, moe.weight.transpose(1, 2), logits, 2)
+    assert got.shape == (3, 4, 10)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "edit,error,match",
+    [
+        ("drop:block_sparse_moe.experts.5.w3.weight", KeyError, "experts.5.w3.weight"),
+        ("drop:block_sparse_moe.gate.weight", KeyError, "block_sparse_moe.gate.weight"),
+        (
+            "shape:block_sparse_moe.experts.2.w2.weight",
+            ValueError,
+            r"experts.2.w2.weight.*\[32, 24\]",
+        ),
+        (
+            "shape:block_sparse_moe.experts.7.w1.weight",
+            ValueError,
+            r"experts.7.w1.weight.*\[24, 32\]",
+        ),
+    ],
+)
+def test_load_errors_name_the_key(edit, error, match):
+    sd = hf_state_dict("mixtral")
+    what, key = edit.split(":")
+    if what == "drop":
+        del sd[PREFIX + key]
+    else:
+        sd[PREFIX + key] = sd[PREFIX + key][:, :-1]
+    with pytest.raises(error, match=match):
+        FusedMoE(32, 8, 2, 24).load_experts_from_state_dict(sd, PREFIX, "mixtral")
+    with pytest.raises(error, match=match):
+        FusedMoE.from_state_dict(sd, PREFIX, "mixtral", top_k=2)
+
+
+def test_load_errors_style_and_bias():
+    sd = hf_state_dict("deepseek", bias=True)
+    with pytest.raises(ValueError, match="style must be one of 'mixtral', 'qwen3', 'deepseek'"):
+        FusedMoE(32, 8, 2, 24).load_experts_from_state_dict(sd, PREFIX, "llama")
+    with pytest.raises(ValueError, match="e_score_correction_bias.*use_correction_bias=True"):
+        FusedMoE(32, 8, 2, 24).load_experts_from_state_dict(sd, PREFIX, "deepseek")
+    with pytest.raises(KeyError, match="block_sparse_moe.gate.weight"):  # wrong style
+        FusedMoE.from_state_dict(sd, PREFIX, "mixtral", top_k=2)
+
+
+class Block(torch.nn.Module if torch else object):
+    """A pre-norm MoE sub-layer: x + FusedMoE(LayerNorm(x))."""
+
+    def __init__(self, moe):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(moe.hidden_size, dtype=moe.router.weight.dtype)
+        self.moe = moe
+
+    def forward(self, x):
+        return x + self.moe(self.norm(x))
+
+
+def test_compile_block_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    sd = {k: v.float() for k, v in hf_state_dict("qwen3", seed=5).items()}
+    block = Block(FusedMoE.from_state_dict(sd, PREFIX, "qwen3", top_k=2)).eval()
+    x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        eager = block(x)
+        compiled = torch.compile(block, fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
