@@ -71,6 +71,7 @@ class Plan:
     prerouted: bool
     capacity_factor: float  # 0.0 = dropless
     cuda_cast_bf16: bool  # CUDA float32/float64 inputs computed in bf16 (precision="bf16")
+    cuda_fp8: bool = False  # CUDA precision="fp8": the run reads prepared FP8 weights
 
     @property
     def out_dim(self) -> int:
@@ -113,13 +114,28 @@ def _choice(name: str, value: Any, accepted: Tuple[str, ...]) -> str:
     return value
 
 
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+# Numbers an option may be: Python/NumPy numbers, and torch's symbolic ints/floats, which
+# torch.compile(dynamic=True) passes while tracing.
+_SYM_TYPES = (torch.SymInt, torch.SymFloat) if torch is not None else ()
+_NUMBER_TYPES = (int, float, np.integer, np.floating) + _SYM_TYPES
+
+
+def _number(name: str, value: Any) -> Any:
+    """A finite number option. Plain numbers come back as float; symbolic ones (traced under
+    torch.compile) come back as they are, so tracing does not specialize on them."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, _NUMBER_TYPES):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
+    if not isinstance(value, _SYM_TYPES):
+        value = float(value)
+    # `not abs(v) < inf` rather than math.isfinite: it also holds for NaN and traces on SymFloat.
+    if not abs(value) < math.inf:
         raise ValueError(f"{name} must be finite, got {value}")
     return value
+
+
+def as_float(value: Any) -> Any:
+    """float(value), keeping torch's symbolic numbers symbolic (see _number)."""
+    return value if isinstance(value, _SYM_TYPES) else float(value)
 
 
 def _integer(name: str, value: Any) -> int:
@@ -170,9 +186,33 @@ def check_call(
     out: Any,
     workspace: Any,
 ) -> Tuple[Plan, Any, Optional[Any]]:
-    """Validates a fused_moe call. Returns (plan, w1, w2) with w2 None for linear experts."""
+    """Validates a fused_moe call. Returns (plan, w1, w2) with w2 None for linear experts
+    (for a PreparedExperts: its prepared w1/w2)."""
+    from .prepare import PreparedExperts
+
+    prepared = expert_weights if isinstance(expert_weights, PreparedExperts) else None
     # --- expert weights: one array (linear) or a (w_gate_up, w_down) pair (gated FFN) -------
-    if isinstance(expert_weights, (tuple, list)):
+    if prepared is not None:
+        if precision != "fp8":
+            raise ValueError(
+                f"expert_weights is a PreparedExperts (FP8 weights): pass precision='fp8', "
+                f"got precision={precision!r}"
+            )
+        if not (is_torch(tokens) and tokens.device.type == "cuda"):
+            raise ValueError(
+                "expert_weights is a PreparedExperts, which is GPU-only, but tokens are "
+                f"{'on ' + device_name(tokens) if is_torch(tokens) else 'a NumPy array'}; on "
+                "the CPU pass the raw weights with precision='fp8' (the reference's fake "
+                "quantization)"
+            )
+        kind = prepared.kind
+        w1, w2 = prepared.w1, prepared.w2
+        weight_names = (
+            ("expert_weights (PreparedExperts.w1)", "expert_weights (PreparedExperts.w2)")
+            if kind == "gated_ffn"
+            else ("expert_weights (PreparedExperts.w1)", None)
+        )
+    elif isinstance(expert_weights, (tuple, list)):
         if len(expert_weights) != 2:
             raise ValueError(
                 "expert_weights must be one array [E, H, D] (linear experts) or a tuple "
@@ -266,7 +306,12 @@ def check_call(
 
     # --- expert weights ----------------------------------------------------------------------
     oi = layout == "out_in"
-    if kind == "linear":
+    if prepared is not None:
+        E_local, D, I = prepared.E, prepared.D, prepared.I
+        w_dt = "float8_e4m3fn"
+        if prepared.H != H:
+            raise ValueError(f"expert_weights (PreparedExperts) has H={prepared.H} but tokens has H={H}")
+    elif kind == "linear":
         form = "[E, D, H]" if oi else "[E, H, D]"
         ws = _rank(weight_names[0], w1, 3, form)
         E_local = ws[0]
@@ -429,10 +474,22 @@ def check_call(
 
     # --- device rules --------------------------------------------------------------------------
     cast_bf16 = False
+    cuda_fp8 = False
     if on_cuda:
         if precision == "fp8":
-            raise NotImplementedError("FP8 path not built yet (issue 4)")
-        if precision == "bf16":
+            # Raw weights are prepared (quantized once, cached) by fused_moe; the run reads E4M3.
+            cuda_fp8 = True
+            if tok_dt not in GPU_DTYPES:
+                raise TypeError(
+                    f"tokens of dtype {tok_dt} on CUDA: precision='fp8' takes bfloat16 or float16 "
+                    "tokens (the output has their dtype)"
+                )
+            if prepared is None and w_dt not in ("bfloat16", "float16", "float32"):
+                raise TypeError(
+                    f"precision='fp8' on CUDA quantizes raw bfloat16/float16/float32 weights; "
+                    f"{weight_names[0]} has dtype {w_dt} (pass a PreparedExperts for FP8 weights)"
+                )
+        elif precision == "bf16":
             if w_dt not in FLOAT_DTYPES:
                 raise TypeError(
                     f"precision='bf16' on CUDA needs float expert weights, {weight_names[0]} "
@@ -467,6 +524,7 @@ def check_call(
         prerouted=prerouted,
         capacity_factor=capacity,
         cuda_cast_bf16=cast_bf16,
+        cuda_fp8=cuda_fp8,
     )
     if out is not None:
         if _shape(out) != plan.out_shape:

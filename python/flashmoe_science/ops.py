@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from . import _C, _checks
+from .prepare import SCALES, PreparedExperts, cached_prepare
 from .stats import MoeStats, load_ratio
 
 if _checks.torch is not None:  # registers torch.ops.flashmoe.fused_moe
@@ -43,6 +44,8 @@ def fused_moe(
     activation: str = "silu",
     layout: str = "in_out",
     precision: str = "auto",
+    fp8_scale: str = "channel",
+    check_finite: bool = True,
     out: Any = None,
     return_stats: bool = False,
     workspace: Any = None,
@@ -81,9 +84,28 @@ def fused_moe(
         activation: "silu" (SwiGLU) or "gelu" (exact), gated-FFN experts only.
         layout: "in_out" ([E, in, out], the seed's) or "out_in" (nn.Linear's [E, out, in]).
         precision: "auto" (the inputs' types), "bf16" (inputs rounded to bf16), "fp8" (E4M3
-            weights and activations; CPU reference only for now).
+            weights with float32 scales, activations quantized per token, fp32 accumulation,
+            output in the tokens' dtype). On CUDA (compute capability 9.0, bf16/fp16 tokens)
+            expert_weights is either a PreparedExperts from prepare_experts(...) (used as is) or
+            raw weights, which are then prepared once and cached: the cache is keyed by each raw
+            tensor's (id, data_ptr, shape, dtype, device, torch _version) plus fp8_scale and
+            layout, holds only weak references to the raw tensors (an entry goes with them), and
+            re-quantizes only when one of those key parts changes -- e.g. an in-place update
+            (w.add_(...), an optimizer step) bumps _version. Writes that bypass _version (.data,
+            DLPack) are not seen: pass a PreparedExperts (or call clear_prepare_cache()). The
+            first call of a set of raw weights must not be inside CUDA-graph capture, and under
+            torch.compile the cache lookup runs eagerly (a graph break): pass a PreparedExperts
+            there. On the CPU, precision="fp8" runs the reference's fake quantization of the
+            raw weights (per output channel) and tokens (per row).
+        fp8_scale: "channel" or "block128": the weight scales of the implicit prepare of raw
+            weights with precision="fp8" on CUDA (a PreparedExperts keeps its own).
+        check_finite: CUDA only: check routing_weights for NaN/inf (a host sync) and raise
+            ValueError. False skips the check (no sync); non-finite scores are then treated as
+            -inf, i.e. never chosen. The CPU reference always checks (free there).
         out: preallocated output of the result's shape and the tokens' dtype, on their device.
         return_stats: also return a MoeStats (final routing, per-expert load, drops, path).
+            Eager calls sync once to return Python numbers; under torch.compile or CUDA-graph
+            capture nothing syncs and the numbers are device tensors (see MoeStats).
         workspace: CUDA only: a preallocated uint8 device buffer (e.g. for CUDA-graph capture);
             by default one is allocated per call.
 
@@ -93,10 +115,14 @@ def fused_moe(
 
     Raises:
         ValueError / TypeError naming the argument for bad shapes, dtypes, options and data
-        (non-finite scores); NotImplementedError for what this build cannot run on the device.
+        (non-finite scores); NotImplementedError for what this build cannot run on the device
+        (e.g. precision="fp8" on a GPU that is not compute capability 9.0).
     """
     if not isinstance(return_stats, bool):
         raise TypeError(f"return_stats must be a bool, got {type(return_stats).__name__}")
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
+    _checks._choice("fp8_scale", fp8_scale, SCALES)
     given = dict(
         scoring=scoring,
         renormalize=renormalize,
@@ -118,9 +144,18 @@ def fused_moe(
         tokens, expert_weights, routing_weights, top_k, out=out, workspace=workspace, **given
     )
     options = _op_options(plan, given)
+    scales = (None, None, "none")
+    if plan.cuda_fp8:
+        prepared = expert_weights
+        if not isinstance(prepared, PreparedExperts):  # raw weights: prepared once, cached
+            prepared = cached_prepare(expert_weights, fp8_scale, given["layout"])
+        w1, w2 = prepared.w1, prepared.w2
+        scales = (prepared.w1_scale, prepared.w2_scale, prepared.scale)
     arrays = (tokens, w1, w2, routing_weights, correction_bias, topk_ids, topk_weights, expert_map)
     if plan.lib == _checks.TORCH:
-        return _torch_library.run(plan, options, arrays, out, workspace, return_stats)
+        return _torch_library.run(
+            plan, options, arrays, out, workspace, return_stats, scales, check_finite
+        )
     return _run_numpy(plan, options, arrays, out, return_stats)
 
 
@@ -140,23 +175,36 @@ def fused_moe_workspace_size(
             f"unexpected option(s) {sorted(unknown)}; accepted: {sorted(_OPTION_DEFAULTS)}"
         )
     given = {**_OPTION_DEFAULTS, **options}
+    fp8_scale = _checks._choice("fp8_scale", given.pop("fp8_scale"), SCALES)
+    given.pop("check_finite")
     plan, w1, w2 = _checks.check_call(
         tokens, expert_weights, routing_weights, top_k, out=None, workspace=None, **given
     )
-    # What the CUDA runner passes: bf16 after the precision="bf16" cast, float32 scores.
-    dtypes = (
-        ("bfloat16", "bfloat16", "float32")
-        if plan.cuda_cast_bf16
-        else (_checks.dtype_name(tokens), _checks.dtype_name(w1), "float32")
-    )
+    # What the CUDA runner passes: bf16 after the precision="bf16" cast, prepared E4M3 weights
+    # for precision="fp8", float32 scores.
+    w1_shape, w2_shape, weight_scale = tuple(w1.shape), None, "none"
+    if plan.cuda_fp8:
+        weight_scale = (
+            expert_weights.scale if isinstance(expert_weights, PreparedExperts) else fp8_scale
+        )
+        # Only these dims of the prepared shapes are read: [E, D, H] and [E, H, I].
+        w1_shape = (plan.E_local, plan.D, plan.H)
+        w2_shape = (plan.E_local, plan.H, plan.I) if plan.kind == "gated_ffn" else None
+        dtypes = (_checks.dtype_name(tokens), "float8_e4m3fn", "float32")
+    elif plan.cuda_cast_bf16:
+        dtypes = ("bfloat16", "bfloat16", "float32")
+    else:
+        dtypes = (_checks.dtype_name(tokens), _checks.dtype_name(w1), "float32")
     problem = build_problem(
         (plan.T, plan.H),
-        tuple(w1.shape),
-        w2 is not None,
+        w1_shape,
+        plan.kind == "gated_ffn",
         dtypes=dtypes,
         prerouted=plan.prerouted,
         has_correction_bias=given["correction_bias"] is not None,
         has_expert_map=given["expert_map"] is not None,
+        weight_scale=weight_scale,
+        w2_shape=w2_shape,
         **_op_options(plan, given),
     )
     return int(_C.workspace_size(problem))
@@ -177,10 +225,10 @@ def _op_options(plan: _checks.Plan, given: Dict[str, Any]) -> Dict[str, Any]:
         top_k=plan.top_k,
         scoring=given["scoring"],
         renormalize=given["renormalize"],
-        temperature=float(given["temperature"]),
+        temperature=_checks.as_float(given["temperature"]),
         n_group=0 if given["n_group"] is None else int(given["n_group"]),
         topk_group=0 if given["topk_group"] is None else int(given["topk_group"]),
-        routed_scaling_factor=float(given["routed_scaling_factor"]),
+        routed_scaling_factor=_checks.as_float(given["routed_scaling_factor"]),
         capacity_factor=plan.capacity_factor,
         overflow=given["overflow"],
         activation=given["activation"],
@@ -211,10 +259,17 @@ def build_problem(
     activation: str,
     layout: str,
     precision: str,
+    weight_scale: str = "none",
+    w2_shape: Optional[Tuple[int, ...]] = None,
 ) -> Dict[str, Any]:
-    """The problem dict of _C.forward / _C.workspace_size (MoeProblem's fields, by name)."""
+    """The problem dict of _C.forward / _C.workspace_size (MoeProblem's fields, by name).
+    weight_scale != "none": w1 (and w2) are prepared FP8 weights ([E, rows, K], options.h): D is
+    w1_shape[1] (linear), I is w2_shape[2] (gated FFN), and `layout` is not read by the core."""
     T, H = (int(s) for s in tokens2d_shape)
-    out_cols = int(w1_shape[1] if layout == "out_in" else w1_shape[2])
+    if weight_scale != "none":
+        out_cols = int(w1_shape[1]) if not gated else 2 * int(w2_shape[2])
+    else:
+        out_cols = int(w1_shape[1] if layout == "out_in" else w1_shape[2])
     return dict(
         num_tokens=T,
         hidden=H,
@@ -241,6 +296,8 @@ def build_problem(
         prerouted=prerouted,
         has_correction_bias=has_correction_bias,
         has_expert_map=has_expert_map,
+        weights_prepared=weight_scale != "none",
+        weight_scale=weight_scale,
     )
 
 

@@ -21,7 +21,11 @@ from .stats import MoeStats, load_ratio
 
 # Kernel-path names by index: the op reports the path it ran in the stats tensor `counts[2]`
 # (an op can only return tensors). New names are appended as paths report them.
-_PATH_NAMES: List[str] = ["none", "reference-cpu"]
+_PATH_NAMES: List[str] = ["none", "reference-cpu", "multikernel-sm80", "multikernel-sm90-fp8"]
+
+
+def path_name(index: int) -> str:
+    return _PATH_NAMES[index]
 
 
 def _path_index(name: str) -> int:
@@ -76,10 +80,18 @@ def fused_moe_op(
     layout: str,
     precision: str,
     return_stats: bool,
+    w1_scale: Optional[Tensor] = None,
+    w2_scale: Optional[Tensor] = None,
+    weight_scale: str = "none",
+    check_finite: bool = True,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """tokens [T, H] -> out [T, D or H] (written in place). Returns (topk_ids [T, k] int32,
     topk_weights [T, k] float32, expert_load [E] int32, counts [3] int64 = dropped, rerouted,
-    kernel-path index) when return_stats, else four empty tensors."""
+    kernel-path index) when return_stats, else four empty tensors.
+
+    weight_scale != "none": w1/w2 are prepared FP8 weights (prepare.py; float8_e4m3fn or uint8
+    [E, rows, K]) with their float32 scales w1_scale/w2_scale. check_finite=False skips the CUDA
+    non-finite check of routing_weights (a host sync)."""
     from .ops import build_problem, check_index_range
 
     dev = tokens.device
@@ -91,7 +103,7 @@ def fused_moe_op(
         # while a CUDA graph is being captured, where a sync is not allowed).
         check_data = not on_cuda or not torch.cuda.is_current_stream_capturing()
         if check_data:
-            if on_cuda and routing_weights is not None:
+            if on_cuda and check_finite and routing_weights is not None:
                 if not bool(torch.isfinite(routing_weights).all()):
                     raise ValueError("routing_weights has non-finite values (NaN or inf)")
             if topk_ids is not None:
@@ -109,6 +121,12 @@ def fused_moe_op(
                 run_out = torch.empty(out.shape, dtype=bf16, device=dev)
         tokens, w1 = _dense(tokens, on_cuda), _dense(w1, on_cuda)
         w2 = None if w2 is None else _dense(w2, on_cuda)
+        prepared = weight_scale != "none"
+        if prepared:  # E4M3 bytes go to the core as uint8 (DLPack float8 support varies)
+            w1 = w1.view(torch.uint8)
+            w2 = None if w2 is None else w2.view(torch.uint8)
+            w1_scale = w1_scale.detach().contiguous()
+            w2_scale = None if w2_scale is None else w2_scale.detach().contiguous()
         if on_cuda and run_out.data_ptr() % 16 != 0:  # e.g. out= a view at an odd offset
             run_out = torch.empty(out.shape, dtype=run_out.dtype, device=dev)
         if routing_weights is not None:
@@ -129,7 +147,7 @@ def fused_moe_op(
             w2 is not None,
             dtypes=(
                 dtype_name(tokens),
-                dtype_name(w1),
+                "float8_e4m3fn" if prepared else dtype_name(w1),
                 "float32" if routing_weights is None else dtype_name(routing_weights),
             ),
             prerouted=topk_ids is not None,
@@ -148,6 +166,8 @@ def fused_moe_op(
             activation=activation,
             layout=layout,
             precision=precision,
+            weight_scale=weight_scale,
+            w2_shape=None if w2 is None else tuple(w2.shape),
         )
         s_ids, s_w, s_load, counts = stats if return_stats else (None,) * 4
         ws, stream = None, 0
@@ -173,6 +193,8 @@ def fused_moe_op(
             None if counts is None else counts[:2],
             ws,
             stream,
+            w1_scale if prepared else None,
+            w2_scale if prepared else None,
         )
         if run_out is not out:
             out.copy_(run_out)
@@ -207,6 +229,10 @@ def _fused_moe_fake(
     layout,
     precision,
     return_stats,
+    w1_scale=None,
+    w2_scale=None,
+    weight_scale="none",
+    check_finite=True,
 ):
     T = tokens.shape[0] if return_stats else 0
     k = top_k if return_stats else 0
@@ -220,9 +246,17 @@ def _fused_moe_fake(
 
 
 def run(
-    plan, options, arrays, out: Optional[Tensor], workspace: Optional[Tensor], return_stats: bool
+    plan,
+    options,
+    arrays,
+    out: Optional[Tensor],
+    workspace: Optional[Tensor],
+    return_stats: bool,
+    scales: Tuple[Optional[Tensor], Optional[Tensor], str] = (None, None, "none"),
+    check_finite: bool = True,
 ) -> Any:
-    """fused_moe for torch inputs (already validated by _checks): allocate, call the op."""
+    """fused_moe for torch inputs (already validated by _checks): allocate, call the op.
+    `scales` = (w1_scale, w2_scale, weight_scale) when w1/w2 are prepared FP8 weights."""
     tokens, w1, w2, rw, cb, ids, tw, em = arrays
     if torch.is_grad_enabled() and any(
         a is not None and a.requires_grad for a in (tokens, w1, w2, rw, cb, tw)
@@ -254,12 +288,27 @@ def run(
         out.view(plan.T, plan.out_dim),
         workspace,
         return_stats=return_stats,
+        w1_scale=scales[0],
+        w2_scale=scales[1],
+        weight_scale=scales[2],
+        check_finite=check_finite,
         **options,
     )
     if not return_stats:
         return out
     ids_out, w_out, load, counts = stats
+    if no_sync_context(tokens):
+        # torch.compile tracing or CUDA-graph capture: no host sync; everything stays a tensor.
+        ratio = load.max().to(torch.float32) * plan.E / load.sum().clamp(min=1).to(torch.float32)
+        return out, MoeStats(ids_out, w_out, load, ratio, counts[0], counts[1], counts)
     dropped, rerouted, path = counts.tolist()  # one host sync, only when stats are asked for
     return out, MoeStats(
         ids_out, w_out, load, load_ratio(load.cpu()), dropped, rerouted, _PATH_NAMES[path]
     )
+
+
+def no_sync_context(tokens: Tensor) -> bool:
+    """Whether a host sync is not allowed now: torch.compile tracing or CUDA-graph capture."""
+    if torch.compiler.is_compiling():
+        return True
+    return tokens.is_cuda and torch.cuda.is_current_stream_capturing()

@@ -17,6 +17,7 @@
 
 #include "flashmoe/fused_moe.h"
 #include "flashmoe/options.h"
+#include "flashmoe/quantization.h"
 #include "flashmoe/reference.h"
 #include "flashmoe/routing.h"
 #include "flashmoe/types.h"
@@ -86,6 +87,13 @@ Enum parse_choice(std::string const& key, std::string const& value,
     accepted += (accepted.empty() ? "'" : ", '") + std::string(name) + "'";
   }
   raise(PyExc_ValueError, key + " must be one of " + accepted + "; got '" + value + "'");
+}
+
+flashmoe::WeightScale parse_weight_scale(std::string const& key, std::string const& value) {
+  return parse_choice<flashmoe::WeightScale>(key, value,
+                                             {{"none", flashmoe::WeightScale::kNone},
+                                              {"channel", flashmoe::WeightScale::kChannel},
+                                              {"block128", flashmoe::WeightScale::kBlock128}});
 }
 
 // Fills a MoeProblem from a dict of plain values. Keys are the MoeProblem / RoutingOptions field
@@ -163,6 +171,10 @@ MoeProblem parse_problem(nb::dict const& d) {
         p.has_correction_bias = nb::cast<bool>(v);
       else if (key == "has_expert_map")
         p.has_expert_map = nb::cast<bool>(v);
+      else if (key == "weights_prepared")
+        p.weights_prepared = nb::cast<bool>(v);
+      else if (key == "weight_scale")
+        p.weight_scale = parse_weight_scale("weight_scale", nb::cast<std::string>(v));
       else
         raise(PyExc_ValueError, "problem has an unknown key '" + key + "'");
     } catch (nb::cast_error const&) {
@@ -198,6 +210,11 @@ std::optional<DType> dlpack_to_dtype(nb::dlpack::dtype dt) {
       break;
   }
   return std::nullopt;
+}
+
+bool is_uint8(nb::dlpack::dtype dt) {
+  return dt.lanes == 1 && dt.bits == 8 &&
+         static_cast<nb::dlpack::dtype_code>(dt.code) == nb::dlpack::dtype_code::UInt;
 }
 
 std::string dlpack_dtype_str(nb::dlpack::dtype dt) {
@@ -251,6 +268,11 @@ auto checked_data(char const* name, Array const& a, std::vector<DType> const& dt
                   std::vector<int64_t> const& shape, DeviceCheck* dev) {
   dev->add(name, a);
   std::optional<DType> dt = dlpack_to_dtype(a.dtype());
+  if (!dt && is_uint8(a.dtype())) {
+    // uint8 arrays carry E4M3 bytes (prepared FP8 weights; torch.float8_e4m3fn viewed as uint8).
+    for (DType t : dtypes)
+      if (t == DType::kFloat8E4M3) dt = DType::kFloat8E4M3;
+  }
   bool dtype_ok = false;
   for (DType t : dtypes) dtype_ok |= dt && *dt == t;
   if (!dtype_ok) {
@@ -300,17 +322,40 @@ DType array_dtype(char const* name, InArray const& a) {
   return *dt;
 }
 
+// Prepared FP8 weights: float8_e4m3fn, or uint8 holding the E4M3 bytes.
+DType prepared_dtype(char const* name, InArray const& a) {
+  if (is_uint8(a.dtype())) return DType::kFloat8E4M3;
+  return array_dtype(name, a);
+}
+
+std::vector<int64_t> scale_shape(flashmoe::PreparedLayout const& l) {
+  return std::vector<int64_t>(l.scale_shape, l.scale_shape + l.scale_rank);
+}
+
+flashmoe::PreparedLayout layout_of(MoeProblem const& p, int which, flashmoe::WeightScale scale) {
+  flashmoe::PreparedLayout l;
+  check_ok(flashmoe::prepared_layout(p, which, scale, &l));
+  return l;
+}
+
 // ---- exported functions -------------------------------------------------------------------
 
 std::string forward(nb::dict problem_dict, InArray tokens, InArray w1, OptIn w2,
                     OptIn routing_weights, OptIn correction_bias, OptIn topk_ids,
                     OptIn topk_weights, OptIn expert_map, OutArray out, OptOut topk_ids_out,
                     OptOut topk_weights_out, OptOut expert_load, OptOut counts, OptOut workspace,
-                    uintptr_t stream) {
+                    uintptr_t stream, OptIn w1_scale, OptIn w2_scale) {
   MoeProblem p = parse_problem(problem_dict);
   // The arrays are the truth for types and presence; the dict gives shapes and options.
   p.token_dtype = array_dtype("tokens", tokens);
-  p.weight_dtype = array_dtype("expert_weights", w1);
+  p.weight_dtype = p.weights_prepared ? prepared_dtype("expert_weights", w1)
+                                      : array_dtype("expert_weights", w1);
+  if (p.weights_prepared != w1_scale.has_value()) {
+    raise(PyExc_ValueError, p.weights_prepared
+                                ? "prepared FP8 expert_weights need their scales (w1_scale)"
+                                : "w1_scale is given but the expert weights are not prepared "
+                                  "(problem['weights_prepared'] is false)");
+  }
   if (routing_weights) p.score_dtype = array_dtype("routing_weights", *routing_weights);
   p.prerouted = topk_ids.has_value();
   p.has_correction_bias = correction_bias.has_value();
@@ -339,7 +384,24 @@ std::string forward(nb::dict problem_dict, InArray tokens, InArray w1, OptIn w2,
   DeviceCheck dev;
   MoeArgs a;
   a.tokens = checked_data("tokens", tokens, floats, {T, H}, &dev);
-  if (ffn) {
+  if (p.weights_prepared) {
+    // Prepared layout (flashmoe/options.h, MoeArgs): [E_local, Np, K] E4M3 plus float32 scales.
+    std::vector<DType> const e4m3 = {DType::kFloat8E4M3};
+    flashmoe::PreparedLayout const l1 = layout_of(p, 1, p.weight_scale);
+    a.w1 = checked_data(ffn ? "w_gate_up (prepared)" : "expert_weights (prepared)", w1, e4m3,
+                        {l1.experts, l1.rows, l1.cols}, &dev);
+    a.w1_scale = static_cast<float const*>(
+        checked_data("w1_scale", *w1_scale, {DType::kFloat32}, scale_shape(l1), &dev));
+    if (ffn) {
+      if (!w2_scale) raise(PyExc_ValueError, "prepared gated-FFN weights need w2_scale");
+      flashmoe::PreparedLayout const l2 = layout_of(p, 2, p.weight_scale);
+      a.w2 = checked_data("w_down (prepared)", *w2, e4m3, {l2.experts, l2.rows, l2.cols}, &dev);
+      a.w2_scale = static_cast<float const*>(
+          checked_data("w2_scale", *w2_scale, {DType::kFloat32}, scale_shape(l2), &dev));
+    } else if (w2_scale) {
+      raise(PyExc_ValueError, "linear experts take no w2_scale");
+    }
+  } else if (ffn) {
     a.w1 = checked_data(
         "w_gate_up", w1, weight_types,
         oi ? std::vector<int64_t>{El, 2 * I, H} : std::vector<int64_t>{El, H, 2 * I}, &dev);
@@ -403,6 +465,82 @@ std::string forward(nb::dict problem_dict, InArray tokens, InArray w1, OptIn w2,
   return flashmoe::kernel_path_name(path);
 }
 
+nb::dict prepared_layout_dict(nb::dict problem_dict, int which, std::string const& scale) {
+  MoeProblem p = parse_problem(problem_dict);
+  p.weights_prepared = false;  // the sizes do not depend on it
+  flashmoe::PreparedLayout const l = layout_of(p, which, parse_weight_scale("scale", scale));
+  nb::dict d;
+  d["experts"] = l.experts;
+  d["rows"] = l.rows;
+  d["cols"] = l.cols;
+  d["channels"] = l.channels;
+  d["gate_up"] = l.gate_up;
+  nb::list shape;
+  for (int i = 0; i < l.scale_rank; ++i) shape.append(l.scale_shape[i]);
+  d["scale_shape"] = nb::tuple(shape);
+  d["weight_bytes"] = l.weight_bytes;
+  d["scale_bytes"] = l.scale_bytes;
+  return d;
+}
+
+// Quantizes raw CUDA expert weights into caller-allocated prepared arrays on `stream`.
+void prepare_fp8(nb::dict problem_dict, InArray w1_raw, OptIn w2_raw, std::string const& scale,
+                 OutArray w1_fp8, OutArray w1_scale, OptOut w2_fp8, OptOut w2_scale,
+                 uintptr_t stream) {
+  MoeProblem p = parse_problem(problem_dict);
+  flashmoe::WeightScale const ws = parse_weight_scale("scale", scale);
+  p.weights_prepared = false;
+  p.weight_scale = flashmoe::WeightScale::kNone;
+  p.weight_dtype = array_dtype("expert_weights", w1_raw);
+  bool const ffn = p.kind == flashmoe::ExpertKind::kGatedFFN;
+  if (ffn != w2_raw.has_value() || ffn != w2_fp8.has_value() || ffn != w2_scale.has_value()) {
+    raise(PyExc_ValueError, ffn ? "gated-FFN experts need w_down, w2_fp8 and w2_scale"
+                                : "linear experts take one array (no w2)");
+  }
+  int64_t const H = p.hidden, El = p.num_local_experts, D = p.out_dim, I = p.inter_dim;
+  if (H <= 0 || El <= 0 || (ffn ? I <= 0 : D <= 0)) {
+    raise(PyExc_ValueError, "prepare_experts: H, E and D (or I) must be positive");
+  }
+  bool const oi = p.layout == flashmoe::WeightLayout::kOutIn;
+  std::vector<DType> const raw = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+  DeviceCheck dev;
+  void const* w1p;
+  void const* w2p = nullptr;
+  if (ffn) {
+    w1p = checked_data("w_gate_up", w1_raw, raw,
+                       oi ? std::vector<int64_t>{El, 2 * I, H} : std::vector<int64_t>{El, H, 2 * I},
+                       &dev);
+    w2p = checked_data("w_down", *w2_raw, {p.weight_dtype},
+                       oi ? std::vector<int64_t>{El, H, I} : std::vector<int64_t>{El, I, H}, &dev);
+  } else {
+    w1p = checked_data("expert_weights", w1_raw, raw,
+                       oi ? std::vector<int64_t>{El, D, H} : std::vector<int64_t>{El, H, D}, &dev);
+  }
+  if (dev.type != kDLCUDA) {
+    raise(PyExc_ValueError, "prepare_experts quantizes on the GPU: the weights must be CUDA arrays");
+  }
+  std::vector<DType> const e4m3 = {DType::kFloat8E4M3};
+  flashmoe::PreparedLayout const l1 = layout_of(p, 1, ws);
+  void* q1 = const_cast<void*>(checked_data("w1_fp8", w1_fp8, e4m3, {l1.experts, l1.rows, l1.cols}, &dev));
+  float* s1 = static_cast<float*>(
+      const_cast<void*>(checked_data("w1_scale", w1_scale, {DType::kFloat32}, scale_shape(l1), &dev)));
+  void* q2 = nullptr;
+  float* s2 = nullptr;
+  if (ffn) {
+    flashmoe::PreparedLayout const l2 = layout_of(p, 2, ws);
+    q2 = const_cast<void*>(checked_data("w2_fp8", *w2_fp8, e4m3, {l2.experts, l2.rows, l2.cols}, &dev));
+    s2 = static_cast<float*>(const_cast<void*>(
+        checked_data("w2_scale", *w2_scale, {DType::kFloat32}, scale_shape(l2), &dev)));
+  }
+  Status s;
+  {
+    nb::gil_scoped_release release;
+    s = flashmoe::prepare_experts_fp8(p, w1p, w2p, ws, q1, s1, q2, s2,
+                                      reinterpret_cast<cudaStream_t>(stream));
+  }
+  check_ok(s);
+}
+
 std::size_t workspace_size(nb::dict problem_dict) {
   MoeProblem const p = parse_problem(problem_dict);
   check_ok(flashmoe::validate_problem(p));
@@ -419,10 +557,22 @@ NB_MODULE(_C, m) {
         nb::arg("topk_ids").none(), nb::arg("topk_weights").none(), nb::arg("expert_map").none(),
         nb::arg("out"), nb::arg("topk_ids_out").none(), nb::arg("topk_weights_out").none(),
         nb::arg("expert_load").none(), nb::arg("counts").none(), nb::arg("workspace").none(),
-        nb::arg("stream") = 0,
+        nb::arg("stream") = 0, nb::arg("w1_scale").none() = nb::none(),
+        nb::arg("w2_scale").none() = nb::none(),
         "Runs one forward. CPU arrays run the C++ reference (returns 'reference-cpu'); CUDA "
         "arrays run fused_moe_run on `stream` (a cudaStream_t as int) with `workspace` and "
         "return the kernel path's name. Every array must be C-contiguous and match `problem`.");
+  m.def("prepared_layout", &prepared_layout_dict, nb::arg("problem"), nb::arg("which"),
+        nb::arg("scale"),
+        "Shapes of prepared FP8 matrix `which` (1 = w1, 2 = w_down) of `problem` with scales "
+        "`scale` ('channel' | 'block128'): dict(experts, rows, cols, channels, gate_up, "
+        "scale_shape, weight_bytes, scale_bytes).");
+  m.def("prepare_experts_fp8", &prepare_fp8, nb::arg("problem"), nb::arg("w1"),
+        nb::arg("w2").none(), nb::arg("scale"), nb::arg("w1_fp8"), nb::arg("w1_scale"),
+        nb::arg("w2_fp8").none(), nb::arg("w2_scale").none(), nb::arg("stream") = 0,
+        "Quantizes raw CUDA expert weights (problem describes them: kind, hidden, out_dim / "
+        "inter_dim, num_local_experts, layout) into the caller's prepared arrays (uint8 or "
+        "float8_e4m3fn [E, rows, cols], float32 scales), enqueued on `stream`; never syncs.");
   m.def("workspace_size", &workspace_size, nb::arg("problem"),
         "Bytes of device workspace a CUDA forward of `problem` needs.");
   m.def("annealed_temperature", &flashmoe::annealed_temperature, nb::arg("step"),

@@ -14,7 +14,13 @@ import pytest
 
 import numpy_moe
 from conftest import torch
-from flashmoe_science import fused_moe, fused_moe_workspace_size
+from flashmoe_science import (
+    PreparedExperts,
+    clear_prepare_cache,
+    fused_moe,
+    fused_moe_workspace_size,
+    prepare_experts,
+)
 
 pytestmark = pytest.mark.skipif(
     torch is None or not torch.cuda.is_available(), reason="no CUDA GPU: GPU tests not run"
@@ -230,10 +236,189 @@ def test_gpu_float32_needs_precision_bf16():
     assert numpy_moe.rel_err(out.double().cpu().numpy(), want.numpy()) < TOL
 
 
-def test_gpu_fp8_not_built_yet():
+def is_sm90():
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+needs_sm90 = pytest.mark.skipif(
+    torch is None or not torch.cuda.is_available() or not is_sm90(),
+    reason="needs an sm_90 GPU: FP8 test not run",
+)
+
+
+def test_gpu_fp8_needs_sm90():
+    if is_sm90():
+        pytest.skip("sm_90 GPU: the FP8 path runs (see the test_gpu_fp8_* tests)")
     tokens, w, logits = case(18, 8, 64, 8, 48, "linear", torch.bfloat16)
-    with pytest.raises(NotImplementedError, match=r"FP8 path not built yet \(issue 4\)"):
+    with pytest.raises(NotImplementedError, match=r"compute capability 9\.0"):
         fused_moe(tokens, w, logits, 2, precision="fp8")
+
+
+# (name, T, H, E, D or I, top_k): H, D, I multiples of 16 (the FP8 kernels' K/N rows);
+# fp8-h144 has H and I not multiples of 64/128 (channel scales only for gated FFN).
+FP8_SHAPES = [
+    ("fp8-small", 37, 128, 8, 64, 2),
+    ("fp8-ragged", 130, 256, 12, 192, 4),
+    ("fp8-h144", 67, 144, 6, 80, 3),
+]
+FP8_TOL_SAME_QUANT = 5e-3
+FP8_TOL_EXACT = {"linear": 5e-2, "ffn": 8e-2}
+
+
+def fp8_compare(tokens, weights, logits, k, scale, **opts):
+    """GPU precision='fp8' (3 runs, bitwise equal, poisoned out) against the CPU reference with
+    the same quantization (channel scales only: the reference's grouping) and the exact one."""
+    raw = opts.pop("raw", None)  # the raw weights of a PreparedExperts, for the references
+    ref_weights = raw if raw is not None else weights
+    kind = "ffn" if isinstance(ref_weights, tuple) else "linear"
+    if isinstance(weights, PreparedExperts):
+        out_dim = weights.out_dim
+    elif kind == "ffn":
+        out_dim = tokens.shape[-1]
+    else:
+        out_dim = weights.shape[1] if opts.get("layout") == "out_in" else weights.shape[2]
+    got, stats = run_gpu(
+        tokens, weights, logits, k, tuple(tokens.shape[:-1]) + (out_dim,), precision="fp8",
+        fp8_scale=scale, **opts
+    )
+    assert bool(torch.isfinite(got).all()), "NaN/inf in the GPU output (poisoned rows unwritten?)"
+    assert stats.kernel_path == "multikernel-sm90-fp8"
+    exact, ref_stats = reference(tokens, ref_weights, logits, k, **opts)
+    np.testing.assert_array_equal(stats.topk_ids.cpu().numpy(), ref_stats.topk_ids.numpy())
+    g = got.double().cpu().numpy()
+    err_exact = numpy_moe.rel_err(g, exact.numpy())
+    err_same = None
+    if scale == "channel":
+        same, _ = reference(tokens, ref_weights, logits, k, precision="fp8", **opts)
+        err_same = numpy_moe.rel_err(g, same.numpy())
+    print(f"fp8 {kind} scale={scale}: rel err vs same-quant reference {err_same}, "
+          f"vs exact {err_exact:.3e}")
+    if err_same is not None:
+        assert err_same < FP8_TOL_SAME_QUANT, f"vs same-quant reference {err_same:.3e}"
+    assert err_exact < FP8_TOL_EXACT[kind], f"vs exact reference {err_exact:.3e}"
+    return got, stats
+
+
+@needs_sm90
+@pytest.mark.parametrize("scale", ["channel", "block128"])
+@pytest.mark.parametrize("kind", ["linear", "ffn"])
+@pytest.mark.parametrize("shape", FP8_SHAPES, ids=[s[0] for s in FP8_SHAPES])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_gpu_fp8_matches_reference(shape, kind, scale, dtype):
+    name, T, H, E, N, k = shape
+    if kind == "ffn" and scale == "block128" and N % 64:
+        pytest.skip("block128 gate/up scales need I % 64 == 0")
+    seed = zlib.crc32(f"fp8/{name}/{kind}/{scale}/{dtype}".encode())
+    tokens, weights, logits = case(seed, T, H, E, N, kind, getattr(torch, dtype))
+    fp8_compare(tokens, weights, logits, k, scale)
+
+
+@needs_sm90
+@pytest.mark.parametrize("kind", ["linear", "ffn"])
+def test_gpu_fp8_prepared_and_layouts(kind):
+    tokens, weights, logits = case(31, 90, 128, 8, 64, kind, torch.bfloat16)
+    prepared = prepare_experts(weights, precision="fp8")
+    if kind == "linear":
+        t_weights = weights.transpose(1, 2).contiguous()
+    else:
+        t_weights = tuple(w.transpose(1, 2).contiguous() for w in weights)
+    prepared_oi = prepare_experts(t_weights, precision="fp8", layout="out_in")
+    # Same groups (output channel over the inputs) in either raw layout: the same bytes.
+    assert torch.equal(prepared.w1.view(torch.uint8), prepared_oi.w1.view(torch.uint8))
+    assert torch.equal(prepared.w1_scale, prepared_oi.w1_scale)
+    if kind == "ffn":
+        assert torch.equal(prepared.w2.view(torch.uint8), prepared_oi.w2.view(torch.uint8))
+        assert torch.equal(prepared.w2_scale, prepared_oi.w2_scale)
+    a, _ = fp8_compare(tokens, prepared, logits, 2, "channel", raw=weights)
+    b, _ = fp8_compare(tokens, weights, logits, 2, "channel")  # implicit prepare: same result
+    c, _ = fp8_compare(tokens, t_weights, logits, 2, "channel", layout="out_in")
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@needs_sm90
+def test_gpu_fp8_cache_quantizes_once_and_after_in_place_changes():
+    from flashmoe_science import prepare
+
+    clear_prepare_cache()
+    tokens, w, logits = case(32, 64, 128, 8, 64, "linear", torch.bfloat16)
+    n0 = prepare.quantize_calls
+    first = fused_moe(tokens, w, logits, 2, precision="fp8")
+    assert prepare.quantize_calls == n0 + 1
+    again = fused_moe(tokens, w, logits, 2, precision="fp8")
+    assert prepare.quantize_calls == n0 + 1, "the same raw weights were quantized again"
+    assert torch.equal(first, again)
+    fused_moe(tokens, w, logits, 2, precision="fp8", fp8_scale="block128")  # another key
+    assert prepare.quantize_calls == n0 + 2
+    w.add_(1)  # in place: bumps w._version -> re-quantized on the next call
+    changed = fused_moe(tokens, w, logits, 2, precision="fp8")
+    assert prepare.quantize_calls == n0 + 3
+    assert not torch.equal(changed, first)
+    explicit = prepare_experts(w, precision="fp8")
+    assert prepare.quantize_calls == n0 + 4
+    for _ in range(3):  # a PreparedExperts is used as is
+        assert torch.equal(fused_moe(tokens, explicit, logits, 2, precision="fp8"), changed)
+    assert prepare.quantize_calls == n0 + 4
+    del w  # the cache entries go with the raw tensor
+    assert len(prepare._cache) == 0
+
+
+@needs_sm90
+def test_gpu_fp8_graph_capture_with_prepared_weights():
+    tokens, w, logits = case(33, 96, 128, 8, 64, "ffn", torch.bfloat16)
+    prepared = prepare_experts(w, precision="fp8", scale="block128")
+    n = fused_moe_workspace_size(tokens, prepared, logits, 2, precision="fp8")
+    assert n == fused_moe_workspace_size(
+        tokens, w, logits, 2, precision="fp8", fp8_scale="block128"
+    )
+    workspace = torch.empty(max(n, 1), dtype=torch.uint8, device="cuda")
+    out = torch.empty(96, 128, dtype=torch.bfloat16, device="cuda")
+    eager = fused_moe(tokens, prepared, logits, 2, out=out, workspace=workspace, precision="fp8")
+    eager = eager.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        _, stats = fused_moe(
+            tokens, prepared, logits, 2, out=out, workspace=workspace, precision="fp8",
+            return_stats=True,
+        )
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
+    assert stats.kernel_path == "multikernel-sm90-fp8"
+    assert int(stats.dropped) == 0 and stats.dropped.is_cuda
+
+
+def test_gpu_return_stats_under_capture_does_not_sync():
+    tokens, w, logits = case(34, 96, 64, 8, 48, "linear", torch.bfloat16)
+    n = fused_moe_workspace_size(tokens, w, logits, 2)
+    workspace = torch.empty(max(n, 1), dtype=torch.uint8, device="cuda")
+    out = torch.empty(96, 48, dtype=torch.bfloat16, device="cuda")
+    _, eager = fused_moe(tokens, w, logits, 2, out=out, workspace=workspace, return_stats=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        _, stats = fused_moe(
+            tokens, w, logits, 2, out=out, workspace=workspace, return_stats=True
+        )
+    graph.replay()
+    torch.cuda.synchronize()
+    assert stats.kernel_path == eager.kernel_path
+    assert torch.is_tensor(stats.dropped) and torch.is_tensor(stats.load_max_mean_ratio)
+    load = stats.expert_load.cpu()
+    want = float(load.max()) * 8 / max(int(load.sum()), 1)
+    assert abs(float(stats.load_max_mean_ratio) - want) < 1e-5
+    assert int(stats.dropped) == 0 and int(stats.rerouted) == 0 and int(load.sum()) == 96 * 2
+    assert torch.equal(stats.topk_ids, eager.topk_ids)
+
+
+def test_gpu_check_finite_false_skips_the_check():
+    tokens, w, logits = case(35, 16, 64, 8, 48, "linear", torch.bfloat16)
+    bad = logits.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="routing_weights has non-finite values"):
+        fused_moe(tokens, w, bad, 2)
+    out, stats = fused_moe(tokens, w, bad, 2, check_finite=False, return_stats=True)
+    assert 1 not in stats.topk_ids[3].tolist()  # a non-finite score is never chosen
+    assert bool(torch.isfinite(out).all())
 
 
 def test_gpu_input_errors():

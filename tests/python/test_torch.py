@@ -183,3 +183,30 @@ def test_grad_mode_warns_that_there_is_no_backward(rng):
     with pytest.warns(UserWarning, match="fused_moe has no backward yet"):
         out = fused_moe(t(tokens), t(w).requires_grad_(True), t(logits), 4)
     assert not out.requires_grad
+
+
+def test_torch_compile_dynamic_numbers_and_stats(rng):
+    """Options that torch.compile(dynamic=True) traces as symbolic numbers pass the checks, and
+    return_stats under compile gives device tensors instead of syncing."""
+    torch._dynamo.reset()
+    tokens, w, logits = linear_case(rng, T=12, H=16, E=6, D=8)
+
+    def f(x, w, g, temperature):
+        return fused_moe(x, w, g, 2, temperature=temperature, return_stats=True)
+
+    compiled = torch.compile(f, dynamic=True)
+    for temperature in (0.7, 1.3):
+        want, want_stats = f(t(tokens), t(w), t(logits), temperature)
+        got, stats = compiled(t(tokens), t(w), t(logits), temperature)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        assert torch.equal(stats.topk_ids, want_stats.topk_ids)
+        assert int(stats.dropped) == want_stats.dropped == 0
+        assert abs(float(stats.load_max_mean_ratio) - want_stats.load_max_mean_ratio) < 1e-6
+        assert stats.kernel_path == "reference-cpu"
+
+
+def test_non_finite_number_options_are_refused(rng):
+    tokens, w, logits = linear_case(rng, T=4, H=16, E=6, D=8)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="temperature must be finite"):
+            fused_moe(t(tokens), t(w), t(logits), 2, temperature=bad)

@@ -1,0 +1,315 @@
+"""prepare_experts: quantize raw expert weights once into the FP8 layout the Hopper path reads,
+and the cache that lets `fused_moe(..., precision="fp8")` take raw weights without quantizing them
+on every call.
+
+The prepared layout (E4M3 bytes [E, rows, K], K contiguous, with float32 scales) is spelled out at
+MoeArgs in include/flashmoe/options.h; the sizes come from the C++ core (_C.prepared_layout), the
+bytes from its GPU quantizer (_C.prepare_experts_fp8, on torch's current stream).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+from . import _C, _checks
+
+torch = _checks.torch
+
+SCALES = ("channel", "block128")
+
+# Number of GPU quantizations run so far (prepare_experts calls and cache misses). Tests read it
+# to check that the implicit cache does not re-quantize.
+quantize_calls = 0
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedExperts:
+    """FP8 expert weights made once by prepare_experts(); pass it as fused_moe's expert_weights
+    with precision="fp8". GPU-only (CUDA tensors).
+
+    w1:        [E, rows, H] float8_e4m3fn: linear W (rows = D), or the FFN's gate/up matrix
+               (rows = 128 * ceil(I / 64): 64 gate and 64 up channels per 128-row chunk).
+    w1_scale:  float32 scales of w1 in the raw channel order: "channel" [E, D or 2I];
+               "block128" [E, ceil(N / 128), ceil(H / 128)].
+    w2, w2_scale: the FFN's down projection [E, H, I] and its scales (None for linear experts).
+    kind:      "linear" or "gated_ffn".  E, H, D (linear) / I (gated FFN): the experts' sizes.
+    scale:     "channel" or "block128".
+    layout:    the raw weights' layout ("in_out" / "out_in"); the prepared layout is fixed.
+    source_dtype: the raw weights' dtype name.
+    source:    identity of the raw tensors at preparation time: per tensor (id, data_ptr, shape,
+               dtype, device, _version) -- the cache key parts of fused_moe's implicit prepare.
+    """
+
+    w1: Any
+    w1_scale: Any
+    w2: Optional[Any]
+    w2_scale: Optional[Any]
+    kind: str
+    E: int
+    H: int
+    D: int
+    I: int
+    scale: str
+    layout: str
+    source_dtype: str
+    source: Tuple[Any, ...]
+
+    @property
+    def device(self):
+        return self.w1.device
+
+    @property
+    def out_dim(self) -> int:
+        return self.D if self.kind == "linear" else self.H
+
+    def __repr__(self) -> str:
+        dims = f"D={self.D}" if self.kind == "linear" else f"I={self.I}"
+        return (
+            f"PreparedExperts(kind={self.kind!r}, E={self.E}, H={self.H}, {dims}, "
+            f"scale={self.scale!r}, layout={self.layout!r}, device={self.device})"
+        )
+
+
+def _split(expert_weights: Any):
+    if isinstance(expert_weights, (tuple, list)):
+        if len(expert_weights) != 2:
+            raise ValueError(
+                "expert_weights must be one tensor [E, H, D] (linear experts) or a tuple "
+                f"(w_gate_up, w_down) (gated FFN), got a sequence of {len(expert_weights)}"
+            )
+        return "gated_ffn", expert_weights[0], expert_weights[1]
+    return "linear", expert_weights, None
+
+
+def _tensor_key(t: Any) -> Tuple[Any, ...]:
+    return (
+        id(t),
+        t.data_ptr(),
+        tuple(int(s) for s in t.shape),
+        t.dtype,
+        str(t.device),
+        t._version,
+    )
+
+
+def source_key(expert_weights: Any) -> Tuple[Any, ...]:
+    """The identity of raw weights that the cache compares: per tensor (id, data_ptr, shape,
+    dtype, device, _version)."""
+    _, w1, w2 = _split(expert_weights)
+    return tuple(_tensor_key(t) for t in (w1, w2) if t is not None)
+
+
+def _dims(kind: str, w1: Any, w2: Any, layout: str) -> Tuple[int, int, int, int]:
+    """(E, H, D, I) of raw weights, with the checks fused_moe makes (errors name the argument)."""
+    oi = layout == "out_in"
+    names = ("expert_weights[0] (w_gate_up)", "expert_weights[1] (w_down)")
+    if kind == "linear":
+        form = "[E, D, H]" if oi else "[E, H, D]"
+        if w1.dim() != 3:
+            raise ValueError(
+                f"expert_weights must have shape {form} (3 dims), got shape {list(w1.shape)}"
+            )
+        E, a, b = (int(s) for s in w1.shape)
+        H, D = (b, a) if oi else (a, b)
+        return E, H, D, 0
+    f1, f2 = ("[E, 2I, H]", "[E, H, I]") if oi else ("[E, H, 2I]", "[E, I, H]")
+    for name, w, form in ((names[0], w1, f1), (names[1], w2, f2)):
+        if w.dim() != 3:
+            raise ValueError(f"{name} must have shape {form} (3 dims), got shape {list(w.shape)}")
+    E, a, b = (int(s) for s in w1.shape)
+    H, I2 = (b, a) if oi else (a, b)
+    E2, c, d = (int(s) for s in w2.shape)
+    H2, I = (c, d) if oi else (d, c)
+    if E2 != E:
+        raise ValueError(f"{names[1]} has {E2} experts but {names[0]} has {E}")
+    if H2 != H:
+        raise ValueError(f"{names[1]} has H={H2} (layout={layout!r}: {f2}) but {names[0]} has H={H}")
+    if I2 != 2 * I:
+        raise ValueError(
+            f"{names[0]} must have 2I={2 * I} gate+up columns to match {names[1]} (I={I}), got {I2}"
+        )
+    return E, H, 0, I
+
+
+def raw_problem(kind: str, E: int, H: int, D: int, I: int, layout: str, dtype: str) -> Dict:
+    """The problem dict describing raw weights (what _C.prepared_layout / prepare take)."""
+    return dict(
+        num_tokens=0,
+        hidden=H,
+        num_experts=E,
+        num_local_experts=E,
+        kind=kind,
+        out_dim=D,
+        inter_dim=I,
+        layout=layout,
+        weight_dtype=dtype,
+    )
+
+
+def prepare_experts(
+    expert_weights: Any,
+    precision: str = "fp8",
+    scale: str = "channel",
+    layout: str = "in_out",
+) -> PreparedExperts:
+    """Quantizes raw expert weights once into the FP8 layout that fused_moe(precision="fp8") runs.
+
+    Args:
+        expert_weights: W [E, H, D] (linear experts) or (w_gate_up [E, H, 2I], w_down [E, I, H])
+            (gated FFN); with layout="out_in" every matrix transposed (nn.Linear's [E, out, in]).
+            CUDA torch tensors of dtype bfloat16, float16 or float32.
+        precision: "fp8" (E4M3, OCP e4m3fn) -- the only prepared format.
+        scale: "channel" (one float32 scale per expert and output channel) or "block128" (one per
+            128 x 128 block, the DeepSeek-V3 checkpoint grouping; gated FFN needs I % 64 == 0).
+        layout: the raw weights' layout, "in_out" or "out_in".
+
+    Returns a PreparedExperts holding the device tensors. The quantization runs on the GPU, on
+    torch's current stream, and does not synchronize. scale = amax / 448 per group (1 for an
+    all-zero group), q = e4m3(w / scale) rounded to nearest even (flashmoe/quantization.h).
+
+    Already-quantized checkpoints (E4M3 weights with their own scales) are not accepted yet:
+    pass the raw (or dequantized) weights.
+
+    Raises:
+        ValueError for CPU (or NumPy) weights -- prepared weights are GPU-only; on the CPU,
+        fused_moe(..., precision="fp8") with raw weights runs the reference's fake quantization
+        instead --, bad option strings or shapes; TypeError for other dtypes;
+        NotImplementedError for sizes the FP8 kernels do not take (H % 16, I % 16, ...).
+    """
+    _checks._choice("precision", precision, ("fp8",))
+    _checks._choice("scale", scale, SCALES)
+    _checks._choice("layout", layout, _checks.LAYOUTS)
+    kind, w1, w2 = _split(expert_weights)
+    for name, w in (("expert_weights", w1), ("expert_weights[1] (w_down)", w2)):
+        if w is not None and not _checks.is_torch(w):
+            raise ValueError(
+                f"prepare_experts takes CUDA torch tensors; {name} is a {type(w).__name__}. "
+                "Prepared FP8 weights are GPU-only: on the CPU, pass the raw weights to "
+                "fused_moe(..., precision='fp8'), which runs the reference's fake quantization"
+            )
+    E, H, D, I = _dims(kind, w1, w2, layout)
+    for name, w in (("expert_weights", w1), ("expert_weights[1] (w_down)", w2)):
+        if w is not None and w.device.type != "cuda":
+            raise ValueError(
+                f"prepare_experts quantizes on the GPU, but {name} is on {w.device}. Prepared "
+                "FP8 weights are GPU-only: on the CPU, pass the raw weights to "
+                "fused_moe(..., precision='fp8'), which runs the reference's fake quantization"
+            )
+    if w2 is not None and w2.device != w1.device:
+        raise ValueError(
+            f"expert weights must be on one device, got {w1.device} and {w2.device}"
+        )
+    dt = _checks._dtype("expert_weights", w1, ("bfloat16", "float16", "float32"), "raw float weights")
+    if w2 is not None and _checks.dtype_name(w2) != dt:
+        raise TypeError(
+            f"expert_weights[0] (w_gate_up) and expert_weights[1] (w_down) must have one dtype, "
+            f"got {dt} and {_checks.dtype_name(w2)}"
+        )
+    return _quantize(kind, w1, w2, E, H, D, I, scale, layout, dt)
+
+
+def _quantize(kind, w1, w2, E, H, D, I, scale, layout, dt) -> PreparedExperts:
+    global quantize_calls
+    problem = raw_problem(kind, E, H, D, I, layout, dt)
+    dev = w1.device
+    outs = []
+    for which in (1, 2) if kind == "gated_ffn" else (1,):
+        lay = _C.prepared_layout(problem, which, scale)
+        q = torch.empty(
+            (lay["experts"], lay["rows"], lay["cols"]), dtype=torch.float8_e4m3fn, device=dev
+        )
+        s = torch.empty(tuple(lay["scale_shape"]), dtype=torch.float32, device=dev)
+        outs.append((q, s))
+    (q1, s1), (q2, s2) = outs[0], (outs[1] if len(outs) > 1 else (None, None))
+    r1, r2 = w1.detach().contiguous(), None if w2 is None else w2.detach().contiguous()
+    with torch.cuda.device(dev):
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        _C.prepare_experts_fp8(
+            problem,
+            r1,
+            r2,
+            scale,
+            q1.view(torch.uint8),
+            s1,
+            None if q2 is None else q2.view(torch.uint8),
+            s2,
+            stream,
+        )
+    quantize_calls += 1
+    return PreparedExperts(
+        w1=q1,
+        w1_scale=s1,
+        w2=q2,
+        w2_scale=s2,
+        kind=kind,
+        E=E,
+        H=H,
+        D=D,
+        I=I,
+        scale=scale,
+        layout=layout,
+        source_dtype=dt,
+        source=source_key((w1, w2) if w2 is not None else w1),
+    )
+
+
+# ------------------------------------------------------------------ the implicit cache
+#
+# fused_moe(..., precision="fp8") with raw CUDA weights prepares them through this cache. Entries
+# are keyed by the raw tensors' identity (id of each tensor, scale, layout) and hold weak
+# references to them, so an entry is dropped when its raw tensors are freed. A hit needs every
+# key part to match the weights as they are now: same tensor objects, data_ptr, shape, dtype,
+# device and torch's _version counter (bumped by every in-place change, e.g. w.add_(1) or
+# w.copy_(...) or an optimizer step); anything else re-quantizes and replaces the entry.
+# Changes that bypass _version (writes through .data, DLPack or raw pointers) are not seen: call
+# clear_prepare_cache() or pass a PreparedExperts.
+
+_cache: Dict[Tuple[Any, ...], Tuple[Tuple[Any, ...], Tuple[Any, ...], PreparedExperts]] = {}
+_cache_lock = threading.Lock()
+
+
+def clear_prepare_cache() -> None:
+    """Drops every FP8 weight prepared implicitly by fused_moe(..., precision="fp8")."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _drop(key):
+    def callback(_ref):
+        with _cache_lock:
+            _cache.pop(key, None)
+
+    return callback
+
+
+def cached_prepare(expert_weights: Any, scale: str, layout: str) -> PreparedExperts:
+    """prepare_experts(expert_weights, "fp8", scale, layout) through the cache (see above)."""
+    kind, w1, w2 = _split(expert_weights)
+    tensors = tuple(t for t in (w1, w2) if t is not None)
+    ident = tuple(id(t) for t in tensors) + (scale, layout)
+    state = source_key(expert_weights)
+    with _cache_lock:
+        entry = _cache.get(ident)
+    if entry is not None:
+        refs, old_state, prepared = entry
+        if old_state == state and all(r() is t for r, t in zip(refs, tensors)):
+            return prepared
+    if w1.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "fused_moe(precision='fp8') would quantize the raw expert weights inside a CUDA graph "
+            "capture (first call, or the weights changed since they were prepared): call "
+            "prepare_experts(...) before the capture and pass its result, or run the call once "
+            "eagerly first"
+        )
+    prepared = prepare_experts(expert_weights, "fp8", scale, layout)
+    refs = tuple(weakref.ref(t, _drop(ident)) for t in tensors)
+    with _cache_lock:
+        _cache[ident] = (refs, state, prepared)
+    return prepared
+
+
+if torch is not None:  # dynamo cannot trace _version / weakrefs: run the lookup eagerly
+    cached_prepare = torch.compiler.disable(cached_prepare)
