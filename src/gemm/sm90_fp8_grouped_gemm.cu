@@ -1,5 +1,6 @@
-// flashmoe: the sm_90a FP8 grouped GEMM -- its one instantiation and the host launcher (TMA map,
-// shared memory attribute, persistent grid). See sm90_fp8_grouped_gemm.cuh for the kernel.
+// flashmoe: the sm_90a FP8 grouped GEMM -- its instantiations (one per variant family: the base
+// kernel, the pipelined kernel with 64- and 128-row items) and the host launcher (variant choice,
+// TMA map, shared memory plan, persistent grid). See sm90_fp8_grouped_gemm.cuh for the kernels.
 #include "gemm/sm90_fp8_grouped_gemm.h"
 
 #include <cuda.h>
@@ -7,6 +8,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include <cutlass/cuda_host_adapter.hpp>  // cuTensorMapEncodeTiled via cudaGetDriverEntryPoint
@@ -17,7 +20,20 @@
 namespace flashmoe::gemm {
 namespace {
 
-using Cfg = Sm90Fp8TileDefault;
+using Cfg = Sm90Fp8TileDefault;  // the base kernel
+using Pipe64 = Sm90Fp8PipeTile<64>;
+using Pipe128 = Sm90Fp8PipeTile<128>;
+
+struct VariantName {
+  Sm90Fp8Variant variant;
+  char const* name;
+};
+constexpr VariantName kVariantNames[] = {
+    {Sm90Fp8Variant::kBase, "base"},
+    {Sm90Fp8Variant::kM64, "m64"},
+    {Sm90Fp8Variant::kM128, "m128"},
+    {Sm90Fp8Variant::kM128Hint, "m128h"},
+};
 
 bool aligned(void const* p, std::uintptr_t bytes) {
   return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
@@ -27,7 +43,45 @@ std::string str(int64_t v) { return std::to_string(v); }
 
 }  // namespace
 
-int sm90_fp8_grouped_gemm_smem_bytes() { return Cfg::kSmemBytes; }
+char const* sm90_fp8_variant_name(Sm90Fp8Variant v) {
+  for (auto const& n : kVariantNames) {
+    if (n.variant == v) return n.name;
+  }
+  return "auto";
+}
+
+bool sm90_fp8_parse_variant(char const* name, Sm90Fp8Variant* out) {
+  if (name == nullptr) return false;
+  for (auto const& n : kVariantNames) {
+    if (std::strcmp(name, n.name) == 0) {
+      if (out != nullptr) *out = n.variant;
+      return true;
+    }
+  }
+  return false;
+}
+
+Sm90Fp8Variant sm90_fp8_resolve_variant(Sm90Fp8Variant requested) {
+  if (requested != Sm90Fp8Variant::kAuto) return requested;
+  Sm90Fp8Variant v = kSm90Fp8DefaultVariant;
+  sm90_fp8_parse_variant(std::getenv("FLASHMOE_SM90_VARIANT"), &v);
+  return v;
+}
+
+int sm90_fp8_grouped_gemm_smem_bytes(Sm90Fp8Variant variant, bool fp8_source) {
+  switch (sm90_fp8_resolve_variant(variant)) {
+    case Sm90Fp8Variant::kBase:
+      return Cfg::kSmemBytes;
+    case Sm90Fp8Variant::kM64:
+      return sm90_fp8_detail::pipe_smem_plan<Pipe64>(fp8_source).bytes;
+    default:
+      return sm90_fp8_detail::pipe_smem_plan<Pipe128>(fp8_source).bytes;
+  }
+}
+
+int sm90_fp8_grouped_gemm_smem_bytes() {
+  return sm90_fp8_grouped_gemm_smem_bytes(kSm90Fp8DefaultVariant, false);
+}
 
 Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p) {
   if (p.a_dtype != DType::kBFloat16 && p.a_dtype != DType::kFloat16) {
@@ -53,15 +107,27 @@ Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p) {
   if (p.num_experts <= 0 || p.num_tile_slots < 0) {
     return Status::Invalid("sm90 fp8 gemm: num_experts must be > 0 and num_tile_slots >= 0");
   }
-  if (p.a == nullptr || p.a_scales == nullptr || p.w_fp8 == nullptr || p.w_scales == nullptr ||
-      p.out == nullptr || p.scheduler == nullptr ||
-      (p.num_tile_slots > 0 && p.tiles == nullptr)) {
-    return Status::Invalid("sm90 fp8 gemm: a, a_scales, tiles, w_fp8, w_scales, out and "
-                           "scheduler must be non-null");
+  Sm90Fp8Variant const variant = sm90_fp8_resolve_variant(p.variant);
+  if (variant != Sm90Fp8Variant::kBase && variant != Sm90Fp8Variant::kM64 &&
+      variant != Sm90Fp8Variant::kM128 && variant != Sm90Fp8Variant::kM128Hint) {
+    return Status::Invalid("sm90 fp8 gemm: unknown variant " +
+                           std::to_string(static_cast<int>(p.variant)));
   }
-  if (!aligned(p.a, 16) || p.a_row_stride < p.k || p.a_row_stride % 8 != 0) {
+  bool const gathers_a = p.a_fp8 == nullptr || variant == Sm90Fp8Variant::kBase;
+  if ((gathers_a && p.a == nullptr) || p.a_scales == nullptr || p.w_fp8 == nullptr ||
+      p.w_scales == nullptr || p.out == nullptr || p.scheduler == nullptr ||
+      (p.num_tile_slots > 0 && p.tiles == nullptr)) {
+    return Status::Invalid("sm90 fp8 gemm: a (or a_fp8; the variant base always reads a), "
+                           "a_scales, tiles, w_fp8, w_scales, out and scheduler must be non-null");
+  }
+  if (gathers_a && (!aligned(p.a, 16) || p.a_row_stride < p.k || p.a_row_stride % 8 != 0)) {
     return Status::Unsupported("sm90 fp8 gemm: activation rows must be 16-byte aligned "
                                "(a % 16 == 0, a_row_stride % 8 == 0, a_row_stride >= K)");
+  }
+  if (p.a_fp8 != nullptr &&
+      (!aligned(p.a_fp8, 16) || p.a_fp8_row_stride < p.k || p.a_fp8_row_stride % 16 != 0)) {
+    return Status::Unsupported("sm90 fp8 gemm: pre-quantized rows must be 16-byte aligned "
+                               "(a_fp8 % 16 == 0, a_fp8_row_stride % 16 == 0 and >= K)");
   }
   if (!aligned(p.w_fp8, 16)) {
     return Status::Unsupported("sm90 fp8 gemm: fp8 weights must be 16-byte aligned");
@@ -142,11 +208,51 @@ Status launch_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p, cudaStream_t str
   kp.a_bf16 = p.a_dtype == DType::kBFloat16 ? 1 : 0;
   kp.out_dtype = p.out_dtype == DType::kFloat32 ? 0 : (p.out_dtype == DType::kBFloat16 ? 1 : 2);
 
+  Sm90Fp8Variant const variant = sm90_fp8_resolve_variant(p.variant);
+  bool const fp8_source = p.a_fp8 != nullptr && variant != Sm90Fp8Variant::kBase;
+  kp.a_fp8 = p.a_fp8;
+  kp.a_fp8_row_stride = p.a_fp8_row_stride;
+  kp.a_mode = fp8_source ? 2 : (kp.a_bf16 ? 0 : 1);
+  kp.token_hint = variant == Sm90Fp8Variant::kM128Hint ? 1 : 0;
+  kp.w_cache_hint = static_cast<uint64_t>(variant == Sm90Fp8Variant::kM128Hint
+                                              ? cute::TMA::CacheHintSm90::EVICT_FIRST
+                                              : cute::TMA::CacheHintSm90::EVICT_NORMAL);
+  kp.merge_pairs = (variant == Sm90Fp8Variant::kM128 || variant == Sm90Fp8Variant::kM128Hint) ? 1 : 0;
+
   int64_t const work = static_cast<int64_t>(p.num_tile_slots) * kp.n_tiles;
   int64_t ctas = p.max_ctas > 0 ? std::min<int64_t>(p.max_ctas, num_sms) : num_sms;
   ctas = std::max<int64_t>(1, std::min(ctas, work));
 
-  auto kernel = sm90_fp8_grouped_gemm_kernel<Cfg>;
+  void const* kernel = nullptr;
+  int smem_bytes = 0;
+  unsigned threads = 0;
+  switch (variant) {
+    case Sm90Fp8Variant::kBase:
+      kernel = reinterpret_cast<void const*>(&sm90_fp8_grouped_gemm_kernel<Cfg>);
+      smem_bytes = Cfg::kSmemBytes;
+      threads = Cfg::kThreads;
+      break;
+    case Sm90Fp8Variant::kM64: {
+      auto const plan = sm90_fp8_detail::pipe_smem_plan<Pipe64>(fp8_source);
+      kernel = reinterpret_cast<void const*>(&sm90_fp8_pipelined_kernel<Pipe64>);
+      smem_bytes = plan.bytes;
+      threads = Pipe64::kThreads;
+      kp.num_stages = plan.stages;
+      kp.staging_offset = plan.staging_offset;
+      kp.control_offset = plan.control_offset;
+      break;
+    }
+    default: {
+      auto const plan = sm90_fp8_detail::pipe_smem_plan<Pipe128>(fp8_source);
+      kernel = reinterpret_cast<void const*>(&sm90_fp8_pipelined_kernel<Pipe128>);
+      smem_bytes = plan.bytes;
+      threads = Pipe128::kThreads;
+      kp.num_stages = plan.stages;
+      kp.staging_offset = plan.staging_offset;
+      kp.control_offset = plan.control_offset;
+      break;
+    }
+  }
   // A build without sm_90a (e.g. CMAKE_CUDA_ARCHITECTURES left at the compiler's default) would
   // run the JIT-compiled PTX of a lower target here, whose kernel body is empty.
   cudaFuncAttributes attr{};
@@ -157,9 +263,11 @@ Status launch_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p, cudaStream_t str
                                std::to_string(attr.ptxVersion));
   }
   FLASHMOE_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
-  kernel<<<static_cast<unsigned>(ctas), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(kp);
-  FLASHMOE_LAUNCH_CHECK("sm90_fp8_grouped_gemm_kernel");
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+  void* args[] = {&kp};
+  FLASHMOE_CUDA_CHECK(cudaLaunchKernel(kernel, dim3(static_cast<unsigned>(ctas)), dim3(threads),
+                                       args, static_cast<std::size_t>(smem_bytes), stream));
+  FLASHMOE_LAUNCH_CHECK("sm90_fp8_grouped_gemm");
   return Status::Ok();
 }
 

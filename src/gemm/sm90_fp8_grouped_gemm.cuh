@@ -1,5 +1,9 @@
-// flashmoe (internal): the sm_90a FP8 grouped expert GEMM kernel (see sm90_fp8_grouped_gemm.h
-// for the function it computes).
+// flashmoe (internal): the sm_90a FP8 grouped expert GEMM kernels (see sm90_fp8_grouped_gemm.h
+// for the function they compute and the variant names).
+//
+// Two kernels: sm90_fp8_grouped_gemm_kernel (the first one, variant `base`, described right
+// below) and sm90_fp8_pipelined_kernel (variants m64 / m128 / m128h, described further down,
+// where the measurements that motivated it are).
 //
 // One persistent grid (one CTA per SM) takes work items  item = m_slot * n_tiles + n_tile  (N
 // fastest) from a global counter, in order: the CTAs of one M tile run side by side, so its
@@ -121,6 +125,16 @@ struct Sm90Fp8KernelParams {
   int32_t epilogue;                // Fp8Epilogue
   int32_t a_bf16;                  // 1: bf16 A, 0: fp16 A
   int32_t out_dtype;               // 0 float32, 1 bf16, 2 fp16
+  // ---- the pipelined kernel only (the base kernel ignores these)
+  void const* a_fp8;               // pre-quantized rows (a_mode 2)
+  int64_t a_fp8_row_stride;        // bytes
+  uint64_t w_cache_hint;           // L2 cache hint of the weight TMA loads
+  int32_t a_mode;                  // 0 bf16 gather, 1 fp16 gather, 2 pre-quantized e4m3 rows
+  int32_t token_hint;              // 1: token copies carry an L2 evict_last policy
+  int32_t merge_pairs;             // BlockM 128: an expert's last two 64-row tiles -> one item
+  int32_t num_stages;              // stages in use (<= Cfg::kMaxStages)
+  uint32_t staging_offset;         // bytes from the 1024-aligned base: bf16/fp16 staging ring
+  uint32_t control_offset;         // bytes from the 1024-aligned base: PipeControl
 };
 
 namespace sm90_fp8_detail {
@@ -171,13 +185,21 @@ __device__ __forceinline__ void store_pair(void* out, int32_t dtype, int64_t ind
 /// clobber, so shared-memory accesses around them are pinned in place with this.
 __device__ __forceinline__ void compiler_fence() { asm volatile("" ::: "memory"); }
 
+/// Ends the kernel with a launch error (an illegal-address fault: a store to the null page).
+/// Not __trap(): with a trap anywhere in the math warpgroups' code, ptxas keeps their register
+/// allocation at the launch bound (168) instead of the setmaxnreg budget, and the 128-row
+/// kernel's accumulators spill.
+__device__ __forceinline__ void fatal_protocol_error() {
+  asm volatile("st.global.u32 [%0], %1;\n" ::"l"(static_cast<uint64_t>(8)), "r"(0xdeadu) : "memory");
+}
+
 /// Waits for the phase of parity `phase` of an mbarrier to complete. A wait of more than ~2^35
-/// cycles (~20 s) can only be a protocol bug: trap (a launch error) instead of hanging.
+/// cycles (~20 s) can only be a protocol bug: fault (a launch error) instead of hanging.
 __device__ __forceinline__ void wait_barrier(uint64_t const* bar, uint32_t phase) {
   if (!cutlass::arch::ClusterBarrier::try_wait(bar, phase)) {
     long long const start = clock64();
     while (!cutlass::arch::ClusterBarrier::try_wait(bar, phase)) {
-      if (clock64() - start > (1ll << 35)) __trap();
+      if (clock64() - start > (1ll << 35)) fatal_protocol_error();
     }
   }
   compiler_fence();
@@ -531,5 +553,677 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   __trap();  // no sm_90a code in this build (the launcher refuses before getting here)
 #endif
 }
+
+// =====================================================================================================
+// The pipelined kernel (variants m64, m128, m128h of sm90_fp8_grouped_gemm.h).
+//
+// What the first kernel (above, variant `base`) measured on an H100 -- seed shape 2.32 ms, 61.7%
+// of copy -- and why this one differs:
+//  1. Its producer loads each K block of token rows through registers one block ahead, so every
+//     stage costs the producer one L2 round trip, and every new tile starts with three dependent
+//     round trips (tile -> a_rows -> a_scales/a). Here the token rows travel by cp.async: with a
+//     pre-quantized e4m3 copy (a_mode 2) straight into the swizzled stage, the stage's full barrier
+//     counting the copies' completion (cp.async.mbarrier.arrive.noinc), so the producer runs as far
+//     ahead as the stages allow; with bf16/fp16 rows into a staging ring that the same thread
+//     converts kLookahead stages later (its own copies: cp.async.wait_group, no barrier). Weight
+//     TMA loads are issued with the stage's copies, S-1 stages ahead of the math.
+//  2. With 64-row tiles, every expert with more than 64 rows (about half of the seed's) streams its
+//     weights twice (the second time mostly from L2) and spends a full work item of 32 stages on a
+//     handful of rows. BlockM = 128 runs an expert's last two 64-row tiles as one item (resolved
+//     from the tile list itself, see resolve_item), each math warpgroup looping over the two
+//     64-row halves of the stage with one m64n128 accumulator (64 + 2 x 64 promoted sums per
+//     thread; the second half is skipped when the tile has <= 64 rows).
+//  3. The next work item is taken one tile ahead; its rows' source indices (and reciprocal
+//     scales) are written to a shared ring once per tile, read by the copy and convert steps.
+//
+// Warp roles as in the first kernel: warpgroup 0 produces (all 128 threads copy; thread 0 also
+// takes work items and issues the weight TMA), warpgroups 1 and 2 multiply (columns 128 w ..).
+// Shared memory (a 1024-aligned window): sA [S][BlockM rows][128 B], sB [S][256 rows][128 B],
+// staging [kLookahead + 1][BlockM rows x 128 x 16 bit] (bf16/fp16 gather only), PipeControl.
+// =====================================================================================================
+
+template <int BlockM_>
+struct Sm90Fp8PipeTile {
+  static constexpr int kBlockM = BlockM_;           // 64 or 128 rows per work item
+  static constexpr int kMHalves = kBlockM / 64;     // m64 wgmma per warpgroup per k32 step
+  static constexpr int kWgN = 128;
+  static constexpr int kNumMathWG = 2;
+  static constexpr int kBlockN = kWgN * kNumMathWG;  // 256
+  static constexpr int kBlockK = 128;
+  static constexpr int kThreads = 128 * (1 + kNumMathWG);
+  static constexpr int kMaxStages = 6;
+  static constexpr int kMetaSlots = 2;              // the current tile's rows and the next's
+  // bf16/fp16 gather: stages between a stage's copies and their conversion (the staging ring has
+  // kLookahead + 1 slots of kStagingBytes).
+  static constexpr int kLookahead = kBlockM == 128 ? 1 : 2;
+  // setmaxnreg budgets; 168 x 384 registers are allocated at launch.
+  //   m64:  64 accumulators + 64 promoted sums (as the first kernel); the producer keeps 152.
+  //   m128: 64 accumulators + 128 promoted sums; the cp.async producer needs few registers.
+  static constexpr int kProducerRegs = kBlockM == 128 ? 56 : 152;
+  static constexpr int kMathRegs = kBlockM == 128 ? 224 : 176;
+  static constexpr int kSmemABytes = kBlockM * kBlockK;
+  static constexpr int kSmemBBytes = kBlockN * kBlockK;
+  static constexpr int kStageBytes = kSmemABytes + kSmemBBytes;
+  static constexpr int kStagingBytes = kBlockM * kBlockK * 2;
+  static constexpr int kSmemLimit = 227 * 1024;
+  static_assert(kBlockM == 64 || kBlockM == 128, "64 or 128 rows");
+  static_assert(kProducerRegs * 128 + kMathRegs * 256 <= 168 * kThreads, "setmaxnreg budget");
+  static_assert(kLookahead >= 1 && kLookahead <= 2, "the pending-stage shift register");
+};
+
+namespace sm90_fp8_detail {
+
+template <class Cfg>
+struct PipeControl {
+  uint64_t full[Cfg::kMaxStages];   // 128 (129: e4m3 rows) producer arrivals + the TMA's bytes
+  uint64_t empty[Cfg::kMaxStages];  // one arrival per math warp
+  int4 tile[Cfg::kMaxStages];       // (expert, row0, rows, n_tile) of the tile starting there
+  int4 next;                        // thread 0 -> producer warpgroup: the next tile
+  int32_t src[Cfg::kMetaSlots][Cfg::kBlockM];  // source row of each row of a tile
+  float inv[Cfg::kMetaSlots][Cfg::kBlockM];    // 1 / its scale (bf16/fp16 gather)
+};
+
+/// Shared memory plan of one launch.
+struct PipeSmemPlan {
+  int stages = 0;
+  int staging_slots = 0;
+  uint32_t staging_offset = 0;
+  uint32_t control_offset = 0;
+  int bytes = 0;
+};
+
+template <class Cfg>
+inline PipeSmemPlan pipe_smem_plan(bool fp8_source) {
+  PipeSmemPlan plan;
+  int const ctl = static_cast<int>((sizeof(PipeControl<Cfg>) + 127) / 128 * 128);
+  plan.staging_slots = fp8_source ? 0 : Cfg::kLookahead + 1;
+  int const avail = Cfg::kSmemLimit - ctl - plan.staging_slots * Cfg::kStagingBytes;
+  plan.stages = avail / Cfg::kStageBytes;
+  if (plan.stages > Cfg::kMaxStages) plan.stages = Cfg::kMaxStages;
+  plan.staging_offset = static_cast<uint32_t>(plan.stages * Cfg::kStageBytes);
+  plan.control_offset = plan.staging_offset +
+                        static_cast<uint32_t>(plan.staging_slots * Cfg::kStagingBytes);
+  plan.bytes = static_cast<int>(plan.control_offset) + ctl;
+  return plan;
+}
+
+/// 16 bytes global -> shared, zero-filled past src_bytes (0 or 16); `hint`: with an L2
+/// evict_last policy (created here: one instruction, no register kept across the loop).
+__device__ __forceinline__ void cp_async_16(uint32_t smem_addr, void const* gmem, int src_bytes,
+                                            bool hint) {
+  if (hint) {
+    asm volatile(
+        "{\n .reg .b64 policy;\n"
+        " createpolicy.fractional.L2::evict_last.b64 policy, 1.0;\n"
+        " cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, policy;\n}\n" ::"r"(smem_addr),
+        "l"(gmem), "r"(src_bytes)
+        : "memory");
+  } else {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem),
+                 "r"(src_bytes)
+                 : "memory");
+  }
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
+/// Arrives on `bar` when this thread's earlier cp.async copies have landed (counts as one of the
+/// barrier's expected arrivals).
+__device__ __forceinline__ void cp_async_arrive_noinc(uint64_t const* bar) {
+  uint32_t const addr = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(addr) : "memory");
+}
+
+__device__ __forceinline__ void producer_sync() {
+  compiler_fence();
+  cutlass::arch::NamedBarrier::sync(128, 0);  // the producer warpgroup only
+  compiler_fence();
+}
+
+/// a, b: consecutive 64-row tiles of one expert (b the rows right after a's 64).
+__device__ __forceinline__ bool pairable(int4 const& a, int4 const& b) {
+  return a.x >= 0 && a.x == b.x && a.z == 64 && b.y == a.y + 64 && b.z > 0 && b.z <= 64;
+}
+
+/// Thread 0 of the producer: the tile of work item `cand`, taking further items while `cand` is a
+/// 64-row tile that its predecessor's item runs (BlockM 128). expert -1: no work left.
+///
+/// Pairing (merge_pairs): within an expert's run of 64-row tiles, count from the END: with d =
+/// the number of tiles after this one in the run, (d = 1, d = 0), (3, 2), ... are pairs: the tile
+/// with odd d leads (runs 64 + the next tile's rows), the one with even d (and a pairable
+/// predecessor) is absorbed. d is read from the next kScan slots, the same for every CTA, so the
+/// decisions of neighbours agree; a tile with kScan or more followers (d unknown) runs alone, as
+/// does the first tile of a run of odd length. The seed shape (<= 2 tiles per expert) and runs of
+/// up to kScan tiles are paired completely.
+template <class Cfg>
+__device__ __forceinline__ int4 resolve_item(Sm90Fp8KernelParams const& p, int& cand) {
+  int4 const none = make_int4(-1, 0, 0, 0);
+  int const total = p.num_tile_slots * p.n_tiles;
+  for (;;) {
+    if (cand >= total) return none;
+    int const slot = cand / p.n_tiles;
+    int const n_tile = cand - slot * p.n_tiles;
+    int4 tile = __ldg(reinterpret_cast<int4 const*>(p.tiles + slot));
+    if (tile.x < 0) return none;
+    if constexpr (Cfg::kBlockM == 128) {
+      if (p.merge_pairs) {
+        constexpr int kScan = 8;
+        int4 const prev =
+            slot > 0 ? __ldg(reinterpret_cast<int4 const*>(p.tiles + slot - 1)) : none;
+        int4 const next = slot + 1 < p.num_tile_slots
+                              ? __ldg(reinterpret_cast<int4 const*>(p.tiles + slot + 1))
+                              : none;
+        int ex[kScan - 1];
+#pragma unroll
+        for (int i = 0; i < kScan - 1; ++i) {
+          int const s2 = slot + 2 + i;
+          ex[i] = s2 < p.num_tile_slots ? __ldg(&p.tiles[s2].expert) : -1;
+        }
+        int d = next.x == tile.x ? 1 : 0;
+#pragma unroll
+        for (int i = 0; i < kScan - 1; ++i) {
+          if (d == i + 1 && ex[i] == tile.x) d = i + 2;
+        }
+        bool const known = d < kScan;
+        bool const leader = known && (d & 1) && pairable(tile, next);
+        bool const absorbed = known && !(d & 1) && d + 1 < kScan && pairable(prev, tile);
+        if (absorbed) {
+          cand = atomicAdd(p.scheduler, 1);
+          continue;
+        }
+        if (leader) tile.z += next.z;
+      }
+    }
+    tile.w = n_tile;
+    return tile;
+  }
+}
+
+/// The producer warpgroup of the pipelined kernel. kMode: 0 bf16 rows, 1 fp16 rows, 2 e4m3 rows.
+template <class Cfg, int kMode>
+__device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint8_t* smem_a,
+                                              uint8_t* smem_b, uint8_t* staging,
+                                              PipeControl<Cfg>* ctl) {
+  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
+  constexpr bool kFp8 = kMode == 2;
+  constexpr int kD = Cfg::kLookahead;
+  constexpr int kHalves = Cfg::kMHalves;
+  int const pt = threadIdx.x;  // 0..127
+  int const S = p.num_stages;
+
+  // 16-bit rows: chunk = 8 elements (16 bytes) of the 128-wide K block, rows rb8 + 8 i (i < 8)
+  // of each 64-row half. Staging is thread-private: [half][i][thread] x 16 bytes.
+  int const chunk16 = pt & 15;
+  int const rb8 = pt >> 4;
+  uint32_t const sw16 = rb8 * 128 + ((((chunk16 >> 1) ^ rb8) << 4) | ((chunk16 & 1) << 3));
+  // e4m3 rows: chunk = 16 bytes, rows rb16 + 16 i (i < 4) of each half.
+  int const chunk8 = pt & 7;
+  int const rb16 = pt >> 3;
+  uint32_t const sw8 = rb16 * 128 + ((chunk8 ^ (rb16 & 7)) << 4);
+
+  uint32_t const sa_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem_a));
+  uint32_t const stg_base = static_cast<uint32_t>(__cvta_generic_to_shared(staging)) + pt * 16;
+  char const* const a16 = static_cast<char const*>(p.a);
+  char const* const a8 = static_cast<char const*>(p.a_fp8);
+
+  int cand = 0;
+  if (pt == 0) cand = atomicAdd(p.scheduler, 1);
+  int stage = 0;
+  uint32_t phase = 0;
+  int slot = 0;      // staging slot of the next stage (16-bit rows)
+  int pend[kD];      // stages whose copies are in flight, newest first: packed descriptors
+  int npend = 0;
+#pragma unroll
+  for (int i = 0; i < kD; ++i) pend[i] = 0;
+
+  // Converts the staged rows of a pending stage into its swizzled e4m3 tile and marks it full.
+  auto finish = [&](int desc) {
+    int const s = desc & 7;
+    int const sl = (desc >> 3) & 3;
+    int const mt = (desc >> 5) & 3;
+    int const r = desc >> 8;
+    uint8_t* const dst = smem_a + s * Cfg::kSmemABytes + sw16;
+    uint8_t const* const stg = staging + sl * Cfg::kStagingBytes + pt * 16;
+#pragma unroll
+    for (int h = 0; h < kHalves; ++h) {
+      if (64 * h < r) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          int const row = 64 * h + rb8 + 8 * i;
+          if (row < r) {
+            uint4 const v = *reinterpret_cast<uint4 const*>(stg + h * 16384 + i * 2048);
+            float const inv = ctl->inv[mt][row];
+            *reinterpret_cast<uint2*>(dst + h * 8192 + i * 1024) =
+                quantize_chunk<kMode == 0>(v, inv);
+          }
+        }
+      }
+    }
+    compiler_fence();
+    cutlass::arch::fence_view_async_shared();  // generic stores -> wgmma (async proxy)
+    arrive_barrier(&ctl->full[s]);
+  };
+
+  // Converts every pending stage (oldest first): at a tile boundary, so that the next tile's
+  // rows can take the other slot of the row ring.
+  auto drain = [&]() {
+    if constexpr (!kFp8) {
+      cp_async_wait<0>();
+#pragma unroll
+      for (int i = kD - 1; i >= 0; --i) {
+        if (i < npend) finish(pend[i]);
+      }
+      npend = 0;
+    }
+  };
+
+  // The rows of tile `t` (source index; 1 / scale for 16-bit rows) go to slot (meta) of the
+  // shared ring, one row per thread.
+  auto load_rows = [&](int4 const& t, int slot_of_rows) {
+    if (t.x >= 0 && pt < t.z) {
+      int const dense = t.y + pt;
+      int const src = p.a_rows != nullptr ? __ldg(p.a_rows + dense) : dense;
+      ctl->src[slot_of_rows][pt] = src;
+      if constexpr (!kFp8) ctl->inv[slot_of_rows][pt] = 1.0f / __ldg(p.a_scales + src);
+    }
+  };
+  // Thread 0: the tile of the next work item into ctl->next (expert -1: none left), and the
+  // item after it taken from the queue (its atomic completes while a whole tile streams).
+  auto resolve_next = [&]() {
+    if (pt == 0) {
+      int4 const next = resolve_item<Cfg>(p, cand);
+      if (next.z > Cfg::kBlockM) fatal_protocol_error();  // a tile list with tile_m != 64
+      ctl->next = next;
+      if (next.x >= 0) cand = atomicAdd(p.scheduler, 1);
+    }
+  };
+
+  // The first tile: resolved and its rows loaded before any copy.
+  resolve_next();
+  producer_sync();
+  int4 tile = ctl->next;
+  int meta = 0;
+  load_rows(tile, meta);
+  producer_sync();
+
+  // The next tile is resolved (thread 0, kb == 1) and its rows loaded (kb == 2) while this one
+  // streams: a stall there only delays copies that run S - 1 stages ahead of the math, where
+  // the same work at the tile boundary would delay the next tile's first weight loads.
+  constexpr int kResolveAt = 1;
+  while (tile.x >= 0) {
+    int const rows = tile.z;
+    for (int kb = 0; kb < p.num_kb; ++kb) {
+      wait_barrier(&ctl->empty[stage], phase ^ 1);
+      if (pt == 0) {
+        if (kb == 0) ctl->tile[stage] = tile;  // published by this thread's (release) arrival
+        if constexpr (kFp8) {
+          // The copies' arrivals are asynchronous: this plain arrival (the 129th) releases the
+          // tile coordinates above.
+          compiler_fence();
+          TxBarrier::arrive_and_expect_tx(&ctl->full[stage], Cfg::kSmemBBytes);
+        } else {
+          TxBarrier::expect_transaction(&ctl->full[stage], Cfg::kSmemBBytes);
+        }
+        cute::SM90_TMA_LOAD_3D::copy(&p.tmap_w, &ctl->full[stage], p.w_cache_hint,
+                                     smem_b + stage * Cfg::kSmemBBytes, kb * Cfg::kBlockK,
+                                     tile.w * Cfg::kBlockN, tile.x);
+      }
+      if constexpr (kFp8) {
+        int const k = kb * Cfg::kBlockK + chunk8 * 16;
+        bool const k_ok = k < p.k;
+        uint32_t const dst = sa_base + stage * Cfg::kSmemABytes + sw8;
+#pragma unroll
+        for (int h = 0; h < kHalves; ++h) {
+          if (64 * h < rows) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              int const row = 64 * h + rb16 + 16 * i;
+              if (row < rows) {
+                int const src = ctl->src[meta][row];
+                char const* g = a8 + static_cast<int64_t>(src) * p.a_fp8_row_stride + (k_ok ? k : 0);
+                cp_async_16(dst + h * 8192 + i * 2048, g, k_ok ? 16 : 0, p.token_hint != 0);
+              }
+            }
+          }
+        }
+        cp_async_arrive_noinc(&ctl->full[stage]);
+      } else {
+        int const k = kb * Cfg::kBlockK + chunk16 * 8;
+        bool const k_ok = k < p.k;
+        uint32_t const dst = stg_base + slot * Cfg::kStagingBytes;
+#pragma unroll
+        for (int h = 0; h < kHalves; ++h) {
+          if (64 * h < rows) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+              int const row = 64 * h + rb8 + 8 * i;
+              if (row < rows) {
+                int const src = ctl->src[meta][row];
+                char const* g =
+                    a16 + (static_cast<int64_t>(src) * p.a_row_stride + (k_ok ? k : 0)) * 2;
+                cp_async_16(dst + h * 16384 + i * 2048, g, k_ok ? 16 : 0, p.token_hint != 0);
+              }
+            }
+          }
+        }
+        cp_async_commit();
+        int const desc = stage | (slot << 3) | (meta << 5) | (rows << 8);
+        if (npend == kD) {
+          cp_async_wait<kD>();  // the oldest pending stage's copies have landed
+          finish(pend[kD - 1]);
+        } else {
+          ++npend;
+        }
+#pragma unroll
+        for (int i = kD - 1; i > 0; --i) pend[i] = pend[i - 1];
+        pend[0] = desc;
+        if (++slot == kD + 1) slot = 0;
+      }
+      if (++stage == S) {
+        stage = 0;
+        phase ^= 1;
+      }
+      if (kb == kResolveAt) resolve_next();
+      if (kb == kResolveAt + 1) {
+        producer_sync();  // ctl->next written
+        load_rows(ctl->next, meta ^ 1);
+      }
+    }
+    if (p.num_kb <= kResolveAt + 1) {  // short K: the same at the boundary
+      if (p.num_kb <= kResolveAt) resolve_next();
+      producer_sync();
+      load_rows(ctl->next, meta ^ 1);
+    }
+    // ---- tile boundary: convert what is still staged, then switch to the next tile's rows
+    drain();
+    producer_sync();  // the next tile's rows are visible (thread 0 rewrites ctl->next only at
+                      // kb == kResolveAt of that tile, after everyone has read it here)
+    tile = ctl->next;
+    meta ^= 1;
+  }
+
+  // ---- the end marker (everything was drained at the last boundary)
+  cp_async_wait_all();
+  wait_barrier(&ctl->empty[stage], phase ^ 1);
+  if (pt == 0) ctl->tile[stage] = make_int4(-1, 0, 0, 0);
+  arrive_barrier(&ctl->full[stage]);
+  if (kFp8 && pt == 0) arrive_barrier(&ctl->full[stage]);  // the 129th arrival
+  if (pt == 0 && atomicAdd(p.scheduler + 1, 1) == static_cast<int>(gridDim.x) - 1) {
+    __threadfence();
+    p.scheduler[0] = 0;
+    p.scheduler[1] = 0;
+  }
+}
+
+/// Scales one 64-row half of a math warpgroup's promoted sums and stores them (the first
+/// kernel's epilogue; `half_row` = 64 * half).
+__device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, float const (&total)[64],
+                                              int e, int row0, int rows, int half_row,
+                                              int chunk128, int warp, int lane, bool gate_up) {
+  bool const channel = !p.scale_block;
+  int const r0 = half_row + 16 * warp + (lane >> 2);
+  int const c0 = 2 * (lane & 3);
+  float s_tok[2];
+  bool row_ok[2];
+  int64_t out_row[2];
+#pragma unroll
+  for (int i1 = 0; i1 < 2; ++i1) {
+    int const r = r0 + 8 * i1;
+    row_ok[i1] = r < rows;
+    int const dense = row0 + r;
+    out_row[i1] = static_cast<int64_t>(dense) * p.out_row_stride;
+    s_tok[i1] = 0.0f;
+    if (row_ok[i1]) {
+      int const src = p.a_rows != nullptr ? __ldg(p.a_rows + dense) : dense;
+      s_tok[i1] = __ldg(p.a_scales + src);
+    }
+  }
+  float const* const cs = p.w_scales + static_cast<int64_t>(e) * p.n_raw;
+  if (!gate_up) {
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      int const n = chunk128 * 128 + 8 * j + c0;
+      if (n < p.n_out) {
+        float sw0 = 1.0f;
+        float sw1 = 1.0f;
+        if (channel) {
+          sw0 = __ldg(cs + n);
+          sw1 = __ldg(cs + n + 1);
+        }
+#pragma unroll
+        for (int i1 = 0; i1 < 2; ++i1) {
+          if (row_ok[i1]) {
+            float const v0 = total[4 * j + 2 * i1] * s_tok[i1] * sw0;
+            float const v1 = total[4 * j + 2 * i1 + 1] * s_tok[i1] * sw1;
+            store_pair(p.out, p.out_dtype, out_row[i1] + n, v0, v1);
+          }
+        }
+      }
+    }
+  } else {
+    bool const use_gelu = p.epilogue == static_cast<int32_t>(Fp8Epilogue::kGateUpGelu);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      int const h = 64 * chunk128 + 8 * j + c0;
+      if (h < p.n_out) {
+        float sg0 = 1.0f, sg1 = 1.0f, su0 = 1.0f, su1 = 1.0f;
+        if (channel) {
+          sg0 = __ldg(cs + h);
+          sg1 = __ldg(cs + h + 1);
+          su0 = __ldg(cs + p.n_out + h);
+          su1 = __ldg(cs + p.n_out + h + 1);
+        }
+#pragma unroll
+        for (int i1 = 0; i1 < 2; ++i1) {
+          if (row_ok[i1]) {
+            float const g0 = total[4 * j + 2 * i1] * s_tok[i1] * sg0;
+            float const g1 = total[4 * j + 2 * i1 + 1] * s_tok[i1] * sg1;
+            float const u0 = total[32 + 4 * j + 2 * i1] * s_tok[i1] * su0;
+            float const u1 = total[32 + 4 * j + 2 * i1 + 1] * s_tok[i1] * su1;
+            float const a0 = use_gelu ? gelu(g0) : silu(g0);
+            float const a1 = use_gelu ? gelu(g1) : silu(g1);
+            store_pair(p.out, p.out_dtype, out_row[i1] + h, a0 * u0, a1 * u1);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace sm90_fp8_detail
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    sm90_fp8_pipelined_kernel(__grid_constant__ Sm90Fp8KernelParams const p) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace cute;
+  using Barrier = cutlass::arch::ClusterBarrier;
+  constexpr int kBlockM = Cfg::kBlockM;
+  constexpr int kBlockN = Cfg::kBlockN;
+  constexpr int kBlockK = Cfg::kBlockK;
+  constexpr int kMaxStages = Cfg::kMaxStages;
+  constexpr int kHalves = Cfg::kMHalves;
+  int const S = p.num_stages;
+
+  // The 128B swizzle repeats every 1024 bytes: the dynamic window is declared 1024-aligned (as
+  // DeepGEMM does; no runtime re-alignment, whose pointer the producer would have to keep in a
+  // register or spill). A misaligned window would be a toolchain change: fault, never compute.
+  extern __shared__ __align__(1024) uint8_t smem_pipe[];
+  if ((static_cast<uint32_t>(__cvta_generic_to_shared(smem_pipe)) & 1023u) != 0) {
+    sm90_fp8_detail::fatal_protocol_error();
+  }
+  // The carve-up, computed again inside each role after its setmaxnreg (the empty asm makes the
+  // offsets opaque, the base stays the shared array, so accesses stay LDS/STS): a pointer
+  // computed before the role split and live across it gets spilled.
+  auto carve = [&](uint8_t*& smem_a, uint8_t*& smem_b, uint8_t*& staging,
+                   sm90_fp8_detail::PipeControl<Cfg>*& ctl) {
+    uint32_t b_off = static_cast<uint32_t>(S * Cfg::kSmemABytes);
+    uint32_t s_off = p.staging_offset;
+    uint32_t c_off = p.control_offset;
+    asm volatile("" : "+r"(b_off), "+r"(s_off), "+r"(c_off));
+    smem_a = smem_pipe;
+    smem_b = smem_pipe + b_off;
+    staging = smem_pipe + s_off;
+    ctl = reinterpret_cast<sm90_fp8_detail::PipeControl<Cfg>*>(smem_pipe + c_off);
+  };
+  uint8_t* smem_a;
+  uint8_t* smem_b;
+  uint8_t* staging;
+  sm90_fp8_detail::PipeControl<Cfg>* ctl;
+
+  int const warp_group = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    carve(smem_a, smem_b, staging, ctl);
+    cute::prefetch_tma_descriptor(&p.tmap_w);
+    // full: the 128 producer threads (their copies' completion for e4m3 rows, plus thread 0's
+    // arrive.expect_tx) + the TMA's bytes. empty: one arrival per math warp.
+    uint32_t const full_count = p.a_mode == 2 ? 129u : 128u;
+    for (int s = 0; s < S; ++s) {
+      Barrier::init(&ctl->full[s], full_count);
+      Barrier::init(&ctl->empty[s], 4 * Cfg::kNumMathWG);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (warp_group == 0) {
+    // ---------------------------------------------------------------- producer warpgroup
+    cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegs>();
+    carve(smem_a, smem_b, staging, ctl);
+    if (p.a_mode == 2) {
+      sm90_fp8_detail::pipe_producer<Cfg, 2>(p, smem_a, smem_b, staging, ctl);
+    } else if (p.a_mode == 0) {
+      sm90_fp8_detail::pipe_producer<Cfg, 0>(p, smem_a, smem_b, staging, ctl);
+    } else {
+      sm90_fp8_detail::pipe_producer<Cfg, 1>(p, smem_a, smem_b, staging, ctl);
+    }
+  } else {
+    // ---------------------------------------------------------------- math warpgroups
+    cutlass::arch::warpgroup_reg_alloc<Cfg::kMathRegs>();
+    carve(smem_a, smem_b, staging, ctl);
+    int const mt = threadIdx.x - 128;
+    int const wg = mt >> 7;
+    int const warp = (mt >> 5) & 3;
+    int const lane = mt & 31;
+
+    // (BlockM, 128, stages) and (256, 128, stages) e4m3, K-major, 128B swizzle; the stage count
+    // in the layouts is the maximum, the base pointers place the runtime count.
+    using SmemLayoutA = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<float_e4m3_t>{},
+                                               make_shape(Int<kBlockM>{}, Int<kBlockK>{},
+                                                          Int<kMaxStages>{})));
+    using SmemLayoutB = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<float_e4m3_t>{},
+                                               make_shape(Int<kBlockN>{}, Int<kBlockK>{},
+                                                          Int<kMaxStages>{})));
+    Tensor sA = make_tensor(make_smem_ptr(reinterpret_cast<float_e4m3_t*>(smem_a)), SmemLayoutA{});
+    Tensor sB = make_tensor(make_smem_ptr(reinterpret_cast<float_e4m3_t*>(smem_b)), SmemLayoutB{});
+    TiledMMA tiled_mma = make_tiled_mma(SM90_64x128x32_F32E4M3E4M3_SS_TN<>{},
+                                        Layout<Shape<_1, Int<Cfg::kNumMathWG>, _1>>{});
+    auto thr_mma = tiled_mma.get_thread_slice(mt);
+    Tensor tCrA = thr_mma.make_fragment_A(thr_mma.partition_A(sA));  // (MMA, halves, 4, stages)
+    Tensor tCrB = thr_mma.make_fragment_B(thr_mma.partition_B(sB));  // (MMA, 1, 4, stages)
+    Tensor acc = partition_fragment_C(tiled_mma, Shape<_64, Int<kBlockN>>{});
+    Tensor acc_v = acc(_, _0{}, _0{});  // (MMA): the rank of one half's A and B slices
+    static_assert(size<1>(decltype(tCrA){}) == kHalves, "one m64 wgmma row block per half");
+    static_assert(size<2>(decltype(tCrA){}) == kBlockK / 32, "four k32 wgmma per K block");
+    static_assert(size(decltype(acc){}) == 64, "one m64n128 fp32 accumulator per thread");
+    float total[kHalves][64];
+
+    bool const gate_up = p.epilogue != static_cast<int32_t>(Fp8Epilogue::kPlain);
+    bool const copy_filled = p.a_mode == 2;  // A written by cp.async (generic proxy)
+    int stage = 0;
+    uint32_t phase = 0;
+    for (;;) {
+      sm90_fp8_detail::wait_barrier(&ctl->full[stage], phase);
+      int4 const tile = ctl->tile[stage];
+      if (tile.x < 0) break;
+      int const e = tile.x;
+      int const row0 = tile.y;
+      int const rows = tile.z;
+      int const n_tile = tile.w;
+      int const halves = (kHalves == 2 && rows > 64) ? 2 : 1;  // 64-row halves holding rows
+      int const chunk128 = n_tile * Cfg::kNumMathWG + wg;
+      bool const active = chunk128 * 128 < p.n_prep;
+      int64_t scale_lo = 0;
+      int64_t scale_hi = 0;
+      if (p.scale_block) {
+        int const blk_lo = gate_up ? (64 * chunk128) / 128 : chunk128;
+        int const blk_hi = gate_up ? (p.n_out + 64 * chunk128) / 128 : chunk128;
+        scale_lo = (static_cast<int64_t>(e) * p.n_scale_blocks + blk_lo) * p.num_kb;
+        scale_hi = (static_cast<int64_t>(e) * p.n_scale_blocks + blk_hi) * p.num_kb;
+      }
+#pragma unroll
+      for (int h = 0; h < kHalves; ++h) {
+#pragma unroll
+        for (int v = 0; v < 64; ++v) total[h][v] = 0.0f;
+      }
+
+      for (int kb = 0; kb < p.num_kb; ++kb) {
+        float s_lo = 1.0f;
+        float s_hi = 1.0f;
+        if (p.scale_block && active) {
+          s_lo = __ldg(p.w_scales + scale_lo + kb);
+          s_hi = __ldg(p.w_scales + scale_hi + kb);
+        }
+        if (kb > 0) sm90_fp8_detail::wait_barrier(&ctl->full[stage], phase);
+        if (copy_filled) cutlass::arch::fence_view_async_shared();
+        if (active) {
+#pragma unroll
+          for (int h = 0; h < kHalves; ++h) {
+            if (h < halves) {
+              warpgroup_fence_operand(acc);
+              warpgroup_arrive();
+              tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+#pragma unroll
+              for (int k = 0; k < size<2>(tCrA); ++k) {
+                cute::gemm(tiled_mma, tCrA(_, h, k, stage), tCrB(_, _0{}, k, stage), acc_v);
+                tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+              }
+              warpgroup_commit_batch();
+              warpgroup_wait<0>();
+              warpgroup_fence_operand(acc);
+              // The stage's last reads are complete: hand it back before promoting.
+              if (h + 1 == halves && lane == 0) {
+                sm90_fp8_detail::arrive_barrier(&ctl->empty[stage]);
+              }
+#pragma unroll
+              for (int v = 0; v < 64; ++v) {
+                total[h][v] = fmaf(acc(v), v < 32 ? s_lo : s_hi, total[h][v]);
+              }
+            }
+          }
+        } else if (lane == 0) {
+          sm90_fp8_detail::arrive_barrier(&ctl->empty[stage]);
+        }
+        if (++stage == S) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+      if (!active) continue;
+#pragma unroll
+      for (int h = 0; h < kHalves; ++h) {
+        if (h < halves) {
+          sm90_fp8_detail::pipe_epilogue(p, total[h], e, row0, rows, 64 * h, chunk128, warp,
+                                         lane, gate_up);
+        }
+      }
+    }
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
 
 }  // namespace flashmoe::gemm

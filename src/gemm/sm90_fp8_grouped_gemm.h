@@ -30,7 +30,9 @@
 
 namespace flashmoe::gemm {
 
-/// The M tile of the kernel: the TileInfo list must be built with tile_m == kSm90Fp8BlockM.
+/// The M tile of the tile list: the TileInfo list must be built with tile_m == kSm90Fp8BlockM
+/// (every variant; the 128-row variants run an expert's last two 64-row tiles as one item by
+/// themselves, see Sm90Fp8Variant).
 inline constexpr int kSm90Fp8BlockM = 64;
 
 enum class Fp8Epilogue : int {
@@ -38,6 +40,35 @@ enum class Fp8Epilogue : int {
   kGateUpSilu = 1,  // out = silu(g) * u   (weights prepared with gate_up = true)
   kGateUpGelu = 2,  // out = gelu(g) * u   (exact erf gelu)
 };
+
+/// Kernel variants (all compute the same function, bit for bit; they differ in speed only).
+/// kAuto resolves to the FLASHMOE_SM90_VARIANT environment variable (a name below) when it is set,
+/// else to kSm90Fp8DefaultVariant. See sm90_fp8_grouped_gemm.cuh for the designs.
+///   base   the first kernel: CTA tile 64 x 256, 5 stages, the producer gathers + quantizes the
+///          token rows through registers one K block ahead (control for comparisons)
+///   m64    CTA tile 64 x 256, cp.async producer (token rows copied several stages ahead, the
+///          next tile's rows resolved while the current one streams), runtime stage count
+///   m128   CTA tile 128 x 256: an expert's last two 64-row tiles run as one work item, so its
+///          weights are streamed once for up to 128 rows (each math warpgroup loops over the
+///          two 64-row halves with one accumulator); same producer as m64
+///   m128h  m128 with L2 cache hints: weights EVICT_FIRST (read once), token rows EVICT_LAST
+enum class Sm90Fp8Variant : int {
+  kAuto = -1,
+  kBase = 0,
+  kM64 = 1,
+  kM128 = 2,
+  kM128Hint = 3,
+};
+inline constexpr int kSm90Fp8NumVariants = 4;
+inline constexpr Sm90Fp8Variant kSm90Fp8DefaultVariant = Sm90Fp8Variant::kM128;
+
+/// "base", "m64", "m128", "m128h" ("auto" for kAuto).
+char const* sm90_fp8_variant_name(Sm90Fp8Variant v);
+/// The variant of a name above; false (out untouched) for an unknown name.
+bool sm90_fp8_parse_variant(char const* name, Sm90Fp8Variant* out);
+/// kAuto -> FLASHMOE_SM90_VARIANT (when set to a known name) -> kSm90Fp8DefaultVariant; any other
+/// value is returned as is.
+Sm90Fp8Variant sm90_fp8_resolve_variant(Sm90Fp8Variant requested);
 
 /// Upper bound of the M tiles of `num_rows` assignments over `num_experts` experts:
 /// sum_e ceil(count_e / BM) <= num_rows / BM + num_experts.
@@ -48,7 +79,7 @@ inline constexpr int64_t sm90_fp8_max_tiles(int64_t num_rows, int64_t num_expert
 /// Everything one launch needs (device pointers).
 struct Sm90Fp8GemmParams {
   // A: source rows of `a` ([*, k], a_row_stride elements apart; bf16 or fp16; 16-byte aligned
-  // rows: a % 16 == 0, a_row_stride % 8 == 0).
+  // rows: a % 16 == 0, a_row_stride % 8 == 0). May be null when a_fp8 is given (see below).
   void const* a = nullptr;
   DType a_dtype = DType::kBFloat16;
   int64_t a_row_stride = 0;
@@ -81,6 +112,17 @@ struct Sm90Fp8GemmParams {
   int32_t* scheduler = nullptr;
 
   int max_ctas = 0;                  // persistent CTAs; 0 = one per SM (tests use a few)
+
+  // Optional pre-quantized A rows (token_scales.h, launch_token_quantize_fp8): row s holds
+  // e4m3(a[s, k] / a_scales[s]), a_fp8_row_stride bytes apart (% 16 == 0, >= k; a_fp8 % 16 == 0).
+  // When set, the gather copies these bytes (half the traffic of bf16 rows, no conversion in the
+  // kernel) and `a` is not read (it may be null, except for the variant `base`, which always
+  // gathers `a`). The output is bit for bit the same as without it.
+  void const* a_fp8 = nullptr;
+  int64_t a_fp8_row_stride = 0;
+
+  // Which kernel runs (kAuto: FLASHMOE_SM90_VARIANT, else the default).
+  Sm90Fp8Variant variant = Sm90Fp8Variant::kAuto;
 };
 
 /// Bytes of the `scheduler` slice.
@@ -93,7 +135,10 @@ Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& params);
 /// (kNotSupported otherwise). Never allocates, never synchronizes.
 Status launch_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& params, cudaStream_t stream);
 
-/// Dynamic shared memory bytes of the compiled configuration (for reports).
+/// Dynamic shared memory bytes of the default variant, bf16 gather (for reports).
 int sm90_fp8_grouped_gemm_smem_bytes();
+/// Dynamic shared memory bytes of `variant` (kAuto resolved) gathering bf16/fp16 rows
+/// (fp8_source false) or pre-quantized rows (true).
+int sm90_fp8_grouped_gemm_smem_bytes(Sm90Fp8Variant variant, bool fp8_source);
 
 }  // namespace flashmoe::gemm

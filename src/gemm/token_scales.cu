@@ -4,9 +4,11 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 
 #include "flashmoe/quantization.h"
 #include "fused/cuda_check.h"
@@ -78,7 +80,124 @@ Status launch_typed(void const* x, int64_t rows, int64_t cols, int64_t row_strid
   return Status::Ok();
 }
 
+/// kPer (= 16 / sizeof(T)) values of 16 bytes times `inv`, as kPer e4m3 bytes (the GEMM's rule:
+/// float product, cvt.rn.satfinite of pairs).
+template <typename T>
+__device__ __forceinline__ void quantize16(uint4 const& v, float inv, uint8_t* out) {
+  constexpr int kPer = 16 / sizeof(T);
+  T vals[kPer];
+  memcpy(vals, &v, 16);
+  uint16_t pairs[kPer / 2];
+#pragma unroll
+  for (int i = 0; i < kPer / 2; ++i) {
+    float2 f = make_float2(to_float(vals[2 * i]), to_float(vals[2 * i + 1]));
+    f.x *= inv;
+    f.y *= inv;
+    pairs[i] = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+  }
+  if constexpr (kPer == 8) {
+    uint2 w;
+    w.x = static_cast<uint32_t>(pairs[0]) | (static_cast<uint32_t>(pairs[1]) << 16);
+    w.y = static_cast<uint32_t>(pairs[2]) | (static_cast<uint32_t>(pairs[3]) << 16);
+    *reinterpret_cast<uint2*>(out) = w;
+  } else {
+    *reinterpret_cast<uint32_t*>(out) =
+        static_cast<uint32_t>(pairs[0]) | (static_cast<uint32_t>(pairs[1]) << 16);
+  }
+}
+
+/// Scales and quantized rows (token_scales.h, launch_token_quantize_fp8): one warp per row, the
+/// amax pass then the quantization pass over the same (now cached) row.
+template <typename T>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    token_quantize_fp8_kernel(T const* __restrict__ x, int64_t rows, int64_t cols,
+                              int64_t row_stride, int32_t const* __restrict__ rows_device,
+                              bool vec16, float* __restrict__ scales, uint8_t* __restrict__ q,
+                              int64_t q_stride) {
+  int64_t const row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  int const lane = threadIdx.x % 32;
+  int64_t limit = rows;
+  if (rows_device != nullptr) limit = min(limit, static_cast<int64_t>(*rows_device));
+  if (row >= limit) return;
+  T const* const xr = x + row * row_stride;
+  uint8_t* const qr = q + row * q_stride;
+  constexpr int kPer = 16 / sizeof(T);
+  float m = 0.0f;
+  if (vec16) {
+    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
+      m = fmaxf(m, amax16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c))));
+    }
+  } else {
+    for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, fabsf(to_float(xr[c])));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  float const s = m > 0.0f ? __fdiv_rn(m, kE4M3Max) : 1.0f;
+  if (lane == 0) scales[row] = s;
+  float const inv = 1.0f / s;  // IEEE division, as the GEMM's gather
+  if (vec16) {
+    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
+      quantize16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c)), inv, qr + c);
+    }
+  } else {
+    for (int64_t c = lane; c < cols; c += 32) {
+      qr[c] = static_cast<uint8_t>(
+          __nv_cvt_float_to_fp8(to_float(xr[c]) * inv, __NV_SATFINITE, __NV_E4M3));
+    }
+  }
+}
+
+template <typename T>
+Status launch_quantize_typed(void const* x, int64_t rows, int64_t cols, int64_t row_stride,
+                             int32_t const* rows_device, float* scales, void* q, int64_t q_stride,
+                             cudaStream_t stream) {
+  bool const vec16 = reinterpret_cast<std::uintptr_t>(x) % 16 == 0 &&
+                     (row_stride * static_cast<int64_t>(sizeof(T))) % 16 == 0 &&
+                     (cols * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+  int64_t const blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  token_quantize_fp8_kernel<T><<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
+      static_cast<T const*>(x), rows, cols, row_stride, rows_device, vec16, scales,
+      static_cast<uint8_t*>(q), q_stride);
+  FLASHMOE_LAUNCH_CHECK("token_quantize_fp8_kernel");
+  return Status::Ok();
+}
+
 }  // namespace
+
+Status launch_token_quantize_fp8(void const* x, DType dtype, int64_t rows, int64_t cols,
+                                 int64_t row_stride, int32_t const* rows_device, float* scales,
+                                 void* x_fp8, int64_t fp8_row_stride, cudaStream_t stream) {
+  if (rows < 0 || cols <= 0 || row_stride < cols) {
+    return Status::Invalid("token quantize: need rows >= 0, cols > 0 and row_stride >= cols");
+  }
+  if (cols % 16 != 0 || fp8_row_stride < cols || fp8_row_stride % 16 != 0 ||
+      reinterpret_cast<std::uintptr_t>(x_fp8) % 16 != 0) {
+    return Status::Unsupported("token quantize: needs cols % 16 == 0 (got " +
+                               std::to_string(cols) + "), fp8_row_stride % 16 == 0 and >= cols, "
+                               "and a 16-byte aligned x_fp8 (the GEMM copies 16-byte chunks)");
+  }
+  if (rows == 0) return Status::Ok();
+  if (x == nullptr || scales == nullptr || x_fp8 == nullptr) {
+    return Status::Invalid("token quantize: x, scales and x_fp8 must be non-null");
+  }
+  if ((rows + kWarpsPerBlock - 1) / kWarpsPerBlock > INT32_MAX) {
+    return Status::Unsupported("token quantize: too many rows");
+  }
+  switch (dtype) {
+    case DType::kBFloat16:
+      return launch_quantize_typed<__nv_bfloat16>(x, rows, cols, row_stride, rows_device, scales,
+                                                  x_fp8, fp8_row_stride, stream);
+    case DType::kFloat16:
+      return launch_quantize_typed<__half>(x, rows, cols, row_stride, rows_device, scales, x_fp8,
+                                           fp8_row_stride, stream);
+    case DType::kFloat32:
+      return launch_quantize_typed<float>(x, rows, cols, row_stride, rows_device, scales, x_fp8,
+                                          fp8_row_stride, stream);
+    default:
+      return Status::BadType(std::string("token quantize: x must be bfloat16, float16 or float32, "
+                                         "got ") + dtype_name(dtype));
+  }
+}
 
 Status launch_token_scales_fp8(void const* x, DType dtype, int64_t rows, int64_t cols,
                                int64_t row_stride, int32_t const* rows_device, float* scales,

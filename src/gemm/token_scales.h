@@ -22,4 +22,19 @@ Status launch_token_scales_fp8(void const* x, DType dtype, int64_t rows, int64_t
                                int64_t row_stride, int32_t const* rows_device, float* scales,
                                cudaStream_t stream);
 
+/// The scales above plus the quantized rows, in one pass (one warp per row, the row read twice,
+/// the second time from L1/L2):
+///
+///   x_fp8[r, c] = e4m3(x[r, c] * (1 / scales[r]))     c < cols, r < the row limit above
+///
+/// with the reciprocal in float32 (IEEE division), the product in float32 and cvt.rn.satfinite --
+/// bit for bit the bytes the sm_90a GEMM's own gather produces, so that a GEMM given these rows
+/// (Sm90Fp8GemmParams::a_fp8) writes the same output as one that quantizes `x` itself, while it
+/// gathers half the bytes and does no conversion. x_fp8: [rows, cols] E4M3, fp8_row_stride bytes
+/// apart. Needs cols % 16 == 0, fp8_row_stride % 16 == 0, fp8_row_stride >= cols, x_fp8 % 16 == 0
+/// (the GEMM copies 16-byte chunks); bf16 / fp16 / fp32 x.
+Status launch_token_quantize_fp8(void const* x, DType dtype, int64_t rows, int64_t cols,
+                                 int64_t row_stride, int32_t const* rows_device, float* scales,
+                                 void* x_fp8, int64_t fp8_row_stride, cudaStream_t stream);
+
 }  // namespace flashmoe::gemm
