@@ -573,13 +573,25 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 //     from the tile list itself, see resolve_item), each math warpgroup looping over the two
 //     64-row halves of the stage with one m64n128 accumulator (64 + 2 x 64 promoted sums per
 //     thread; the second half is skipped when the tile has <= 64 rows).
-//  3. The next work item is taken one tile ahead; its rows' source indices (and reciprocal
-//     scales) are written to a shared ring once per tile, read by the copy and convert steps.
+//  3. The next work item is resolved (thread 0, at K block 1) and its rows' source indices (and
+//     reciprocal scales) loaded into the other slot of a two-slot shared ring (all producer
+//     threads, K block 2) while the current tile streams, so a tile boundary costs the producer
+//     one named barrier, not a chain of dependent loads in front of the next weight TMA.
+//  4. Runtime stage count: S = 5 (m64) / 4 (m128) stages for e4m3 rows, 4 / 3 plus the staging
+//     ring for 16-bit rows (227 KB). Variant m128h adds L2 hints: weight boxes EVICT_FIRST
+//     (streamed once), token copies evict_last (re-read by every n-tile).
+// Ordering: 16-bit rows are converted with st.shared, then fence.proxy.async and a release
+// arrival (as the first kernel); e4m3 rows land by cp.async, whose completion arrives on the
+// barrier asynchronously, so thread 0 adds a 129th, plain arrive.expect_tx (releasing the tile
+// coordinates it wrote) and the math warps execute fence.proxy.async after their wait, before
+// the wgmma reads the stage.
 //
 // Warp roles as in the first kernel: warpgroup 0 produces (all 128 threads copy; thread 0 also
 // takes work items and issues the weight TMA), warpgroups 1 and 2 multiply (columns 128 w ..).
-// Shared memory (a 1024-aligned window): sA [S][BlockM rows][128 B], sB [S][256 rows][128 B],
-// staging [kLookahead + 1][BlockM rows x 128 x 16 bit] (bf16/fp16 gather only), PipeControl.
+// Registers (setmaxnreg): m64 152 producer / 176 math; m128 56 / 224 (64 accumulators + 2 x 64
+// promoted sums). Shared memory (a 1024-aligned window): sA [S][BlockM rows][128 B],
+// sB [S][256 rows][128 B], staging [kLookahead + 1][BlockM rows x 128 x 16 bit] (bf16/fp16 gather
+// only), PipeControl.
 // =====================================================================================================
 
 template <int BlockM_>
@@ -598,7 +610,8 @@ struct Sm90Fp8PipeTile {
   static constexpr int kLookahead = kBlockM == 128 ? 1 : 2;
   // setmaxnreg budgets; 168 x 384 registers are allocated at launch.
   //   m64:  64 accumulators + 64 promoted sums (as the first kernel); the producer keeps 152.
-  //   m128: 64 accumulators + 128 promoted sums; the cp.async producer needs few registers.
+  //   m128: 64 accumulators + 128 promoted sums (ptxas: up to R221); the cp.async producer
+  //   fits 56 (232 / 40 spills the producer).
   static constexpr int kProducerRegs = kBlockM == 128 ? 56 : 152;
   static constexpr int kMathRegs = kBlockM == 128 ? 224 : 176;
   static constexpr int kSmemABytes = kBlockM * kBlockK;
