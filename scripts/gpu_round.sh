@@ -142,7 +142,7 @@ if [[ -f pyproject.toml && -d tests/python ]]; then
     "CMAKE_ARGS='-DCMAKE_CUDA_ARCHITECTURES=$ARCHS -DFLASHMOE_CUTLASS_INCLUDE=$CUTLASS_INC' \
      CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \
      python3 -m pip install --no-build-isolation --no-deps --no-cache-dir ."; then
-    step "pytest tests/python" 120 "$OUT/python.log" \
+    step "pytest tests/python" 240 "$OUT/python.log" \
       "cd /tmp && python3 -m pytest '$ROOT/tests/python' -rs -q -p no:cacheprovider"
   else
     skip "pytest tests/python" "the extension did not build"
