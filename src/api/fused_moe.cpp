@@ -12,7 +12,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <sstream>
 #include <string>
 
 #include "fused/cuda_check.h"
@@ -21,16 +20,12 @@
 #include "fused/multikernel_fp8.h"
 #include "fused/multikernel_moe.h"
 #include "routing/routing_kernels.h"
+#include "common/str_cat.h"
 
 namespace flashmoe {
 namespace {
 
-template <typename... Parts>
-std::string cat(Parts const&... parts) {
-  std::ostringstream os;
-  (os << ... << parts);
-  return os.str();
-}
+using detail::cat;
 
 struct DeviceInfo {
   int major = 0;

@@ -3,23 +3,18 @@
 // (gemm/quantize_weights_fp8.h), which defines the bytes.
 #include <cstddef>
 #include <cstdint>
-#include <sstream>
 #include <string>
 
 #include "flashmoe/options.h"
 #include "flashmoe/quantization.h"
 #include "flashmoe/types.h"
 #include "gemm/quantize_weights_fp8.h"
+#include "common/str_cat.h"
 
 namespace flashmoe {
 namespace {
 
-template <typename... Parts>
-std::string cat(Parts const&... parts) {
-  std::ostringstream os;
-  (os << ... << parts);
-  return os.str();
-}
+using detail::cat;
 
 // K (inputs) and N_raw (output channels) of matrix `which`; gate_up for the FFN's w1.
 Status matrix_dims(MoeProblem const& p, int which, int64_t* k, int64_t* n_raw, bool* gate_up) {

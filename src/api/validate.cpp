@@ -1,22 +1,15 @@
 // validate_problem(): every check that needs only the problem description, not the data.
 // Messages name the argument as the Python API spells it and say what was expected and got.
 #include <cmath>
-#include <sstream>
 #include <string>
 
 #include "flashmoe/options.h"
+#include "common/str_cat.h"
 
 namespace flashmoe {
 namespace {
 
-// Builds a message from streamable pieces; doubles print with enough digits to be unambiguous.
-template <typename... Parts>
-std::string cat(Parts const&... parts) {
-  std::ostringstream os;
-  os.precision(17);
-  (os << ... << parts);
-  return os.str();
-}
+using detail::cat;
 
 Status check_float_dtype(DType t, char const* name) {
   if (is_float_dtype(t)) return Status::Ok();

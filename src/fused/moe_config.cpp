@@ -2,7 +2,7 @@
 #include "fused/moe_config.h"
 
 #include <algorithm>
-#include <sstream>
+#include "common/str_cat.h"
 
 namespace flashmoe::fused {
 
@@ -39,15 +39,28 @@ MoeConfig choose_moe_config(MoeProblem const& problem) {
 }
 
 std::string describe_moe_config(MoeProblem const& problem, MoeConfig const& config) {
-  std::ostringstream os;
-  os << "flashmoe config: T=" << problem.num_tokens << " E=" << problem.num_experts
-     << " E_local=" << problem.num_local_experts << " k=" << problem.routing.top_k
-     << " H=" << problem.hidden
-     << (problem.kind == ExpertKind::kLinear ? " D=" : " I=")
-     << (problem.kind == ExpertKind::kLinear ? problem.out_dim : problem.inter_dim)
-     << " -> path=multikernel-sm80 tile=" << config.bm << "x" << config.bn << "x64"
-     << " tile_slots=" << config.num_tile_slots << " (" << config.reason << ")";
-  return os.str();
+  return detail::cat("flashmoe config: T=",
+                     problem.num_tokens,
+                     " E=",
+                     problem.num_experts,
+                     " E_local=",
+                     problem.num_local_experts,
+                     " k=",
+                     problem.routing.top_k,
+                     " H=",
+                     problem.hidden,
+                     (problem.kind == ExpertKind::kLinear ? " D=" : " I="),
+                     (problem.kind == ExpertKind::kLinear ? problem.out_dim : problem.inter_dim),
+                     " -> path=multikernel-sm80 tile=",
+                     config.bm,
+                     "x",
+                     config.bn,
+                     "x64",
+                     " tile_slots=",
+                     config.num_tile_slots,
+                     " (",
+                     config.reason,
+                     ")");
 }
 
 }  // namespace flashmoe::fused

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <sstream>
 #include <string>
 
 #include "fused/combine.h"
@@ -13,16 +12,12 @@
 #include "gemm/sm90_fp8_grouped_gemm.h"
 #include "gemm/token_scales.h"
 #include "routing/routing_kernels.h"
+#include "common/str_cat.h"
 
 namespace flashmoe::fused {
 namespace {
 
-template <typename... Parts>
-std::string cat(Parts const&... parts) {
-  std::ostringstream os;
-  (os << ... << parts);
-  return os.str();
-}
+using detail::cat;
 
 // The N of one CTA tile of the sm_90a kernel (two math warpgroups of 128 columns); recorded in
 // MoeConfig::bn for reports only (the GEMM launcher owns its tiling).
@@ -142,16 +137,27 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
 }
 
 std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& config) {
-  std::ostringstream os;
-  os << "flashmoe config: T=" << problem.num_tokens << " E=" << problem.num_experts
-     << " E_local=" << problem.num_local_experts << " k=" << problem.routing.top_k
-     << " H=" << problem.hidden
-     << (problem.kind == ExpertKind::kLinear ? " D=" : " I=")
-     << (problem.kind == ExpertKind::kLinear ? problem.out_dim : problem.inter_dim)
-     << " -> path=multikernel-sm90-fp8 m_tile=" << config.bm
-     << " weight_scale=" << scale_name(problem.weight_scale)
-     << " tile_slots=" << config.num_tile_slots << " (" << config.reason << ")";
-  return os.str();
+  return detail::cat("flashmoe config: T=",
+                     problem.num_tokens,
+                     " E=",
+                     problem.num_experts,
+                     " E_local=",
+                     problem.num_local_experts,
+                     " k=",
+                     problem.routing.top_k,
+                     " H=",
+                     problem.hidden,
+                     (problem.kind == ExpertKind::kLinear ? " D=" : " I="),
+                     (problem.kind == ExpertKind::kLinear ? problem.out_dim : problem.inter_dim),
+                     " -> path=multikernel-sm90-fp8 m_tile=",
+                     config.bm,
+                     " weight_scale=",
+                     scale_name(problem.weight_scale),
+                     " tile_slots=",
+                     config.num_tile_slots,
+                     " (",
+                     config.reason,
+                     ")");
 }
 
 Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,

@@ -4,23 +4,17 @@
 #include "flashmoe/reference.h"
 
 #include <cmath>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "flashmoe/quantization.h"
 #include "reference/float_bits.h"
+#include "common/str_cat.h"
 
 namespace flashmoe {
 namespace {
 
-template <typename... Parts>
-std::string cat(Parts const&... parts) {
-  std::ostringstream os;
-  os.precision(17);
-  (os << ... << parts);
-  return os.str();
-}
+using detail::cat;
 
 // One computed slot: token t contributes weight * y_e(x_t) to its output row.
 struct Slot {

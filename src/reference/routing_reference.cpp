@@ -4,23 +4,17 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "flashmoe/routing.h"
 #include "reference/float_bits.h"
+#include "common/str_cat.h"
 
 namespace flashmoe {
 namespace {
 
-template <typename... Parts>
-std::string cat(Parts const&... parts) {
-  std::ostringstream os;
-  os.precision(17);
-  (os << ... << parts);
-  return os.str();
-}
+using detail::cat;
 
 // One assignment (token t, slot j) competing for an expert with priority `prio`.
 struct Candidate {
