@@ -13,6 +13,7 @@
 #include "gemm/token_scales.h"
 #include "routing/routing_kernels.h"
 #include "common/str_cat.h"
+#include "fused/multikernel_moe.h"
 
 namespace flashmoe::fused {
 namespace {
@@ -36,35 +37,6 @@ char const* scale_name(WeightScale s) {
   }
 }
 
-routing::RoutingParams routing_params(MoeProblem const& problem, MoeArgs const& args,
-                                      MoeConfig const& config) {
-  RoutingOptions const& r = problem.routing;
-  bool const capacity = r.capacity_factor > 0.0;
-  routing::RoutingParams rp;
-  rp.num_tokens = static_cast<int32_t>(problem.num_tokens);
-  rp.num_experts = static_cast<int32_t>(problem.num_experts);
-  rp.num_local_experts = static_cast<int32_t>(problem.num_local_experts);
-  rp.top_k = r.top_k;
-  rp.scoring = static_cast<int32_t>(r.scoring);
-  rp.score_dtype = static_cast<int32_t>(problem.score_dtype);
-  rp.n_group = r.n_group;
-  rp.topk_group = r.topk_group;
-  rp.renormalize = r.renormalize;
-  rp.has_bias = problem.has_correction_bias;
-  rp.prerouted = problem.prerouted;
-  rp.reroute = capacity && r.overflow == Overflow::kReroute;
-  rp.temperature = r.temperature;
-  rp.routed_scaling_factor = r.routed_scaling_factor;
-  rp.capacity = capacity ? expert_capacity(problem) : 0;
-  rp.tile_m = config.bm;  // kSm90Fp8BlockM: the FP8 GEMM traps on a tile of more rows
-  rp.num_tile_slots = static_cast<int32_t>(config.num_tile_slots);
-  rp.routing_weights = args.routing_weights;
-  rp.correction_bias = problem.has_correction_bias ? args.correction_bias : nullptr;
-  rp.topk_ids_in = args.topk_ids_in;
-  rp.topk_weights_in = args.topk_weights_in;
-  rp.expert_map = problem.has_expert_map ? args.expert_map : nullptr;
-  return rp;
-}
 
 }  // namespace
 
@@ -178,7 +150,8 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
   FLASHMOE_CUDA_CHECK(
       cudaMemsetAsync(ws.fp8_scheduler, 0, 2 * gemm::kSm90Fp8SchedulerBytes, stream));
 
-  routing::RoutingParams const rp = routing_params(problem, args, config);
+  // config.bm is kSm90Fp8BlockM: the FP8 GEMM traps on a tile of more rows.
+  routing::RoutingParams const rp = make_routing_params(problem, args, config);
   routing::RoutingOutputs out;
   out.topk_ids = args.topk_ids_out;
   out.topk_weights = args.topk_weights_out;

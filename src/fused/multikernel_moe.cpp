@@ -8,9 +8,8 @@
 
 namespace flashmoe::fused {
 
-Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
-                           MoeConfig const& config, MoeWorkspace const& ws,
-                           cudaStream_t stream) {
+routing::RoutingParams make_routing_params(MoeProblem const& problem, MoeArgs const& args,
+                                           MoeConfig const& config) {
   RoutingOptions const& r = problem.routing;
   bool const capacity = r.capacity_factor > 0.0;
 
@@ -37,6 +36,13 @@ Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
   rp.topk_ids_in = args.topk_ids_in;
   rp.topk_weights_in = args.topk_weights_in;
   rp.expert_map = problem.has_expert_map ? args.expert_map : nullptr;
+  return rp;
+}
+
+Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
+                           MoeConfig const& config, MoeWorkspace const& ws,
+                           cudaStream_t stream) {
+  routing::RoutingParams const rp = make_routing_params(problem, args, config);
 
   routing::RoutingOutputs out;
   out.topk_ids = args.topk_ids_out;
@@ -90,7 +96,7 @@ Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
   cp.weights = rb.weights;
   cp.out = args.out;
   cp.num_tokens = problem.num_tokens;
-  cp.top_k = r.top_k;
+  cp.top_k = problem.routing.top_k;
   cp.cols = problem.output_dim();
   return launch_combine(cp, problem.token_dtype, stream);
 }

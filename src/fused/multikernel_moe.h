@@ -8,8 +8,14 @@
 #include "flashmoe/types.h"
 #include "fused/moe_config.h"
 #include "fused/moe_workspace.h"
+#include "routing/routing_params.h"
 
 namespace flashmoe::fused {
+
+/// The routing kernels' parameters for (problem, args), with the GEMM tile of `config`
+/// (shared by the sm_80 and the sm_90 FP8 forwards).
+routing::RoutingParams make_routing_params(MoeProblem const& problem, MoeArgs const& args,
+                                           MoeConfig const& config);
 
 /// Enqueues the forward. The problem is validated and supported (fused_moe_can_implement),
 /// T > 0, and `ws` was carved for (problem, config) from the caller's workspace.
