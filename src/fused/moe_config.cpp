@@ -31,26 +31,25 @@ MoeConfig choose_moe_config(MoeProblem const& problem) {
   }
   c.bm = gemm::gemm_tile_bm(c.tile);
   c.bn = gemm::gemm_tile_bn(c.tile);
-  // Sum over experts of ceil(rows_e / BM) <= (T*k + nonempty * (BM - 1)) / BM, with at most
-  // min(E_local, T*k) nonempty experts: the grid covers this many M-tile slots.
-  int64_t const nonempty = std::min<int64_t>(problem.num_local_experts, c.num_assignments);
-  c.num_tile_slots = (c.num_assignments + nonempty * (c.bm - 1)) / c.bm;
+  c.num_tile_slots = tile_slot_bound(problem, c.num_assignments, c.bm);
   return c;
 }
 
+int64_t tile_slot_bound(MoeProblem const& problem, int64_t num_assignments, int32_t bm) {
+  int64_t const nonempty = std::min<int64_t>(problem.num_local_experts, num_assignments);
+  return (num_assignments + nonempty * (bm - 1)) / bm;
+}
+
+std::string describe_problem(MoeProblem const& problem) {
+  bool const linear = problem.kind == ExpertKind::kLinear;
+  return detail::cat("flashmoe config: T=", problem.num_tokens, " E=", problem.num_experts,
+                     " E_local=", problem.num_local_experts, " k=", problem.routing.top_k,
+                     " H=", problem.hidden, linear ? " D=" : " I=",
+                     linear ? problem.out_dim : problem.inter_dim);
+}
+
 std::string describe_moe_config(MoeProblem const& problem, MoeConfig const& config) {
-  return detail::cat("flashmoe config: T=",
-                     problem.num_tokens,
-                     " E=",
-                     problem.num_experts,
-                     " E_local=",
-                     problem.num_local_experts,
-                     " k=",
-                     problem.routing.top_k,
-                     " H=",
-                     problem.hidden,
-                     (problem.kind == ExpertKind::kLinear ? " D=" : " I="),
-                     (problem.kind == ExpertKind::kLinear ? problem.out_dim : problem.inter_dim),
+  return detail::cat(describe_problem(problem),
                      " -> path=multikernel-sm80 tile=",
                      config.bm,
                      "x",

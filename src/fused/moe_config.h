@@ -19,6 +19,14 @@ struct MoeConfig {
   char const* reason = "";
 };
 
+/// M-tile slots that cover any routing of `num_assignments` rows over the local experts with
+/// `bm`-row tiles: sum over experts of ceil(rows_e / bm) <= (T*k + nonempty * (bm - 1)) / bm,
+/// with at most min(E_local, T*k) nonempty experts.
+int64_t tile_slot_bound(MoeProblem const& problem, int64_t num_assignments, int32_t bm);
+
+/// "flashmoe config: T=.. E=.. E_local=.. k=.. H=.. D=|I=..": the problem part of a config line.
+std::string describe_problem(MoeProblem const& problem);
+
 /// Chooses the GEMM tile for `problem` (see the comments in moe_config.cpp for why).
 MoeConfig choose_moe_config(MoeProblem const& problem);
 

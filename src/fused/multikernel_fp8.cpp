@@ -100,27 +100,13 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
   c.num_assignments = problem.num_tokens * problem.routing.top_k;
   c.bm = gemm::kSm90Fp8BlockM;
   c.bn = kFp8BlockN;
-  // Sum over experts of ceil(rows_e / 64) <= (T*k + nonempty * 63) / 64, with at most
-  // min(E_local, T*k) nonempty experts (the same bound as choose_moe_config's).
-  int64_t const nonempty = std::min<int64_t>(problem.num_local_experts, c.num_assignments);
-  c.num_tile_slots = (c.num_assignments + nonempty * (c.bm - 1)) / c.bm;
+  c.num_tile_slots = tile_slot_bound(problem, c.num_assignments, c.bm);
   c.reason = "sm_90a FP8 grouped GEMM: the routing cuts 64-row M tiles (the kernel's tile list)";
   return c;
 }
 
 std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& config) {
-  return detail::cat("flashmoe config: T=",
-                     problem.num_tokens,
-                     " E=",
-                     problem.num_experts,
-                     " E_local=",
-                     problem.num_local_experts,
-                     " k=",
-                     problem.routing.top_k,
-                     " H=",
-                     problem.hidden,
-                     (problem.kind == ExpertKind::kLinear ? " D=" : " I="),
-                     (problem.kind == ExpertKind::kLinear ? problem.out_dim : problem.inter_dim),
+  return detail::cat(describe_problem(problem),
                      " -> path=multikernel-sm90-fp8 m_tile=",
                      config.bm,
                      " weight_scale=",

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <numeric>
 #include <random>
 #include <string>
@@ -302,7 +303,9 @@ struct DeviceInputs {
 
 /// One fused_moe_run on a fresh stream: output, optional outputs and workspace poisoned first
 /// (0xFF: NaN in bf16/fp16; 0x7F in the integer/float optional outputs), then synchronized.
-inline Result run_gpu(MoeProblem const& p, DeviceInputs const& in, bool optional_outputs = true) {
+/// `set_weights`, if given, replaces the weight pointers of the args (e.g. prepared FP8 weights).
+inline Result run_gpu(MoeProblem const& p, DeviceInputs const& in, bool optional_outputs = true,
+                      std::function<void(MoeArgs&)> const& set_weights = nullptr) {
   Result r;
   int64_t const T = p.num_tokens;
   int const k = p.routing.top_k;
@@ -324,6 +327,7 @@ inline Result run_gpu(MoeProblem const& p, DeviceInputs const& in, bool optional
   cudaMemsetAsync(counts.get(), 0x7F, counts.bytes(), stream);
   if (ws_bytes > 0) cudaMemsetAsync(ws.get(), 0xFF, ws_bytes, stream);
   MoeArgs a = in.args(p);
+  if (set_weights) set_weights(a);
   a.out = out.get();
   if (optional_outputs) {
     a.topk_ids_out = ids.get<int32_t>();

@@ -248,57 +248,17 @@ void expect_close_to_raw(PreparedLayout const& l, std::vector<double> const& deq
 
 // --------------------------------------------------------------------------- GPU forward run
 
-/// One fused_moe_run with prepared weights on a fresh stream: output, optional outputs and
-/// workspace poisoned first (0xFF: NaN in bf16/fp16), then synchronized.
+/// One fused_moe_run (run_gpu: poisoned outputs, fresh stream, synchronized) with the prepared
+/// FP8 weights in place of the raw ones.
 Result run_fp8(MoeProblem const& p8, DeviceInputs const& in, Prepared const& w,
                bool optional_outputs = true) {
-  Result r;
-  int64_t const T = p8.num_tokens;
-  int const k = p8.routing.top_k;
-  std::size_t const out_elems = static_cast<std::size_t>(T * p8.output_dim());
-  DeviceBuffer out(std::max<std::size_t>(out_elems * 2, 16));
-  DeviceBuffer ids(std::max<std::size_t>(T * k * 4, 16));
-  DeviceBuffer wts(std::max<std::size_t>(T * k * 4, 16));
-  DeviceBuffer load(std::max<std::size_t>(p8.num_experts * 4, 16));
-  DeviceBuffer counts(16);
-  std::size_t const ws_bytes = fused_moe_workspace_size(p8);
-  DeviceBuffer ws(ws_bytes);
-  cudaStream_t stream = nullptr;
-  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-  cudaMemsetAsync(out.get(), 0xFF, out.bytes(), stream);
-  cudaMemsetAsync(ids.get(), 0x7F, ids.bytes(), stream);
-  cudaMemsetAsync(wts.get(), 0x7F, wts.bytes(), stream);
-  cudaMemsetAsync(load.get(), 0x7F, load.bytes(), stream);
-  cudaMemsetAsync(counts.get(), 0x7F, counts.bytes(), stream);
-  if (ws_bytes > 0) cudaMemsetAsync(ws.get(), 0xFF, ws_bytes, stream);
-  MoeArgs a = in.args(p8);
-  a.w1 = w.w1.get();
-  a.w1_scale = w.s1.get<float>();
   bool const ffn = p8.kind == ExpertKind::kGatedFFN;
-  a.w2 = ffn ? w.w2.get() : nullptr;
-  a.w2_scale = ffn ? w.s2.get<float>() : nullptr;
-  a.out = out.get();
-  if (optional_outputs) {
-    a.topk_ids_out = ids.get<int32_t>();
-    a.topk_weights_out = wts.get<float>();
-    a.expert_load = load.get<int32_t>();
-    a.drop_reroute_counts = counts.get<int64_t>();
-  }
-  r.status = fused_moe_run(p8, a, ws.get(), ws_bytes, stream, &r.path);
-  cudaError_t const sync = cudaStreamSynchronize(stream);
-  cudaStreamDestroy(stream);
-  if (r.status.ok() && sync != cudaSuccess) {
-    r.status = Status(StatusCode::kCudaError, std::string("kernel failed: ") + cudaGetErrorString(sync));
-  }
-  if (!r.status.ok()) return r;
-  r.out = download<uint16_t>(out, out_elems);
-  if (optional_outputs) {
-    r.topk_ids = download<int32_t>(ids, T * k);
-    r.topk_weights = download<float>(wts, T * k);
-    r.expert_load = download<int32_t>(load, p8.num_experts);
-    r.counts = download<int64_t>(counts, 2);
-  }
-  return r;
+  return run_gpu(p8, in, optional_outputs, [&](MoeArgs& a) {
+    a.w1 = w.w1.get();
+    a.w1_scale = w.s1.get<float>();
+    a.w2 = ffn ? w.w2.get() : nullptr;
+    a.w2_scale = ffn ? w.s2.get<float>() : nullptr;
+  });
 }
 
 /// The host mirror of the GPU's quantized forward (see the top of the file), from the routing
