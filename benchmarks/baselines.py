@@ -14,6 +14,7 @@ forward; it raises Unavailable, with the reason, when the implementation cannot 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -224,7 +225,27 @@ def _reported_path(result) -> Optional[str]:
     return None
 
 
-def build_flashmoe(cfg: MoeConfig, weights, precision: str = "bf16") -> Built:
+@contextlib.contextmanager
+def _environ(name: str, value: Optional[str]):
+    """os.environ[name] = value inside the block (None: leave it alone)."""
+    if value is None:
+        yield
+        return
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
+def build_flashmoe(cfg: MoeConfig, weights, precision: str = "bf16",
+                   gemm: Optional[str] = None) -> Built:
+    """gemm="sm80": FLASHMOE_GEMM=sm80 around each call, so a Hopper GPU runs the sm_80 GEMMs
+    (path multikernel-sm80) instead of the sm_90a ones -- the previous bf16 path, for comparison."""
     try:
         import flashmoe_science as fm
     except Exception as e:  # noqa: BLE001 -- any import failure means "not available"
@@ -242,10 +263,17 @@ def build_flashmoe(cfg: MoeConfig, weights, precision: str = "bf16") -> Built:
         # fn and the small-shape rel_err both run fused_moe(x, prepared, ..., precision="fp8").
         experts = fm.prepare_experts(weights, precision="fp8", scale="channel")
         torch.cuda.synchronize()
+    def fn(x, logits):
+        with _environ("FLASHMOE_GEMM", gemm):
+            return fm.fused_moe(x, experts, logits, **kwargs)
+
+    def path(x, logits):
+        with _environ("FLASHMOE_GEMM", gemm):
+            return _reported_path(fm.fused_moe(x, experts, logits, return_stats=True, **kwargs))
+
     return Built(
-        fn=lambda x, logits: fm.fused_moe(x, experts, logits, **kwargs),
-        path=lambda x, logits: _reported_path(
-            fm.fused_moe(x, experts, logits, return_stats=True, **kwargs)),
+        fn=fn,
+        path=path,
         note="check_finite=False; weights prepared once with prepare_experts (channel scales), "
         "not timed" if precision == "fp8" else "check_finite=False (no host sync per call)",
     )
@@ -352,6 +380,7 @@ def build_sglang(cfg: MoeConfig, weights) -> Built:
 IMPLS = {
     "flashmoe": Impl("bf16", build_flashmoe),
     "flashmoe-fp8": Impl("fp8", lambda cfg, w: build_flashmoe(cfg, w, precision="fp8")),
+    "flashmoe-sm80": Impl("bf16", lambda cfg, w: build_flashmoe(cfg, w, gemm="sm80")),
     "torch-grouped-mm": Impl("bf16", build_grouped_mm),
     "torch-scaled-grouped-mm": Impl("fp8", build_scaled_grouped_mm),
     "torch-eager": Impl("bf16", build_torch_eager),

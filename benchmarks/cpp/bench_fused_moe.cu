@@ -177,7 +177,8 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   p.routing.top_k = int(s.k), p.routing.scoring = Scoring::kSoftmax, p.routing.renormalize = true;
   KernelPath path = KernelPath::kNone;
   CKS(fused_moe_can_implement(p, &path));
-  fused::MoeConfig const cfg = fused::choose_moe_config(p);
+  fused::MoeConfig const cfg =
+      fused::choose_moe_config(p, path == KernelPath::kMultiKernelSm90);
   std::string const tile = fused::describe_moe_config(p, cfg);
   std::printf("\n== %s: T=%lld E=%lld k=%lld H=%lld %s=%lld (%s; bf16, in_out, softmax renorm)\n"
               "   path=%s | %s\n", s.name, (long long)T, (long long)E, (long long)s.k,

@@ -28,6 +28,10 @@ enum class KernelPath : int {
   // precision kFP8 with prepared weights on a compute capability 9.0 device: routing kernels
   // (64-row tiles) + token amax pre-pass + sm_90a FP8 (wgmma) gathered GEMM(s) + combine kernel
   kMultiKernelSm90Fp8 = 2,
+  // bf16/fp16 on a compute capability 9.0 device with this build's sm_90a code: routing kernels
+  // (128-row tiles) + sm_90a TMA/wgmma gathered GEMM(s) + combine kernel. The environment
+  // variable FLASHMOE_GEMM=sm80 selects kMultiKernelSm80 there instead (for comparisons).
+  kMultiKernelSm90 = 3,
 };
 
 char const* kernel_path_name(KernelPath path);

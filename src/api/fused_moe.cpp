@@ -6,6 +6,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstdio>
@@ -19,6 +20,7 @@
 #include "fused/moe_workspace.h"
 #include "fused/multikernel_fp8.h"
 #include "fused/multikernel_moe.h"
+#include "gemm/sm90_grouped_gemm.h"
 #include "routing/routing_kernels.h"
 #include "common/str_cat.h"
 
@@ -146,10 +148,18 @@ Status check_args(MoeProblem const& p, MoeArgs const& a) {
   return Status::Ok();
 }
 
-// The kernel configuration of a supported problem: the FP8 path has its own (64-row tiles).
-fused::MoeConfig choose_config(MoeProblem const& problem) {
-  return fused::is_fp8_problem(problem) ? fused::choose_fp8_config(problem)
-                                        : fused::choose_moe_config(problem);
+// The kernel configuration of a supported problem on `path`: the FP8 path has its own (64-row
+// tiles); the bf16/fp16 paths differ in the GEMM kernel family.
+fused::MoeConfig choose_config(MoeProblem const& problem, KernelPath path) {
+  return fused::is_fp8_problem(problem)
+             ? fused::choose_fp8_config(problem)
+             : fused::choose_moe_config(problem, path == KernelPath::kMultiKernelSm90);
+}
+
+// FLASHMOE_GEMM=sm80: the sm_80 GEMMs even where the sm_90a ones could run.
+bool sm80_gemm_forced() {
+  char const* v = std::getenv("FLASHMOE_GEMM");
+  return v != nullptr && std::strcmp(v, "sm80") == 0;
 }
 
 bool print_config_requested() {
@@ -176,17 +186,26 @@ Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
                                    "bf16, cp.async); device ",
                                    device, " is ", info.major, ".", info.minor));
   }
-  if (path != nullptr) *path = KernelPath::kMultiKernelSm80;
+  bool const sm90 = info.major == 9 && info.minor == 0 && !sm80_gemm_forced() &&
+                   gemm::sm90_grouped_gemm_built();
+  if (path != nullptr) *path = sm90 ? KernelPath::kMultiKernelSm90 : KernelPath::kMultiKernelSm80;
   return Status::Ok();
 }
 
 std::size_t fused_moe_workspace_size(MoeProblem const& problem) {
   if (!validate_problem(problem).ok() || !check_gpu_support(problem).ok()) return 0;
   if (problem.num_tokens == 0) return 0;
-  fused::MoeConfig const config = choose_config(problem);
-  fused::MoeWorkspace ws;
-  if (!fused::carve_moe_workspace(problem, config, nullptr, &ws).ok()) return 0;
-  return ws.bytes;
+  // Without asking the device: the larger of the bf16/fp16 paths' needs (their tile lists
+  // differ), so one buffer serves whichever path runs.
+  std::size_t bytes = 0;
+  for (KernelPath path : {KernelPath::kMultiKernelSm80, KernelPath::kMultiKernelSm90}) {
+    fused::MoeWorkspace ws;
+    if (!fused::carve_moe_workspace(problem, choose_config(problem, path), nullptr, &ws).ok()) {
+      return 0;
+    }
+    bytes = std::max(bytes, ws.bytes);
+  }
+  return bytes;
 }
 
 Status fused_moe_run(MoeProblem const& problem, MoeArgs const& args, void* workspace,
@@ -200,7 +219,7 @@ Status fused_moe_run(MoeProblem const& problem, MoeArgs const& args, void* works
   }
   FLASHMOE_RETURN_IF_ERROR(check_args(problem, args));
 
-  fused::MoeConfig const config = choose_config(problem);
+  fused::MoeConfig const config = choose_config(problem, chosen);
   fused::MoeWorkspace sizes;
   FLASHMOE_RETURN_IF_ERROR(fused::carve_moe_workspace(problem, config, nullptr, &sizes));
   if (workspace == nullptr || workspace_bytes < sizes.bytes) {

@@ -7,6 +7,7 @@ char const* kernel_path_name(KernelPath path) {
     case KernelPath::kNone: return "none";
     case KernelPath::kMultiKernelSm80: return "multikernel-sm80";
     case KernelPath::kMultiKernelSm90Fp8: return "multikernel-sm90-fp8";
+    case KernelPath::kMultiKernelSm90: return "multikernel-sm90";
   }
   return "unknown";
 }

@@ -6,12 +6,24 @@
 
 namespace flashmoe::fused {
 
-MoeConfig choose_moe_config(MoeProblem const& problem) {
+MoeConfig choose_moe_config(MoeProblem const& problem, bool sm90) {
   MoeConfig c;
   int64_t const T = problem.num_tokens;
   int64_t const k = problem.routing.top_k;
   int64_t const E = std::max<int64_t>(problem.num_experts, 1);
   c.num_assignments = T * k;
+  if (sm90) {
+    // One tile for every T: a 128-row work item (two m64 halves) times 256 weight columns. At
+    // decode the padding rows cost tensor-core time only, which a weight-bandwidth-bound GEMM has
+    // to spare; at ~64 rows per expert (seed, dsv3) one item covers a typical expert, so its
+    // weights stream from HBM once.
+    c.sm90 = true;
+    c.bm = gemm::kSm90GemmBlockM;
+    c.bn = gemm::kSm90GemmBlockN;
+    c.reason = "sm_90a wgmma GEMM: 128-row items (one per typical expert; decode pads)";
+    c.num_tile_slots = tile_slot_bound(problem, c.num_assignments, c.bm);
+    return c;
+  }
   // Expected rows per expert: every expert (local or not) draws T*k/E assignments on average.
   double const rows_per_expert = static_cast<double>(T * k) / static_cast<double>(E);
   if (rows_per_expert <= 16.0) {
@@ -50,7 +62,7 @@ std::string describe_problem(MoeProblem const& problem) {
 
 std::string describe_moe_config(MoeProblem const& problem, MoeConfig const& config) {
   return detail::cat(describe_problem(problem),
-                     " -> path=multikernel-sm80 tile=",
+                     config.sm90 ? " -> path=multikernel-sm90 tile=" : " -> path=multikernel-sm80 tile=",
                      config.bm,
                      "x",
                      config.bn,

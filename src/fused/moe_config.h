@@ -7,11 +7,13 @@
 
 #include "flashmoe/options.h"
 #include "gemm/grouped_gemm_args.h"
+#include "gemm/sm90_grouped_gemm.h"
 
 namespace flashmoe::fused {
 
 struct MoeConfig {
-  gemm::GemmTile tile = gemm::GemmTile::kM128N128;
+  bool sm90 = false;            // the sm_90a wgmma GEMM (KernelPath::kMultiKernelSm90)
+  gemm::GemmTile tile = gemm::GemmTile::kM128N128;  // the sm_80 kernel's tile (sm90 false)
   int32_t bm = 0;               // rows of an M tile
   int32_t bn = 0;               // weight columns of an N tile
   int64_t num_assignments = 0;  // T * k
@@ -27,8 +29,9 @@ int64_t tile_slot_bound(MoeProblem const& problem, int64_t num_assignments, int3
 /// "flashmoe config: T=.. E=.. E_local=.. k=.. H=.. D=|I=..": the problem part of a config line.
 std::string describe_problem(MoeProblem const& problem);
 
-/// Chooses the GEMM tile for `problem` (see the comments in moe_config.cpp for why).
-MoeConfig choose_moe_config(MoeProblem const& problem);
+/// Chooses the GEMM tile for `problem` on the sm_80 kernel (sm90 false) or the sm_90a one (see
+/// the comments in moe_config.cpp for why).
+MoeConfig choose_moe_config(MoeProblem const& problem, bool sm90);
 
 /// One line describing the choice, for FLASHMOE_PRINT_CONFIG=1.
 std::string describe_moe_config(MoeProblem const& problem, MoeConfig const& config);

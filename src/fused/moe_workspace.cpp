@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "gemm/sm90_fp8_grouped_gemm.h"
+#include "gemm/sm90_grouped_gemm.h"
 #include "routing/routing_kernels.h"
 
 namespace flashmoe::fused {
@@ -106,13 +107,16 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
       c.take<unsigned char>(n * static_cast<std::size_t>(problem.output_dim()) * elem);
   ws->token_scales = nullptr;
   ws->hidden_scales = nullptr;
-  ws->fp8_scheduler = nullptr;
   if (fp8) {
     ws->token_scales = c.take<float>(T);
     ws->hidden_scales = ffn ? c.take<float>(n) : nullptr;
-    // Two work queues (the FFN's GEMMs), kSm90Fp8SchedulerBytes each.
-    ws->fp8_scheduler = c.take<int32_t>(2 * gemm::kSm90Fp8SchedulerBytes / sizeof(int32_t));
   }
+  // Two work queues (the FFN's two GEMMs), whichever sm_90a GEMM runs (16 bytes: carved on
+  // every path so that the size does not depend on the device).
+  static_assert(gemm::kSm90Fp8SchedulerBytes == kGemmSchedulerInts * sizeof(int32_t) &&
+                    gemm::kSm90GemmSchedulerBytes == kGemmSchedulerInts * sizeof(int32_t),
+                "one queue layout for both sm_90a GEMMs");
+  ws->gemm_scheduler = c.take<int32_t>(2 * kGemmSchedulerInts);
   ws->bytes = c.bytes();
   return Status::Ok();
 }

@@ -16,7 +16,9 @@
 // (its `hidden` rows are always bfloat16: the down projection's A operand) plus
 //   token_scales   [T]          per-token amax / 448 of the tokens (the GEMM's gather divides)
 //   hidden_scales  [T*k]        per-row amax / 448 of the FFN's hidden rows
-//   fp8_scheduler  2 x kSm90Fp8SchedulerBytes: the two GEMMs' work queues, zeroed by every run
+// and every path carves
+//   gemm_scheduler  2 x 8 bytes: the two sm_90a GEMMs' work queues (FP8 or bf16/fp16), zeroed by
+//                   every run that uses them
 #pragma once
 
 #include <cstddef>
@@ -29,6 +31,9 @@
 
 namespace flashmoe::fused {
 
+/// int32 per sm_90a GEMM work queue (kSm90Fp8SchedulerBytes == kSm90GemmSchedulerBytes).
+inline constexpr int kGemmSchedulerInts = 2;
+
 struct MoeWorkspace {
   routing::RoutingBuffers routing;
   void* hidden = nullptr;
@@ -36,7 +41,7 @@ struct MoeWorkspace {
   // FP8 path only (null otherwise).
   float* token_scales = nullptr;
   float* hidden_scales = nullptr;
-  int32_t* fp8_scheduler = nullptr;
+  int32_t* gemm_scheduler = nullptr;  // two queues of kGemmSchedulerInts int32
   std::size_t bytes = 0;  // total bytes the carve needs (including alignment of the base)
 };
 

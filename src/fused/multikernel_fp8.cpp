@@ -121,7 +121,7 @@ std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& conf
 Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
                            MoeConfig const& config, MoeWorkspace const& ws,
                            cudaStream_t stream) {
-  if (ws.token_scales == nullptr || ws.fp8_scheduler == nullptr ||
+  if (ws.token_scales == nullptr || ws.gemm_scheduler == nullptr ||
       (problem.kind == ExpertKind::kGatedFFN &&
        (ws.hidden == nullptr || ws.hidden_scales == nullptr))) {
     return Status(StatusCode::kInternal, "fp8 forward: workspace carved without the FP8 slices");
@@ -134,7 +134,7 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
   // The two GEMMs' work queues: a fresh (or poisoned) workspace holds garbage there. Each GEMM
   // leaves its queue zero when it completes, but the run does not rely on a previous one.
   FLASHMOE_CUDA_CHECK(
-      cudaMemsetAsync(ws.fp8_scheduler, 0, 2 * gemm::kSm90Fp8SchedulerBytes, stream));
+      cudaMemsetAsync(ws.gemm_scheduler, 0, 2 * gemm::kSm90Fp8SchedulerBytes, stream));
 
   // config.bm is kSm90Fp8BlockM: the FP8 GEMM traps on a tile of more rows.
   routing::RoutingParams const rp = make_routing_params(problem, args, config);
@@ -163,7 +163,7 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
   g.scale_kind = scale_kind(problem.weight_scale);
   g.num_experts = EL;
   g.k = H;
-  g.scheduler = ws.fp8_scheduler;
+  g.scheduler = ws.gemm_scheduler;
   g.max_ctas = 0;
 
   if (problem.kind == ExpertKind::kLinear) {
@@ -207,7 +207,7 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
     g.out_dtype = problem.token_dtype;
     g.out_row_stride = H;
     // Its own queue (the first one is reset by its GEMM, but the two need not share).
-    g.scheduler = ws.fp8_scheduler + gemm::kSm90Fp8SchedulerBytes / sizeof(int32_t);
+    g.scheduler = ws.gemm_scheduler + kGemmSchedulerInts;
     FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm90_fp8_grouped_gemm(g, stream));
   }
 

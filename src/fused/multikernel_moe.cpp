@@ -3,7 +3,9 @@
 
 #include "flashmoe/fused_moe.h"
 #include "fused/combine.h"
+#include "fused/cuda_check.h"
 #include "gemm/grouped_gemm_args.h"
+#include "gemm/sm90_grouped_gemm.h"
 #include "routing/routing_kernels.h"
 
 namespace flashmoe::fused {
@@ -39,9 +41,33 @@ routing::RoutingParams make_routing_params(MoeProblem const& problem, MoeArgs co
   return rp;
 }
 
+namespace {
+
+// One grouped GEMM on the kernel family of `config` (queue: the sm_90a kernel's work queue).
+Status launch_gemm(gemm::GroupedGemmArgs const& g, MoeProblem const& problem,
+                   MoeConfig const& config, bool gate_up, int32_t* queue, cudaStream_t stream) {
+  if (config.sm90) {
+    return gemm::launch_sm90_grouped_gemm(g, problem.token_dtype, problem.layout, gate_up, queue,
+                                          stream);
+  }
+  return gemm::launch_sm80_grouped_gemm(g, problem.token_dtype, config.tile, problem.layout,
+                                        gate_up, stream);
+}
+
+}  // namespace
+
 Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
                            MoeConfig const& config, MoeWorkspace const& ws,
                            cudaStream_t stream) {
+  if (config.sm90) {
+    if (ws.gemm_scheduler == nullptr) {
+      return Status(StatusCode::kInternal, "sm90 forward: workspace carved without the queues");
+    }
+    // The GEMMs' work queues: a fresh (or poisoned) workspace holds garbage there. Each GEMM
+    // leaves its queue zero when it completes, but a run does not rely on a previous one.
+    FLASHMOE_CUDA_CHECK(cudaMemsetAsync(ws.gemm_scheduler, 0,
+                                        2 * kGemmSchedulerInts * sizeof(int32_t), stream));
+  }
   routing::RoutingParams const rp = make_routing_params(problem, args, config);
 
   routing::RoutingOutputs out;
@@ -57,6 +83,10 @@ Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
   g.tiles = rb.tiles;
   g.num_tile_slots = static_cast<int32_t>(config.num_tile_slots);
   g.activation = problem.activation;
+  g.num_experts = problem.num_local_experts;
+  int32_t* const queue1 = ws.gemm_scheduler;
+  int32_t* const queue2 = ws.gemm_scheduler != nullptr ? ws.gemm_scheduler + kGemmSchedulerInts
+                                                       : nullptr;
   if (problem.kind == ExpertKind::kLinear) {
     // y[row] = x[token(row)] @ W[expert(row)]
     g.a = args.tokens;
@@ -66,8 +96,7 @@ Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
     g.k = problem.hidden;
     g.n_out = problem.out_dim;
     g.b_cols = problem.out_dim;
-    FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm80_grouped_gemm(
-        g, problem.token_dtype, config.tile, problem.layout, /*gate_up=*/false, stream));
+    FLASHMOE_RETURN_IF_ERROR(launch_gemm(g, problem, config, /*gate_up=*/false, queue1, stream));
   } else {
     // hidden[row] = act(x Wg) * (x Wu), then y[row] = hidden[row] @ Wd.
     g.a = args.tokens;
@@ -77,8 +106,7 @@ Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
     g.k = problem.hidden;
     g.n_out = problem.inter_dim;
     g.b_cols = 2 * problem.inter_dim;
-    FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm80_grouped_gemm(
-        g, problem.token_dtype, config.tile, problem.layout, /*gate_up=*/true, stream));
+    FLASHMOE_RETURN_IF_ERROR(launch_gemm(g, problem, config, /*gate_up=*/true, queue1, stream));
     g.a = ws.hidden;
     g.a_rows = nullptr;  // row r of `hidden` is assignment row r: no gather
     g.b = args.w2;
@@ -86,8 +114,7 @@ Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
     g.k = problem.inter_dim;
     g.n_out = problem.hidden;
     g.b_cols = problem.hidden;
-    FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm80_grouped_gemm(
-        g, problem.token_dtype, config.tile, problem.layout, /*gate_up=*/false, stream));
+    FLASHMOE_RETURN_IF_ERROR(launch_gemm(g, problem, config, /*gate_up=*/false, queue2, stream));
   }
 
   CombineParams cp;

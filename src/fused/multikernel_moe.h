@@ -1,5 +1,6 @@
-// flashmoe (internal): the multi-kernel forward (KernelPath::kMultiKernelSm80):
-//   routing kernels -> sm_80 gathered grouped GEMM(s) -> combine, all on one stream.
+// flashmoe (internal): the multi-kernel bf16/fp16 forward (KernelPath::kMultiKernelSm80 and
+// kMultiKernelSm90): routing kernels -> gathered grouped GEMM(s) -> combine, all on one stream.
+// The GEMMs are the sm_80 mma.sync kernel or, with config.sm90, the sm_90a wgmma one.
 #pragma once
 
 #include <cuda_runtime_api.h>

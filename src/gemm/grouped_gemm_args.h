@@ -42,6 +42,7 @@ struct GroupedGemmArgs {
   int64_t k = 0;
   int64_t n_out = 0;
   int64_t b_cols = 0;
+  int64_t num_experts = 0;  // E_local: B's leading extent (the sm_90 kernel's TMA map needs it)
   Activation activation = Activation::kSilu;
 };
 

@@ -57,6 +57,7 @@
 #include <cutlass/arch/reg_reconfig.h>
 
 #include "gemm/grouped_gemm_args.h"
+#include "gemm/sm90_device_util.cuh"
 #include "gemm/sm90_fp8_grouped_gemm.h"
 
 namespace flashmoe::gemm {
@@ -163,53 +164,9 @@ __device__ __forceinline__ uint2 quantize_chunk(uint4 const& v, float inv) {
   return make_uint2(packed[0] | (packed[1] << 16), packed[2] | (packed[3] << 16));
 }
 
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
-__device__ __forceinline__ float gelu(float g) {
-  return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f));
-}
+// silu, gelu, store_pair, the barrier and cp.async helpers: gemm/sm90_device_util.cuh.
+using namespace sm90_util;
 
-/// Stores two adjacent output values (8-byte float2, or 4-byte bf16x2 / half2).
-__device__ __forceinline__ void store_pair(void* out, int32_t dtype, int64_t index, float v0,
-                                           float v1) {
-  if (dtype == 0) {
-    *reinterpret_cast<float2*>(static_cast<float*>(out) + index) = make_float2(v0, v1);
-  } else if (dtype == 1) {
-    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(out) + index) =
-        __floats2bfloat162_rn(v0, v1);
-  } else {
-    *reinterpret_cast<__half2*>(static_cast<__half*>(out) + index) = __floats2half2_rn(v0, v1);
-  }
-}
-
-/// A compiler-only fence: the CUTLASS barrier helpers are asm volatile without a "memory"
-/// clobber, so shared-memory accesses around them are pinned in place with this.
-__device__ __forceinline__ void compiler_fence() { asm volatile("" ::: "memory"); }
-
-/// Ends the kernel with a launch error (an illegal-address fault: a store to the null page).
-/// Not __trap(): with a trap anywhere in the math warpgroups' code, ptxas keeps their register
-/// allocation at the launch bound (168) instead of the setmaxnreg budget, and the 128-row
-/// kernel's accumulators spill.
-__device__ __forceinline__ void fatal_protocol_error() {
-  asm volatile("st.global.u32 [%0], %1;\n" ::"l"(static_cast<uint64_t>(8)), "r"(0xdeadu) : "memory");
-}
-
-/// Waits for the phase of parity `phase` of an mbarrier to complete. A wait of more than ~2^35
-/// cycles (~20 s) can only be a protocol bug: fault (a launch error) instead of hanging.
-__device__ __forceinline__ void wait_barrier(uint64_t const* bar, uint32_t phase) {
-  if (!cutlass::arch::ClusterBarrier::try_wait(bar, phase)) {
-    long long const start = clock64();
-    while (!cutlass::arch::ClusterBarrier::try_wait(bar, phase)) {
-      if (clock64() - start > (1ll << 35)) fatal_protocol_error();
-    }
-  }
-  compiler_fence();
-}
-
-/// Arrives on an mbarrier after this thread's preceding shared-memory accesses.
-__device__ __forceinline__ void arrive_barrier(uint64_t const* bar) {
-  compiler_fence();
-  cutlass::arch::ClusterBarrier::arrive(bar);
-}
 
 /// The tile of work item `item`; false past the last tile (slots after it have expert < 0).
 __device__ __forceinline__ bool decode_item(Sm90Fp8KernelParams const& p, int item, int4& tile) {
@@ -660,49 +617,6 @@ inline PipeSmemPlan pipe_smem_plan(bool fp8_source) {
   return plan;
 }
 
-/// 16 bytes global -> shared, zero-filled past src_bytes (0 or 16); `hint`: with an L2
-/// evict_last policy (created here: one instruction, no register kept across the loop).
-__device__ __forceinline__ void cp_async_16(uint32_t smem_addr, void const* gmem, int src_bytes,
-                                            bool hint) {
-  if (hint) {
-    asm volatile(
-        "{\n .reg .b64 policy;\n"
-        " createpolicy.fractional.L2::evict_last.b64 policy, 1.0;\n"
-        " cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, policy;\n}\n" ::"r"(smem_addr),
-        "l"(gmem), "r"(src_bytes)
-        : "memory");
-  } else {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem),
-                 "r"(src_bytes)
-                 : "memory");
-  }
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_all;\n" ::: "memory");
-}
-
-/// Arrives on `bar` when this thread's earlier cp.async copies have landed (counts as one of the
-/// barrier's expected arrivals).
-__device__ __forceinline__ void cp_async_arrive_noinc(uint64_t const* bar) {
-  uint32_t const addr = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(addr) : "memory");
-}
-
-__device__ __forceinline__ void producer_sync() {
-  compiler_fence();
-  cutlass::arch::NamedBarrier::sync(128, 0);  // the producer warpgroup only
-  compiler_fence();
-}
 
 /// a, b: consecutive 64-row tiles of one expert (b the rows right after a's 64).
 __device__ __forceinline__ bool pairable(int4 const& a, int4 const& b) {

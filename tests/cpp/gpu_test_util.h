@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <numeric>
@@ -216,6 +217,19 @@ inline HostData make_data(MoeProblem const& p, uint32_t seed, Logits logits = Lo
     for (int64_t i = 0; i < EL; ++i) d.expert_map[perm[i]] = static_cast<int32_t>(i);
   }
   return d;
+}
+
+/// The bf16/fp16 path fused_moe_run takes on the current device: the sm_90a GEMMs on a compute
+/// capability 9.0 device unless FLASHMOE_GEMM=sm80, else the sm_80 ones.
+inline KernelPath expected_16bit_path() {
+  int device = 0, major = 0, minor = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  char const* gemm = std::getenv("FLASHMOE_GEMM");
+  bool const forced = gemm != nullptr && std::string(gemm) == "sm80";
+  return major == 9 && minor == 0 && !forced ? KernelPath::kMultiKernelSm90
+                                             : KernelPath::kMultiKernelSm80;
 }
 
 /// What one forward produced (host copies).

@@ -26,13 +26,27 @@ MoeProblem seed_like(int64_t T, int64_t E, int k, int64_t E_local) {
 }
 
 TEST(GpuConfig, DecodeTakesSixteenRowTilesSeedTakesOneTilePerExpert) {
-  EXPECT_EQ(choose_moe_config(seed_like(1, 256, 8, 256)).bm, 16);
-  EXPECT_EQ(choose_moe_config(seed_like(128, 256, 8, 256)).bm, 16);   // 4 rows per expert
-  EXPECT_EQ(choose_moe_config(seed_like(2048, 256, 8, 256)).bm, 128);  // 64 rows per expert
-  EXPECT_EQ(choose_moe_config(seed_like(16384, 256, 8, 256)).bm, 128);
-  MoeConfig const c = choose_moe_config(seed_like(2048, 256, 8, 256));
+  EXPECT_EQ(choose_moe_config(seed_like(1, 256, 8, 256), false).bm, 16);
+  EXPECT_EQ(choose_moe_config(seed_like(128, 256, 8, 256), false).bm, 16);   // 4 rows per expert
+  EXPECT_EQ(choose_moe_config(seed_like(2048, 256, 8, 256), false).bm, 128);  // 64 per expert
+  EXPECT_EQ(choose_moe_config(seed_like(16384, 256, 8, 256), false).bm, 128);
+  MoeConfig const c = choose_moe_config(seed_like(2048, 256, 8, 256), false);
   EXPECT_EQ(c.num_assignments, 2048 * 8);
-  EXPECT_FALSE(describe_moe_config(seed_like(2048, 256, 8, 256), c).empty());
+  EXPECT_FALSE(c.sm90);
+  std::string const line = describe_moe_config(seed_like(2048, 256, 8, 256), c);
+  EXPECT_NE(line.find("path=multikernel-sm80"), std::string::npos) << line;
+}
+
+TEST(GpuConfig, Sm90TakesOneHundredTwentyEightRowItemsAtEveryT) {
+  for (int64_t T : {1, 128, 2048, 16384}) {
+    MoeConfig const c = choose_moe_config(seed_like(T, 256, 8, 256), true);
+    EXPECT_TRUE(c.sm90);
+    EXPECT_EQ(c.bm, gemm::kSm90GemmBlockM);
+    EXPECT_EQ(c.bn, gemm::kSm90GemmBlockN);
+    EXPECT_EQ(c.num_tile_slots, tile_slot_bound(seed_like(T, 256, 8, 256), T * 8, 128));
+    std::string const line = describe_moe_config(seed_like(T, 256, 8, 256), c);
+    EXPECT_NE(line.find("path=multikernel-sm90 "), std::string::npos) << line;
+  }
 }
 
 // However the T*k assignments fall on the local experts, their M tiles fit the grid's slots.
@@ -43,7 +57,7 @@ TEST(GpuConfig, TileSlotsCoverEveryRouting) {
     int64_t const E_local = 1 + rng() % E;
     int const k = 1 + static_cast<int>(rng() % std::min<int64_t>(E, 16));
     int64_t const T = 1 + rng() % 3000;
-    MoeConfig const c = choose_moe_config(seed_like(T, E, k, E_local));
+    MoeConfig const c = choose_moe_config(seed_like(T, E, k, E_local), trial % 3 == 0);
     // Worst cases: spread one row over as many experts as possible, the rest piled on one.
     std::vector<int64_t> rows(E_local, 0);
     int64_t left = T * k;

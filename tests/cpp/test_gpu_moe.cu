@@ -84,7 +84,7 @@ void check_problem(MoeProblem const& p, uint32_t seed, Logits logits = Logits::k
   in.load(p, d);
   Result const g1 = run_gpu(p, in);
   ASSERT_TRUE(g1.status.ok()) << g1.status.message();
-  EXPECT_EQ(g1.path, KernelPath::kMultiKernelSm80);
+  EXPECT_EQ(g1.path, expected_16bit_path());
   double const err = rel_frobenius(p.token_dtype, g1.out, ref.out);
   EXPECT_LT(err, kTolerance) << "relative Frobenius error of the output";
   expect_routing_equal(p, g1, ref);
@@ -301,7 +301,7 @@ TEST(GpuSmall, ZeroTokensIsANoOp) {
   MoeArgs a;  // nothing is read or written
   Status const s = fused_moe_run(p, a, nullptr, 0, nullptr, &path);
   EXPECT_TRUE(s.ok()) << s.message();
-  EXPECT_EQ(path, KernelPath::kMultiKernelSm80);
+  EXPECT_EQ(path, expected_16bit_path());
   EXPECT_EQ(fused_moe_workspace_size(p), 0u);
 }
 
