@@ -3,7 +3,8 @@ of a run, and a markdown table for the README built from committed JSON files.
 
 Pure Python (no torch). The JSON schema is DESIGN.md section 6; benchmarks/README.md lists it.
 
-    python3 -m benchmarks.report benchmarks/results/*.json    # markdown table for the README
+    python3 -m benchmarks.report benchmarks/results/*.json    # markdown table, every result
+    python3 -m benchmarks.report --readme benchmarks/results/*.json  # the README's summary table
     python3 -m benchmarks.report --table FILE.json             # the run's plain table again
 """
 
@@ -283,13 +284,75 @@ def markdown_table(records: list) -> str:
     return "\n".join(lines)
 
 
+# Columns of the README summary, in this order; an implementation absent from every record is left
+# out. Percentages are the share of the copy ceiling (weight bytes touched / median time).
+README_IMPLS = ("flashmoe", "flashmoe-fp8", "flashmoe-sm80", "torch-grouped-mm",
+                "torch-scaled-grouped-mm", "torch-eager", "torch-compile", "deepspeed", "vllm",
+                "sglang")
+
+
+def readme_table(records: list) -> str:
+    """The README's summary: one row per configuration (sorted by T, then name), median ms per
+    implementation (the fastest of each precision in bold, flashmoe's share of copy in
+    parentheses), headed by the card, commit and ceilings of the runs. Records from several cards
+    or commits are refused."""
+    if not records:
+        return ""
+    cards = {r["gpu"] for r in records}
+    commits = {(r.get("commit") or "")[:7] for r in records}
+    if len(cards) != 1 or len(commits) != 1:
+        raise ValueError(f"one card and one commit per table, got {sorted(cards)} / {sorted(commits)}")
+    present = [name for name in README_IMPLS
+               if any(r["impl"] == name and "median_ms" in r for rec in records for r in rec["results"])]
+    ceil = [rec["ceilings"] for rec in records]
+    span = lambda key: "-".join(sorted({_num(c.get(key), ".0f") for c in ceil}))  # noqa: E731
+    lines = [f"{records[0]['gpu']}, commit `{commits.pop()}`; ceilings measured in the same runs: copy "
+             f"{span('copy_gbps')} GB/s, bf16 {span('bf16_tflops')} TFLOP/s, fp8 "
+             f"{span('fp8_tflops')} TFLOP/s. Median ms, lower is better; the fastest of each "
+             "precision in bold.", ""]
+    lines.append("| config | " + " | ".join(f"{n} ({_precision_of(records, n)})" for n in present) + " |")
+    lines.append("|" + " --- |" * (len(present) + 1))
+    key = lambda r: (r["config"]["T"], r["config"]["name"])  # noqa: E731
+    for rec in sorted(records, key=key):
+        by = {r["impl"]: r for r in rec["results"] if "median_ms" in r}
+        best = {}
+        for r in by.values():
+            if r["precision"] not in best or r["median_ms"] < best[r["precision"]]:
+                best[r["precision"]] = r["median_ms"]
+        cells = []
+        for name in present:
+            r = by.get(name)
+            if r is None:
+                cells.append("-")
+                continue
+            cell = f"{r['median_ms']:.3f}"
+            if r["median_ms"] == best[r["precision"]]:
+                cell = f"**{cell}**"
+            if name.startswith("flashmoe") and r.get("weight_bw_fraction") is not None:
+                cell += f" ({_pct(r['weight_bw_fraction'])})"
+            cells.append(cell)
+        lines.append(f"| `{rec['config']['name']}` ({_shape(rec['config'])}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _precision_of(records: list, impl: str) -> str:
+    for rec in records:
+        for r in rec["results"]:
+            if r["impl"] == impl:
+                return r["precision"]
+    return "?"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="benchmark JSON files")
     parser.add_argument("--table", action="store_true", help="plain tables instead of markdown")
+    parser.add_argument("--readme", action="store_true", help="the README's summary table")
     args = parser.parse_args(argv)
     records = load_records(args.files)
-    if args.table:
+    if args.readme:
+        print(readme_table(records))
+    elif args.table:
         print("\n\n".join(format_table(r) for r in records))
     else:
         print(markdown_table(records))

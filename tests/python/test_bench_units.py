@@ -246,6 +246,29 @@ def test_markdown_table():
     assert all(line.count("|") == lines[0].count("|") for line in lines)
 
 
+def test_readme_table_one_row_per_config_fastest_in_bold():
+    seed = _record()
+    dsv3 = _record(cfg=configs.CONFIGS["dsv3"])
+    text = report.readme_table([seed, dsv3])
+    assert text.startswith("NVIDIA H100 80GB HBM3, commit ")
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    # sorted by T, then by name
+    assert len(rows) == 2 and rows[0].startswith("| `dsv3`") and rows[1].startswith("| `seed`")
+    header = next(line for line in text.splitlines() if line.startswith("| config"))
+    # deepspeed and vllm never produced a time: no column for them
+    assert "flashmoe (bf16)" in header and "torch-eager (bf16)" in header
+    assert "deepspeed" not in header and "vllm" not in header
+    # flashmoe (median 3.05) is the fastest bf16: bold, with its share of copy
+    assert "**3.050** (" in rows[1] and "**41.000**" not in rows[1]
+
+
+def test_readme_table_refuses_mixed_cards():
+    other = _record()
+    other["gpu"] = "NVIDIA H200"
+    with pytest.raises(ValueError):
+        report.readme_table([_record(), other])
+
+
 def test_statistics_median_is_the_median_of_samples():
     e = report.result_entry("x", "bf16", [5.0, 1.0, 3.0, 2.0], configs.CONFIGS["seed"],
                             CEILINGS, 256)
