@@ -14,6 +14,8 @@ namespace flashmoe::fused {
 struct MoeConfig {
   bool sm90 = false;            // the sm_90a wgmma GEMM (KernelPath::kMultiKernelSm90)
   gemm::GemmTile tile = gemm::GemmTile::kM128N128;  // the sm_80 kernel's tile (sm90 false)
+  // The FP8 GEMM's variant (choose_fp8_config; gemm::Sm90Fp8Variant as int, -1 = kAuto).
+  int32_t fp8_variant = -1;
   int32_t bm = 0;               // rows of an M tile
   int32_t bn = 0;               // weight columns of an N tile
   int64_t num_assignments = 0;  // T * k

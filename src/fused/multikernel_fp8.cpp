@@ -2,6 +2,7 @@
 #include "fused/multikernel_fp8.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdint>
 #include <string>
 
@@ -101,7 +102,22 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
   c.bm = gemm::kSm90Fp8BlockM;
   c.bn = kFp8BlockN;
   c.num_tile_slots = tile_slot_bound(problem, c.num_assignments, c.bm);
-  c.reason = "sm_90a FP8 grouped GEMM: the routing cuts 64-row M tiles (the kernel's tile list)";
+  // The variant (sm90_fp8_grouped_gemm.h), measured on an H100 (round 18, docs/perf-log.md):
+  // with a typical expert holding more than 16 rows, m128c (the math warpgroups quantize the
+  // rows) streams weights 10-13% faster than m128 (seed, dsv3); at decode (a row or two per
+  // expert: little to convert) its per-K-block barriers cost more than they save (decode-16
+  // 0.611 vs 0.589 ms), so m128 stays. FLASHMOE_SM90_VARIANT overrides (run_multikernel_fp8).
+  double const rows_per_expert = static_cast<double>(c.num_assignments) /
+                                 static_cast<double>(std::max<int64_t>(problem.num_experts, 1));
+  if (rows_per_expert > 16.0) {
+    c.fp8_variant = static_cast<int32_t>(gemm::Sm90Fp8Variant::kM128Convert);
+    c.reason = "sm_90a FP8 grouped GEMM, variant m128c (> 16 rows per expert: the math "
+               "warpgroups quantize the token rows); the routing cuts 64-row tiles";
+  } else {
+    c.fp8_variant = static_cast<int32_t>(gemm::Sm90Fp8Variant::kM128);
+    c.reason = "sm_90a FP8 grouped GEMM, variant m128 (<= 16 rows per expert: the producer "
+               "quantizes the few rows); the routing cuts 64-row tiles";
+  }
   return c;
 }
 
@@ -109,6 +125,9 @@ std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& conf
   return detail::cat(describe_problem(problem),
                      " -> path=multikernel-sm90-fp8 m_tile=",
                      config.bm,
+                     " variant=",
+                     gemm::sm90_fp8_variant_name(gemm::sm90_fp8_resolve_variant(
+                         static_cast<gemm::Sm90Fp8Variant>(config.fp8_variant))),
                      " weight_scale=",
                      scale_name(problem.weight_scale),
                      " tile_slots=",
@@ -165,6 +184,11 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
   g.k = H;
   g.scheduler = ws.gemm_scheduler;
   g.max_ctas = 0;
+  // The config's variant unless FLASHMOE_SM90_VARIANT names one (kAuto resolves to it).
+  gemm::Sm90Fp8Variant env_variant;
+  g.variant = gemm::sm90_fp8_parse_variant(std::getenv("FLASHMOE_SM90_VARIANT"), &env_variant)
+                  ? gemm::Sm90Fp8Variant::kAuto
+                  : static_cast<gemm::Sm90Fp8Variant>(config.fp8_variant);
 
   if (problem.kind == ExpertKind::kLinear) {
     // y[row] = x[token(row)] @ W8[expert(row)], in the tokens' dtype for the combine.

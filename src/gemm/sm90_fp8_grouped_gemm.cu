@@ -15,6 +15,7 @@
 #include <cutlass/cuda_host_adapter.hpp>  // cuTensorMapEncodeTiled via cudaGetDriverEntryPoint
 
 #include "fused/cuda_check.h"
+#include "gemm/sm90_fp8_convert_kernel.cuh"
 #include "gemm/sm90_fp8_grouped_gemm.cuh"
 
 namespace flashmoe::gemm {
@@ -33,6 +34,7 @@ constexpr VariantName kVariantNames[] = {
     {Sm90Fp8Variant::kM64, "m64"},
     {Sm90Fp8Variant::kM128, "m128"},
     {Sm90Fp8Variant::kM128Hint, "m128h"},
+    {Sm90Fp8Variant::kM128Convert, "m128c"},
 };
 
 bool aligned(void const* p, std::uintptr_t bytes) {
@@ -74,6 +76,9 @@ int sm90_fp8_grouped_gemm_smem_bytes(Sm90Fp8Variant variant, bool fp8_source) {
       return Cfg::kSmemBytes;
     case Sm90Fp8Variant::kM64:
       return sm90_fp8_detail::pipe_smem_plan<Pipe64>(fp8_source).bytes;
+    case Sm90Fp8Variant::kM128Convert:
+      if (!fp8_source) return sm90_fp8_detail::conv_smem_bytes();
+      return sm90_fp8_detail::pipe_smem_plan<Pipe128>(true).bytes;
     default:
       return sm90_fp8_detail::pipe_smem_plan<Pipe128>(fp8_source).bytes;
   }
@@ -109,7 +114,8 @@ Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p) {
   }
   Sm90Fp8Variant const variant = sm90_fp8_resolve_variant(p.variant);
   if (variant != Sm90Fp8Variant::kBase && variant != Sm90Fp8Variant::kM64 &&
-      variant != Sm90Fp8Variant::kM128 && variant != Sm90Fp8Variant::kM128Hint) {
+      variant != Sm90Fp8Variant::kM128 && variant != Sm90Fp8Variant::kM128Hint &&
+      variant != Sm90Fp8Variant::kM128Convert) {
     return Status::Invalid("sm90 fp8 gemm: unknown variant " +
                            std::to_string(static_cast<int>(p.variant)));
   }
@@ -140,6 +146,11 @@ Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p) {
   int64_t const n_raw = gate_up ? 2 * p.n : p.n;
   int64_t const n_prep = fp8_prepared_rows(n_raw, gate_up);
   int64_t const n_tiles = (n_prep + Cfg::kBlockN - 1) / Cfg::kBlockN;
+  // Block-scale indices are 32-bit in the m128c kernel: E * scale blocks * K blocks < 2^31.
+  int64_t const scale_entries = p.num_experts * ((n_raw + 127) / 128) * ((p.k + 127) / 128);
+  if (scale_entries > INT32_MAX / 2) {
+    return Status::Unsupported("sm90 fp8 gemm: too many weight scales for 32-bit indices");
+  }
   if (p.k > INT32_MAX / 2 || n_prep > INT32_MAX / 2 ||
       static_cast<int64_t>(p.num_tile_slots) * n_tiles > INT32_MAX / 2) {
     return Status::Unsupported("sm90 fp8 gemm: problem too large for 32-bit tile indices");
@@ -217,7 +228,10 @@ Status launch_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p, cudaStream_t str
   kp.w_cache_hint = static_cast<uint64_t>(variant == Sm90Fp8Variant::kM128Hint
                                               ? cute::TMA::CacheHintSm90::EVICT_FIRST
                                               : cute::TMA::CacheHintSm90::EVICT_NORMAL);
-  kp.merge_pairs = (variant == Sm90Fp8Variant::kM128 || variant == Sm90Fp8Variant::kM128Hint) ? 1 : 0;
+  kp.merge_pairs = (variant == Sm90Fp8Variant::kM128 || variant == Sm90Fp8Variant::kM128Hint ||
+                    variant == Sm90Fp8Variant::kM128Convert)
+                       ? 1
+                       : 0;
 
   int64_t const work = static_cast<int64_t>(p.num_tile_slots) * kp.n_tiles;
   int64_t ctas = p.max_ctas > 0 ? std::min<int64_t>(p.max_ctas, num_sms) : num_sms;
@@ -242,6 +256,15 @@ Status launch_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p, cudaStream_t str
       kp.control_offset = plan.control_offset;
       break;
     }
+    case Sm90Fp8Variant::kM128Convert:
+      if (!fp8_source && kp.num_kb >= 2) {  // K <= 128: see sm90_fp8_convert_kernel.cuh
+        kernel = kp.a_bf16 ? reinterpret_cast<void const*>(&sm90_fp8_convert_kernel<true>)
+                           : reinterpret_cast<void const*>(&sm90_fp8_convert_kernel<false>);
+        smem_bytes = sm90_fp8_detail::conv_smem_bytes();
+        threads = Sm90Fp8ConvTile::kThreads;
+        break;
+      }
+      [[fallthrough]];  // pre-quantized rows or K <= 128: the m128 kernel (the same bits)
     default: {
       auto const plan = sm90_fp8_detail::pipe_smem_plan<Pipe128>(fp8_source);
       kernel = reinterpret_cast<void const*>(&sm90_fp8_pipelined_kernel<Pipe128>);

@@ -651,16 +651,14 @@ __device__ __forceinline__ int4 resolve_item(Sm90Fp8KernelParams const& p, int& 
         int4 const next = slot + 1 < p.num_tile_slots
                               ? __ldg(reinterpret_cast<int4 const*>(p.tiles + slot + 1))
                               : none;
-        int ex[kScan - 1];
-#pragma unroll
-        for (int i = 0; i < kScan - 1; ++i) {
-          int const s2 = slot + 2 + i;
-          ex[i] = s2 < p.num_tile_slots ? __ldg(&p.tiles[s2].expert) : -1;
-        }
+        // d = the expert's tiles after this one, counted up to kScan - 1 (one load at a time and
+        // only while the run continues: few registers -- the producer of the convert variant
+        // has 40 -- and one or two loads at the seed shape).
         int d = next.x == tile.x ? 1 : 0;
-#pragma unroll
-        for (int i = 0; i < kScan - 1; ++i) {
-          if (d == i + 1 && ex[i] == tile.x) d = i + 2;
+#pragma unroll 1
+        for (int i = 0; i < kScan - 1 && d == i + 1; ++i) {
+          int const s2 = slot + 2 + i;
+          if (s2 < p.num_tile_slots && __ldg(&p.tiles[s2].expert) == tile.x) d = i + 2;
         }
         bool const known = d < kScan;
         bool const leader = known && (d & 1) && pairable(tile, next);

@@ -52,17 +52,22 @@ enum class Fp8Epilogue : int {
 ///          weights are streamed once for up to 128 rows (each math warpgroup loops over the
 ///          two 64-row halves with one accumulator); same producer as m64
 ///   m128h  m128 with L2 cache hints: weights EVICT_FIRST (read once), token rows EVICT_LAST
+///   m128c  128 x 256 items whose producer only copies (bf16 rows by cp.async into a staging
+///          ring, weights by TMA); the math warpgroups quantize the staged rows into the e4m3
+///          tile before their wgmma (sm90_fp8_convert_kernel.cuh). With pre-quantized rows
+///          (a_fp8) it runs m128.
 enum class Sm90Fp8Variant : int {
   kAuto = -1,
   kBase = 0,
   kM64 = 1,
   kM128 = 2,
   kM128Hint = 3,
+  kM128Convert = 4,
 };
-inline constexpr int kSm90Fp8NumVariants = 4;
+inline constexpr int kSm90Fp8NumVariants = 5;
 inline constexpr Sm90Fp8Variant kSm90Fp8DefaultVariant = Sm90Fp8Variant::kM128;
 
-/// "base", "m64", "m128", "m128h" ("auto" for kAuto).
+/// "base", "m64", "m128", "m128h", "m128c" ("auto" for kAuto).
 char const* sm90_fp8_variant_name(Sm90Fp8Variant v);
 /// The variant of a name above; false (out untouched) for an unknown name.
 bool sm90_fp8_parse_variant(char const* name, Sm90Fp8Variant* out);

@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "fused/moe_config.h"
+#include "fused/multikernel_fp8.h"
+#include "gemm/sm90_fp8_grouped_gemm.h"
 
 namespace flashmoe::fused {
 namespace {
@@ -46,6 +48,20 @@ TEST(GpuConfig, Sm90TakesOneHundredTwentyEightRowItemsAtEveryT) {
     EXPECT_EQ(c.num_tile_slots, tile_slot_bound(seed_like(T, 256, 8, 256), T * 8, 128));
     std::string const line = describe_moe_config(seed_like(T, 256, 8, 256), c);
     EXPECT_NE(line.find("path=multikernel-sm90 "), std::string::npos) << line;
+  }
+}
+
+// FP8: the producer quantizes at decode (m128), the math warpgroups above 16 rows per expert.
+TEST(GpuConfig, Fp8VariantByRowsPerExpert) {
+  using gemm::Sm90Fp8Variant;
+  for (int64_t T : {1, 16, 512}) {  // 0.03 .. 16 rows per expert
+    MoeConfig const c = choose_fp8_config(seed_like(T, 256, 8, 256));
+    EXPECT_EQ(c.fp8_variant, static_cast<int32_t>(Sm90Fp8Variant::kM128)) << "T=" << T;
+    EXPECT_EQ(c.bm, gemm::kSm90Fp8BlockM);
+  }
+  for (int64_t T : {520, 2048, 16384}) {
+    MoeConfig const c = choose_fp8_config(seed_like(T, 256, 8, 256));
+    EXPECT_EQ(c.fp8_variant, static_cast<int32_t>(Sm90Fp8Variant::kM128Convert)) << "T=" << T;
   }
 }
 
