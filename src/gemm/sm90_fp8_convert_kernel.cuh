@@ -11,15 +11,13 @@
 // before their wgmma: the rows are still quantized inside the gather (issue 4 item 2), no
 // quantized copy goes to HBM.
 //
-// Per K block j (128 wide), both math warpgroups, with block j already converted into sA[j % 2]:
-//   1. issue the wgmma of the first 64-row half (as the m128 variant: a fresh accumulator per
-//      half, promoted into fp32 totals with the block scale);
-//   2. while it runs, wait for block j + 1's stage (if the tile has one) and convert it: thread t
-//      takes chunk t % 16 (8 elements) of rows t / 16 + 16 i, multiplies by the row's 1/scale and
-//      stores 8 e4m3 bytes into sA[(j + 1) % 2], 128B-swizzled K-major (the layout the producer of
-//      the other variants writes); fence.proxy.async;
-//   3. wait, promote, the second half likewise, release the stage; a named barrier (256 threads)
-//      publishes block j + 1's rows. A tile's first block is converted before its loop.
+// Per K block (128 wide), both math warpgroups:
+//   1. wait for the stage (bf16 rows + weight box);
+//   2. convert: thread t takes chunk t % 16 (8 elements) of rows t / 16 + 16 i, multiplies by the
+//      row's 1/scale and stores 8 e4m3 bytes into the 128B-swizzled K-major tile sA (the layout the
+//      producer of the other variants writes); fence.proxy.async; named barrier (256 threads);
+//   3. wgmma and promotion as the m128 variant (a fresh accumulator per 64-row half, total +=
+//      acc * block scale), then release the stage;
 // sA is double-buffered by the parity of a running K-block count: a thread that passed the
 // barrier of K block j - 1 knows that both warpgroups have completed their wgmma of block j - 2,
 // the last reader of the buffer it now fills for block j. 2 x 16 KB of sA leave room for 3
@@ -272,45 +270,34 @@ __global__ void __launch_bounds__(Sm90Fp8ConvTile::kThreads, 1)
       scale_lo = (e * p.n_scale_blocks + blk_lo) * p.num_kb;
       scale_hi = (e * p.n_scale_blocks + blk_hi) * p.num_kb;
     }
+    float const* const inv = &ctl->inv[islot][crow];  // row crow + 16 i: inv[16 i] (read per
+                                                       // K block: registers are at the limit)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
 #pragma unroll
       for (int v = 0; v < 64; ++v) total[h][v] = 0.0f;
     }
 
-    // Converts the rows of the K block in stage `st` into sA buffer `buf` (every math thread
-    // its share of all 128 rows, whichever columns its warpgroup owns). The row scales are read
-    // from shared memory each time: registers are at the limit here.
-    auto convert = [&](int st, uint32_t buf) {
-      uint8_t const* const stg = smem_conv + stg_off + st * Cfg::kStagingBytes;
-      // One row at a time: it runs while a wgmma batch holds the accumulator, so only a few
-      // registers are free (unrolled by 2 or more, ptxas spills).
-#pragma unroll 1
+    for (int kb = 0; kb < p.num_kb; ++kb) {
+      float s_lo = 1.0f;
+      float s_hi = 1.0f;
+      if (p.scale_block && active) {
+        s_lo = __ldg(p.w_scales + scale_lo + kb);
+        s_hi = __ldg(p.w_scales + scale_hi + kb);
+      }
+      if (kb > 0) sm90_fp8_detail::wait_barrier(&ctl->full[stage], phase);
+      // ---- convert this stage's rows into sA
+      uint8_t const* const stg = smem_conv + stg_off + stage * Cfg::kStagingBytes;
+#pragma unroll
       for (int i = 0; i < Cfg::kBlockM / 16; ++i) {
         if (crow + 16 * i < rows) {
           uint4 const v = *reinterpret_cast<uint4 const*>(stg + i * 16 * 256);
-          *reinterpret_cast<uint2*>(smem_conv + sa_off + buf * Cfg::kSmemABytes + i * 16 * 128) =
-              sm90_fp8_detail::quantize_chunk<kBf16>(v, ctl->inv[islot][crow + 16 * i]);
+          *reinterpret_cast<uint2*>(smem_conv + sa_off + abuf * Cfg::kSmemABytes + i * 16 * 128) =
+              sm90_fp8_detail::quantize_chunk<kBf16>(v, inv[16 * i]);
         }
       }
       cutlass::arch::fence_view_async_shared();  // generic stores -> wgmma (async proxy)
-    };
-
-    // The tile's first K block (its stage is full: the tile record was read from it).
-    convert(stage, abuf);
-    sm90_fp8_detail::math_sync();
-    for (int kb = 0; kb < p.num_kb; ++kb) {
-      // K block kb is in `stage` and converted in sA[abuf] (both warpgroups passed the barrier).
-      // While its first wgmma batch runs, the next K block of the tile (if any) is converted
-      // into the other buffer, whose last reader, block kb - 1, both warpgroups completed
-      // before that barrier.
-      auto convert_next = [&]() {
-        if (kb + 1 < p.num_kb) {
-          int const next_stage = stage + 1 == kStages ? 0 : stage + 1;
-          sm90_fp8_detail::wait_barrier(&ctl->full[next_stage], next_stage == 0 ? phase ^ 1 : phase);
-          convert(next_stage, abuf ^ 1);
-        }
-      };
+      sm90_fp8_detail::math_sync();
       if (active) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -324,10 +311,6 @@ __global__ void __launch_bounds__(Sm90Fp8ConvTile::kThreads, 1)
               tiled_mma.accumulate_ = GMMA::ScaleOut::One;
             }
             warpgroup_commit_batch();
-            if (h == 0) convert_next();  // overlaps the batch
-            // The block scales are loaded after the conversion (fewer live registers there).
-            float const s_lo = p.scale_block ? __ldg(p.w_scales + scale_lo + kb) : 1.0f;
-            float const s_hi = p.scale_block ? __ldg(p.w_scales + scale_hi + kb) : 1.0f;
             warpgroup_wait<0>();
             warpgroup_fence_operand(acc);
             if (h + 1 == halves && lane == 0) sm90_fp8_detail::arrive_barrier(&ctl->empty[stage]);
@@ -337,11 +320,9 @@ __global__ void __launch_bounds__(Sm90Fp8ConvTile::kThreads, 1)
             }
           }
         }
-      } else {
-        if (lane == 0) sm90_fp8_detail::arrive_barrier(&ctl->empty[stage]);
-        convert_next();
+      } else if (lane == 0) {
+        sm90_fp8_detail::arrive_barrier(&ctl->empty[stage]);
       }
-      if (kb + 1 < p.num_kb) sm90_fp8_detail::math_sync();
       abuf ^= 1;
       if (++stage == kStages) {
         stage = 0;
