@@ -381,6 +381,10 @@ IMPLS = {
     "flashmoe": Impl("bf16", build_flashmoe),
     "flashmoe-fp8": Impl("fp8", lambda cfg, w: build_flashmoe(cfg, w, precision="fp8")),
     "flashmoe-sm80": Impl("bf16", lambda cfg, w: build_flashmoe(cfg, w, gemm="sm80")),
+    # FP8 weights on the sm_80 GEMM (W8A16, what an Ampere GPU runs), on Hopper via
+    # FLASHMOE_GEMM=sm80: weight bytes as fp8, activations bf16.
+    "flashmoe-w8a16": Impl("fp8", lambda cfg, w: build_flashmoe(cfg, w, precision="fp8",
+                                                                 gemm="sm80")),
     "torch-grouped-mm": Impl("bf16", build_grouped_mm),
     "torch-scaled-grouped-mm": Impl("fp8", build_scaled_grouped_mm),
     "torch-eager": Impl("bf16", build_torch_eager),

@@ -7,9 +7,10 @@
 //      arrays and workspace. It never allocates and never synchronizes the host, so it can be
 //      captured in a CUDA graph. It computes the same function as reference_fused_moe()
 //      (flashmoe/reference.h) up to the rounding of the path that ran.
-// precision kFP8 runs on a compute capability 9.0 device with weights prepared once by
-// prepare_experts_fp8() (flashmoe/quantization.h; MoeProblem::weights_prepared); raw weights
-// with kFP8 are refused (kNotSupported), never re-quantized per call.
+// precision kFP8 runs with weights prepared once by prepare_experts_fp8() (flashmoe/quantization.h;
+// MoeProblem::weights_prepared): on a compute capability 9.0 device as W8A8 (E4M3 wgmma), on 8.x
+// as W8A16 (the weights dequantized inside the sm_80 GEMM). Raw weights with kFP8 are refused
+// (kNotSupported), never re-quantized per call.
 #pragma once
 
 #include <cstddef>
@@ -32,6 +33,10 @@ enum class KernelPath : int {
   // (128-row tiles) + sm_90a TMA/wgmma gathered GEMM(s) + combine kernel. The environment
   // variable FLASHMOE_GEMM=sm80 selects kMultiKernelSm80 there instead (for comparisons).
   kMultiKernelSm90 = 3,
+  // precision kFP8 with prepared weights on a compute capability 8.x device (or on 9.0 with
+  // FLASHMOE_GEMM=sm80): routing kernels + sm_80 mma.sync GEMMs that dequantize the E4M3 weights
+  // to the tokens' type inside the kernel (W8A16: activations stay bf16/fp16) + combine kernel.
+  kMultiKernelSm80W8A16 = 4,
 };
 
 char const* kernel_path_name(KernelPath path);

@@ -18,7 +18,8 @@ class MoeStats:
     dropped:             assignments dropped by the capacity limit.
     rerouted:            assignments that ended on an expert other than their original one.
     kernel_path:         what computed the output: "reference-cpu", a GPU path's name
-                         ("multikernel-sm80", "multikernel-sm90", "multikernel-sm90-fp8"), or "none" when there were
+                         ("multikernel-sm90", "multikernel-sm80", "multikernel-sm90-fp8",
+                         "multikernel-sm80-w8a16"), or "none" when there were
                          no tokens.
 
     Eager calls give Python numbers (one host sync, only when stats are asked for). Under

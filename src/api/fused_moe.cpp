@@ -151,9 +151,16 @@ Status check_args(MoeProblem const& p, MoeArgs const& a) {
 // The kernel configuration of a supported problem on `path`: the FP8 path has its own (64-row
 // tiles); the bf16/fp16 paths differ in the GEMM kernel family.
 fused::MoeConfig choose_config(MoeProblem const& problem, KernelPath path) {
-  return fused::is_fp8_problem(problem)
-             ? fused::choose_fp8_config(problem)
-             : fused::choose_moe_config(problem, path == KernelPath::kMultiKernelSm90);
+  if (path == KernelPath::kMultiKernelSm90Fp8) return fused::choose_fp8_config(problem);
+  return fused::choose_moe_config(problem, path == KernelPath::kMultiKernelSm90);
+}
+
+// The paths a problem may take on some device (the workspace is sized for the largest).
+std::array<KernelPath, 2> candidate_paths(MoeProblem const& problem) {
+  if (fused::is_fp8_problem(problem)) {
+    return {KernelPath::kMultiKernelSm90Fp8, KernelPath::kMultiKernelSm80W8A16};
+  }
+  return {KernelPath::kMultiKernelSm80, KernelPath::kMultiKernelSm90};
 }
 
 // FLASHMOE_GEMM=sm80: the sm_80 GEMMs even where the sm_90a ones could run.
@@ -178,7 +185,10 @@ Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
   FLASHMOE_RETURN_IF_ERROR(current_device_info(&device, &info));
   if (fused::is_fp8_problem(problem)) {
     FLASHMOE_RETURN_IF_ERROR(fused::check_fp8_device(device, info.major, info.minor));
-    if (path != nullptr) *path = KernelPath::kMultiKernelSm90Fp8;
+    bool const w8a16 = !(info.major == 9 && info.minor == 0) || sm80_gemm_forced();
+    if (path != nullptr) {
+      *path = w8a16 ? KernelPath::kMultiKernelSm80W8A16 : KernelPath::kMultiKernelSm90Fp8;
+    }
     return Status::Ok();
   }
   if (info.major < 8) {
@@ -198,7 +208,7 @@ std::size_t fused_moe_workspace_size(MoeProblem const& problem) {
   // Without asking the device: the larger of the bf16/fp16 paths' needs (their tile lists
   // differ), so one buffer serves whichever path runs.
   std::size_t bytes = 0;
-  for (KernelPath path : {KernelPath::kMultiKernelSm80, KernelPath::kMultiKernelSm90}) {
+  for (KernelPath path : candidate_paths(problem)) {
     fused::MoeWorkspace ws;
     if (!fused::carve_moe_workspace(problem, choose_config(problem, path), nullptr, &ws).ok()) {
       return 0;
@@ -230,7 +240,7 @@ Status fused_moe_run(MoeProblem const& problem, MoeArgs const& args, void* works
   }
   fused::MoeWorkspace ws;
   FLASHMOE_RETURN_IF_ERROR(fused::carve_moe_workspace(problem, config, workspace, &ws));
-  bool const fp8 = chosen == KernelPath::kMultiKernelSm90Fp8;
+  bool const fp8 = chosen == KernelPath::kMultiKernelSm90Fp8;  // W8A16 runs the 16-bit forward
   if (print_config_requested()) {
     std::string const line = fp8 ? fused::describe_fp8_config(problem, config)
                                  : fused::describe_moe_config(problem, config);

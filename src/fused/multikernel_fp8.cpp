@@ -81,18 +81,16 @@ Status check_fp8_problem(MoeProblem const& p) {
 }
 
 Status check_fp8_device(int device, int major, int minor) {
-  if (major == 9 && minor == 0) return Status::Ok();
-  if (major < 9) {
+  if (major == 9 && minor == 0) return Status::Ok();  // W8A8 on sm_90a
+  if (major == 8) return Status::Ok();                // W8A16 on the sm_80 GEMM
+  if (major < 8) {
     return Status::Unsupported(cat(
-        "precision=\"fp8\" on the GPU needs a compute capability 9.0 (Hopper) device: the FP8 "
-        "kernel uses sm_90a wgmma and TMA; device ",
-        device, " has compute capability ", major, ".", minor,
-        " (an FP8 path for earlier GPUs, dequantizing the weights inside the kernel, is not "
-        "built yet; use precision=\"bf16\" or \"auto\" with raw weights)"));
+        "precision=\"fp8\" on the GPU needs compute capability 8.x (W8A16: the sm_80 GEMM "
+        "dequantizes the E4M3 weights) or 9.0 (E4M3 wgmma); device ",
+        device, " has compute capability ", major, ".", minor));
   }
-  return Status::Unsupported(cat("precision=\"fp8\" on the GPU needs a compute capability 9.0 "
-                                 "(Hopper) device: the FP8 kernel is sm_90a code, which runs "
-                                 "on 9.0 only; device ",
+  return Status::Unsupported(cat("precision=\"fp8\" on the GPU runs on compute capability 8.x "
+                                 "(W8A16) and 9.0 (sm_90a code, which runs on 9.0 only); device ",
                                  device, " has compute capability ", major, ".", minor));
 }
 

@@ -5,6 +5,7 @@
 #include "fused/combine.h"
 #include "fused/cuda_check.h"
 #include "gemm/grouped_gemm_args.h"
+#include "gemm/quantize_weights_fp8.h"
 #include "gemm/sm90_grouped_gemm.h"
 #include "routing/routing_kernels.h"
 
@@ -50,6 +51,9 @@ Status launch_gemm(gemm::GroupedGemmArgs const& g, MoeProblem const& problem,
     return gemm::launch_sm90_grouped_gemm(g, problem.token_dtype, problem.layout, gate_up, queue,
                                           stream);
   }
+  if (problem.weights_prepared) {  // W8A16: E4M3 weights dequantized inside the sm_80 GEMM
+    return gemm::launch_sm80_grouped_gemm_w8(g, problem.token_dtype, config.tile, gate_up, stream);
+  }
   return gemm::launch_sm80_grouped_gemm(g, problem.token_dtype, config.tile, problem.layout,
                                         gate_up, stream);
 }
@@ -84,6 +88,10 @@ Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
   g.num_tile_slots = static_cast<int32_t>(config.num_tile_slots);
   g.activation = problem.activation;
   g.num_experts = problem.num_local_experts;
+  // W8A16 (KernelPath::kMultiKernelSm80W8A16): prepared E4M3 weights and their scales.
+  bool const w8 = problem.weights_prepared;
+  g.w_scales = w8 ? args.w1_scale : nullptr;
+  g.w_scale_block = problem.weight_scale == WeightScale::kBlock128 ? 1 : 0;
   int32_t* const queue1 = ws.gemm_scheduler;
   int32_t* const queue2 = ws.gemm_scheduler != nullptr ? ws.gemm_scheduler + kGemmSchedulerInts
                                                        : nullptr;
@@ -105,11 +113,12 @@ Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
     g.c = ws.hidden;
     g.k = problem.hidden;
     g.n_out = problem.inter_dim;
-    g.b_cols = 2 * problem.inter_dim;
+    g.b_cols = w8 ? gemm::fp8_prepared_rows(2 * problem.inter_dim, true) : 2 * problem.inter_dim;
     FLASHMOE_RETURN_IF_ERROR(launch_gemm(g, problem, config, /*gate_up=*/true, queue1, stream));
     g.a = ws.hidden;
     g.a_rows = nullptr;  // row r of `hidden` is assignment row r: no gather
     g.b = args.w2;
+    g.w_scales = w8 ? args.w2_scale : nullptr;
     g.c = ws.expert_out;
     g.k = problem.inter_dim;
     g.n_out = problem.hidden;

@@ -43,6 +43,11 @@ struct GroupedGemmArgs {
   int64_t n_out = 0;
   int64_t b_cols = 0;
   int64_t num_experts = 0;  // E_local: B's leading extent (the sm_90 kernel's TMA map needs it)
+  // W8A16 (launch_sm80_grouped_gemm_w8 only): B is E4M3 in the prepared layout of
+  // quantize_weights_fp8.h ([E_local, b_cols = Np, k]) with these float32 scales, dequantized
+  // to the A dtype inside the kernel; w_scale_block 1 = 128x128 block scales, 0 = channel.
+  float const* w_scales = nullptr;
+  int32_t w_scale_block = 0;
   Activation activation = Activation::kSilu;
 };
 
@@ -59,5 +64,9 @@ inline constexpr int gemm_tile_bn(GemmTile t) { return t == GemmTile::kM16N128 ?
 /// Returns a kCudaError Status with file and line if the launch fails.
 Status launch_sm80_grouped_gemm(GroupedGemmArgs const& args, DType dtype, GemmTile tile,
                                 WeightLayout layout, bool gate_up, cudaStream_t stream);
+
+/// The same GEMM with E4M3 weights (W8A16, see w_scales above): A and C bf16 or fp16.
+Status launch_sm80_grouped_gemm_w8(GroupedGemmArgs const& args, DType dtype, GemmTile tile,
+                                   bool gate_up, cudaStream_t stream);
 
 }  // namespace flashmoe::gemm

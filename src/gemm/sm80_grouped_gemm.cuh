@@ -22,6 +22,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -75,13 +76,19 @@ using Sm80TileM16N128 = Sm80TileShape<16, 128, 4, 1, 4, 3>;
 // are read once; warps whose 32 rows are all padding skip their MMAs. 3 stages of 32 KB, 2 CTAs
 // per SM on Hopper (96 KB each), 8 warps, 32x64 per warp.
 using Sm80TileM128N128 = Sm80TileShape<128, 128, 3, 4, 2, 2>;
+// W8A16 with >16 rows per expert: the E4M3 staging ring (8 KB per stage) would leave no room for
+// a second CTA per SM anyway, so one CTA with 4 stages (128 + 32 KB: fits an A100's 163 KB) and
+// the whole register file (the dequantization's state spills at 128 registers).
+using Sm80TileM128N128W8 = Sm80TileShape<128, 128, 4, 4, 2, 1>;
 
 /// The launch geometry of one grouped GEMM, known on the host.
-template <class Shape, bool kGateUp>
+template <class Shape, bool kGateUp, bool kW8 = false>
 struct Sm80GroupedGemmParams {
   static constexpr int kBNOut = kGateUp ? Shape::kBN / 2 : Shape::kBN;  // output columns/tile
   static constexpr int kCStride = kBNOut + 8;  // staging row (+16 B: conflict-free stores)
-  static constexpr int kSmemBytes = Shape::kSmemBytes;
+  // W8A16: after the ring, a staging ring of the E4M3 weight tiles (BN rows x 64 bytes per stage).
+  static constexpr int kW8StageBytes = kW8 ? Shape::kBN * Shape::kBK : 0;
+  static constexpr int kSmemBytes = Shape::kSmemBytes + Shape::kStages * kW8StageBytes;
   static_assert(Shape::kBM * kCStride * 2 <= kSmemBytes, "epilogue staging must fit the ring");
 
   GroupedGemmArgs args;
@@ -145,11 +152,12 @@ __device__ __forceinline__ float activate(Activation act, float g) {
 
 }  // namespace detail
 
-template <class Element, class Shape, bool kOutIn, bool kGateUp>
+template <class Element, class Shape, bool kOutIn, bool kGateUp, bool kW8 = false>
 __global__ void __launch_bounds__(Shape::kThreads, Shape::kMinBlocks)
-    sm80_grouped_gemm_kernel(Sm80GroupedGemmParams<Shape, kGateUp> const p) {
+    sm80_grouped_gemm_kernel(Sm80GroupedGemmParams<Shape, kGateUp, kW8> const p) {
   using Atom = typename detail::MmaAtom<Element>::type;
-  using Params = Sm80GroupedGemmParams<Shape, kGateUp>;
+  using Params = Sm80GroupedGemmParams<Shape, kGateUp, kW8>;
+  static_assert(!kW8 || kOutIn, "E4M3 weights are prepared K-major ([E, Np, K])");
   constexpr int BM = Shape::kBM;
   constexpr int BN = Shape::kBN;
   constexpr int BK = Shape::kBK;
@@ -182,7 +190,7 @@ __global__ void __launch_bounds__(Shape::kThreads, Shape::kMinBlocks)
   int const b_cols = static_cast<int>(args.b_cols);
   Element const* const A = static_cast<Element const*>(args.a);
   Element const* const B =
-      static_cast<Element const*>(args.b) + static_cast<int64_t>(tile.expert) * K * b_cols;
+      static_cast<Element const*>(args.b) + (kW8 ? 0 : static_cast<int64_t>(tile.expert) * K * b_cols);
 
   // Weight column of tile column n (only n % 8 == 0 matters for kInOut), or -1 past n_out.
   auto weight_col = [&](int n) -> int {
@@ -222,7 +230,9 @@ __global__ void __launch_bounds__(Shape::kThreads, Shape::kMinBlocks)
   int b_dst0;
   int b_chunk = 0;  // kOutIn: K chunk of this thread
   int b_krow = 0;   // kInOut: first k row of this thread
-  if constexpr (kOutIn) {
+  if constexpr (kW8) {
+    b_dst0 = 0;  // the E4M3 plan below replaces the 16-bit one
+  } else if constexpr (kOutIn) {
     b_chunk = tid % kRowChunks;
     int const n0 = tid / kRowChunks;
     b_dst0 = n0 * BK + ((b_chunk ^ (n0 & 7)) * 8);
@@ -239,6 +249,73 @@ __global__ void __launch_bounds__(Shape::kThreads, Shape::kMinBlocks)
     b_src[0] = col >= 0 ? B + col : nullptr;
   }
 
+  // ---- W8A16: E4M3 weight rows in the prepared layout (quantize_weights_fp8.h), copied raw into
+  // a staging ring; each thread converts the chunks it copied (x scale, to Element) into the
+  // 16-bit B tile of the stage before the stage's barrier, so the MMA path is the kOutIn one.
+  constexpr int kB8Chunks = BK / 16;  // 16-byte chunks of a 64-byte E4M3 row
+  constexpr int kB8Loads = kW8 ? BN * kB8Chunks / kThreads : 1;
+  constexpr int kB8RowStep = kThreads / kB8Chunks;
+  static_assert(!kW8 || BN * kB8Chunks % kThreads == 0, "E4M3 chunks must split evenly");
+  int const b8_chunk = tid % kB8Chunks;
+  int32_t b8_row[kB8Loads];   // prepared row of tile column n, -1 past n_out
+  int32_t b8_raw[kB8Loads];   // its raw channel (the scale's index)
+  float b8_scale[kB8Loads];   // channel scale (channel scales; block scales load per K tile)
+  uint8_t const* const Bq = static_cast<uint8_t const*>(args.b) +
+                            (kW8 ? static_cast<int64_t>(tile.expert) * b_cols * K : 0);
+  int const n_raw = kGateUp ? 2 * n_out : n_out;
+  if constexpr (kW8) {
+#pragma unroll
+    for (int i = 0; i < kB8Loads; ++i) {
+      int const raw = weight_col(tid / kB8Chunks + i * kB8RowStep);
+      b8_raw[i] = raw;
+      b8_row[i] = -1;
+      b8_scale[i] = 0.0f;
+      if (raw >= 0) {
+        if constexpr (kGateUp) {  // rows 128 j .. +63 gate 64 j.., rows 128 j + 64 .. the up ones
+          bool const up = raw >= n_out;
+          int const c = up ? raw - n_out : raw;
+          b8_row[i] = 128 * (c / 64) + (up ? 64 : 0) + c % 64;
+        } else {
+          b8_row[i] = raw;
+        }
+        if (!args.w_scale_block) {
+          b8_scale[i] = __ldg(args.w_scales + static_cast<int64_t>(tile.expert) * n_raw + raw);
+        }
+      }
+    }
+  }
+  auto convert_w8 = [&](int kt, int slot) {
+    unsigned char const* const stg = smem_raw + Shape::kSmemBytes + slot * Params::kW8StageBytes;
+    Element* const sB = smem + slot * kStageElems + BM * BK;
+    int const n_blocks = (n_raw + 127) / 128;
+    int const k_blocks = (K + 127) / 128;
+#pragma unroll
+    for (int i = 0; i < kB8Loads; ++i) {
+      int const n = tid / kB8Chunks + i * kB8RowStep;
+      float sc = b8_scale[i];
+      if (args.w_scale_block && b8_raw[i] >= 0) {
+        sc = __ldg(args.w_scales +
+                   (static_cast<int64_t>(tile.expert) * n_blocks + b8_raw[i] / 128) * k_blocks +
+                   (kt * BK) / 128);
+      }
+      uint4 const q = *reinterpret_cast<uint4 const*>(stg + n * BK + b8_chunk * 16);
+      uint32_t const words[4] = {q.x, q.y, q.z, q.w};
+      uint32_t packed[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {  // byte pair j = elements 2j, 2j + 1 (low byte first)
+        __half2_raw const hr = __nv_cvt_fp8x2_to_halfraw2(
+            static_cast<__nv_fp8x2_storage_t>((words[j / 2] >> (16 * (j % 2))) & 0xffffu), __NV_E4M3);
+        float2 const f = __half22float2(__half2(hr));  // exact: E4M3 values are halves
+        packed[j] = detail::pack2(static_cast<Element*>(nullptr), f.x * sc, f.y * sc);
+      }
+      int const c0 = 2 * b8_chunk;  // 16-bit chunks c0, c0 + 1 of row n, swizzled as load_stage's
+      *reinterpret_cast<uint4*>(sB + n * BK + ((c0 ^ (n & 7)) * 8)) =
+          make_uint4(packed[0], packed[1], packed[2], packed[3]);
+      *reinterpret_cast<uint4*>(sB + n * BK + (((c0 + 1) ^ (n & 7)) * 8)) =
+          make_uint4(packed[4], packed[5], packed[6], packed[7]);
+    }
+  };
+
   auto load_stage = [&](int kt, int slot) {
     Element* const sA = smem + slot * kStageElems;
     Element* const sB = sA + BM * BK;
@@ -251,7 +328,19 @@ __global__ void __launch_bounds__(Shape::kThreads, Shape::kMinBlocks)
                           pred ? A + static_cast<int64_t>(a_row[i]) * K + k0 + a_chunk * 8 : A,
                           pred);
     }
-    if constexpr (kOutIn) {
+    if constexpr (kW8) {
+      unsigned char* const stg = smem_raw + Shape::kSmemBytes + slot * Params::kW8StageBytes;
+      bool const kin = k0 + b8_chunk * 16 < K;  // K % 16 == 0 for E4M3 weights
+#pragma unroll
+      for (int i = 0; i < kB8Loads; ++i) {
+        int const n = tid / kB8Chunks + i * kB8RowStep;
+        bool const pred = kin && b8_row[i] >= 0;
+        detail::cp_async_16(stg + n * BK + b8_chunk * 16,
+                            pred ? Bq + static_cast<int64_t>(b8_row[i]) * K + k0 + b8_chunk * 16
+                                 : args.b,
+                            pred);
+      }
+    } else if constexpr (kOutIn) {
       bool const b_kin = k0 + b_chunk * 8 < K;
 #pragma unroll
       for (int i = 0; i < kBLoads; ++i) {
@@ -333,6 +422,7 @@ __global__ void __launch_bounds__(Shape::kThreads, Shape::kMinBlocks)
   int write_slot = kStages - 1;
   for (int kt = 0; kt < k_tiles; ++kt) {
     cute::cp_async_wait<kStages - 2>();
+    if constexpr (kW8) convert_w8(kt, read_slot);  // this thread's own copies: landed
     __syncthreads();  // stage kt landed for every thread; slot write_slot is free (kt-1 done)
     if (kt + kStages - 1 < k_tiles) load_stage(kt + kStages - 1, write_slot);
     cute::cp_async_fence();
@@ -408,12 +498,12 @@ __global__ void __launch_bounds__(Shape::kThreads, Shape::kMinBlocks)
 }
 
 /// Launches one instantiation. The dynamic shared memory opt-in is set once per device.
-template <class Element, class Shape, bool kOutIn, bool kGateUp>
+template <class Element, class Shape, bool kOutIn, bool kGateUp, bool kW8 = false>
 Status run_sm80_grouped_gemm(GroupedGemmArgs const& args, cudaStream_t stream) {
-  using Params = Sm80GroupedGemmParams<Shape, kGateUp>;
+  using Params = Sm80GroupedGemmParams<Shape, kGateUp, kW8>;
   Params const params = Params::make(args);
   if (params.grid().x == 0) return Status::Ok();
-  auto kernel = sm80_grouped_gemm_kernel<Element, Shape, kOutIn, kGateUp>;
+  auto kernel = sm80_grouped_gemm_kernel<Element, Shape, kOutIn, kGateUp, kW8>;
 
   static std::atomic<uint64_t> configured{0};  // bit d: device d has the smem opt-in
   int device = 0;

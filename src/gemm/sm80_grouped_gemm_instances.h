@@ -14,5 +14,10 @@ Status launch_sm80_grouped_gemm_fp16_m16(GroupedGemmArgs const& args, WeightLayo
                                          bool gate_up, cudaStream_t stream);
 Status launch_sm80_grouped_gemm_fp16_m128(GroupedGemmArgs const& args, WeightLayout layout,
                                           bool gate_up, cudaStream_t stream);
+// W8A16 (E4M3 weights, prepared layout), sm80_grouped_gemm_w8_<dt>.cu.
+Status launch_sm80_grouped_gemm_w8_bf16(GroupedGemmArgs const& args, GemmTile tile, bool gate_up,
+                                        cudaStream_t stream);
+Status launch_sm80_grouped_gemm_w8_fp16(GroupedGemmArgs const& args, GemmTile tile, bool gate_up,
+                                        cudaStream_t stream);
 
 }  // namespace flashmoe::gemm

@@ -246,12 +246,25 @@ needs_sm90 = pytest.mark.skipif(
 )
 
 
-def test_gpu_fp8_needs_sm90():
-    if is_sm90():
-        pytest.skip("sm_90 GPU: the FP8 path runs (see the test_gpu_fp8_* tests)")
-    tokens, w, logits = case(18, 8, 64, 8, 48, "linear", torch.bfloat16)
-    with pytest.raises(NotImplementedError, match=r"compute capability 9\.0"):
-        fused_moe(tokens, w, logits, 2, precision="fp8")
+@pytest.mark.parametrize("kind", ["linear", "ffn"])
+@pytest.mark.parametrize("scale", ["channel", "block128"])
+def test_gpu_fp8_w8a16_on_the_sm80_path(kind, scale, monkeypatch):
+    """precision='fp8' where the E4M3 wgmma path does not run (compute capability 8.x, or
+    FLASHMOE_GEMM=sm80 on Hopper): W8A16, the weights dequantized inside the sm_80 GEMM."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("W8A16 needs compute capability >= 8.0")
+    monkeypatch.setenv("FLASHMOE_GEMM", "sm80")
+    tokens, weights, logits = case(18, 70, 128, 8, 64, kind, torch.bfloat16)
+    out_dim = tokens.shape[-1] if kind == "ffn" else weights.shape[2]
+    got, stats = run_gpu(tokens, weights, logits, 2, (70, out_dim), precision="fp8",
+                         fp8_scale=scale)
+    assert stats.kernel_path == "multikernel-sm80-w8a16"
+    assert bool(torch.isfinite(got).all())
+    exact, ref_stats = reference(tokens, weights, logits, 2)
+    np.testing.assert_array_equal(stats.topk_ids.cpu().numpy(), ref_stats.topk_ids.numpy())
+    err = numpy_moe.rel_err(got.double().cpu().numpy(), exact.numpy())
+    print(f"w8a16 {kind} {scale}: rel err vs exact {err:.3e}")
+    assert err < FP8_TOL_EXACT[kind]  # the E4M3 weights alone (activations stay bf16)
 
 
 # (name, T, H, E, D or I, top_k): H, D, I multiples of 16 (the FP8 kernels' K/N rows);
