@@ -260,16 +260,9 @@ __global__ void __launch_bounds__(Sm90Fp8ConvTile::kThreads, 1)
     int const halves = rows > 64 ? 2 : 1;
     int const chunk128 = n_tile * Cfg::kNumMathWG + wg;
     bool const active = chunk128 * 128 < p.n_prep;
-    // 32-bit block-scale indices (the launcher checks E * scale blocks * K blocks < 2^31): two
-    // registers fewer than 64-bit ones, which is what keeps this loop free of spills.
-    int32_t scale_lo = 0;
-    int32_t scale_hi = 0;
-    if (p.scale_block) {
-      int const blk_lo = gate_up ? (64 * chunk128) / 128 : chunk128;
-      int const blk_hi = gate_up ? (p.n_out + 64 * chunk128) / 128 : chunk128;
-      scale_lo = (e * p.n_scale_blocks + blk_lo) * p.num_kb;
-      scale_hi = (e * p.n_scale_blocks + blk_hi) * p.num_kb;
-    }
+    int2 const scale_rows = sm90_fp8_detail::block_scale_rows(p, e, chunk128, gate_up);
+    int32_t const scale_lo = scale_rows.x;
+    int32_t const scale_hi = scale_rows.y;
     float const* const inv = &ctl->inv[islot][crow];  // row crow + 16 i: inv[16 i] (read per
                                                        // K block: registers are at the limit)
 #pragma unroll

@@ -17,6 +17,7 @@
 #include "fused/cuda_check.h"
 #include "gemm/sm90_fp8_convert_kernel.cuh"
 #include "gemm/sm90_fp8_grouped_gemm.cuh"
+#include "gemm/sm90_grouped_gemm.h"
 
 namespace flashmoe::gemm {
 namespace {
@@ -146,7 +147,7 @@ Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p) {
   int64_t const n_raw = gate_up ? 2 * p.n : p.n;
   int64_t const n_prep = fp8_prepared_rows(n_raw, gate_up);
   int64_t const n_tiles = (n_prep + Cfg::kBlockN - 1) / Cfg::kBlockN;
-  // Block-scale indices are 32-bit in the m128c kernel: E * scale blocks * K blocks < 2^31.
+  // Block-scale indices are 32-bit in the kernels (block_scale_rows): E * blocks * K blocks < 2^30.
   int64_t const scale_entries = p.num_experts * ((n_raw + 127) / 128) * ((p.k + 127) / 128);
   if (scale_entries > INT32_MAX / 2) {
     return Status::Unsupported("sm90 fp8 gemm: too many weight scales for 32-bit indices");
@@ -162,19 +163,8 @@ Status launch_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p, cudaStream_t str
   FLASHMOE_RETURN_IF_ERROR(check_sm90_fp8_grouped_gemm(p));
   if (p.num_tile_slots == 0) return Status::Ok();
 
-  int device = 0;
-  int major = 0;
-  int minor = 0;
   int num_sms = 0;
-  FLASHMOE_CUDA_CHECK(cudaGetDevice(&device));
-  FLASHMOE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  FLASHMOE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  FLASHMOE_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
-  if (major != 9 || minor != 0) {
-    return Status::Unsupported("sm90 fp8 gemm: needs a compute capability 9.0 device (wgmma, "
-                               "TMA; built for sm_90a), got " + std::to_string(major) + "." +
-                               std::to_string(minor));
-  }
+  FLASHMOE_RETURN_IF_ERROR(sm90_device_sms("sm90 fp8 gemm", &num_sms));
 
   bool const gate_up = p.epilogue != Fp8Epilogue::kPlain;
   int64_t const n_raw = gate_up ? 2 * p.n : p.n;

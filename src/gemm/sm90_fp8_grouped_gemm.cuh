@@ -168,6 +168,19 @@ __device__ __forceinline__ uint2 quantize_chunk(uint4 const& v, float inv) {
 using namespace sm90_util;
 
 
+/// The first of the num_kb consecutive block scales of the two 64-column halves of the math
+/// warpgroup's 128-row chunk `chunk128` (gate-up: its gate half and its up half); 0 with channel
+/// scales. 32-bit: the launcher checks E * scale blocks * K blocks < 2^30, and two registers
+/// fewer than 64-bit indices keep the m128c consumer free of spills.
+__device__ __forceinline__ int2 block_scale_rows(Sm90Fp8KernelParams const& p, int e, int chunk128,
+                                                 bool gate_up) {
+  if (!p.scale_block) return make_int2(0, 0);
+  int const blk_lo = gate_up ? (64 * chunk128) / 128 : chunk128;
+  int const blk_hi = gate_up ? (p.n_out + 64 * chunk128) / 128 : chunk128;
+  return make_int2((e * p.n_scale_blocks + blk_lo) * p.num_kb,
+                   (e * p.n_scale_blocks + blk_hi) * p.num_kb);
+}
+
 /// The tile of work item `item`; false past the last tile (slots after it have expert < 0).
 __device__ __forceinline__ bool decode_item(Sm90Fp8KernelParams const& p, int item, int4& tile) {
   int const m_slot = item / p.n_tiles;
@@ -387,14 +400,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       int const chunk128 = n_tile * Cfg::kNumMathWG + wg;   // this warpgroup's 128-row chunk
       bool const active = chunk128 * 128 < p.n_prep;       // all rows zero-filled OOB: skip
       // Block scales: raw channel block of columns 0..63 and 64..127 of the chunk.
-      int64_t scale_lo = 0;
-      int64_t scale_hi = 0;
-      if (p.scale_block) {
-        int const blk_lo = gate_up ? (64 * chunk128) / 128 : chunk128;
-        int const blk_hi = gate_up ? (p.n_out + 64 * chunk128) / 128 : chunk128;
-        scale_lo = (static_cast<int64_t>(e) * p.n_scale_blocks + blk_lo) * p.num_kb;
-        scale_hi = (static_cast<int64_t>(e) * p.n_scale_blocks + blk_hi) * p.num_kb;
-      }
+      int2 const scale_rows = sm90_fp8_detail::block_scale_rows(p, e, chunk128, gate_up);
+      int32_t const scale_lo = scale_rows.x;
+      int32_t const scale_hi = scale_rows.y;
 #pragma unroll
       for (int v = 0; v < 64; ++v) total[v] = 0.0f;
 
@@ -1079,14 +1087,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       int const halves = (kHalves == 2 && rows > 64) ? 2 : 1;  // 64-row halves holding rows
       int const chunk128 = n_tile * Cfg::kNumMathWG + wg;
       bool const active = chunk128 * 128 < p.n_prep;
-      int64_t scale_lo = 0;
-      int64_t scale_hi = 0;
-      if (p.scale_block) {
-        int const blk_lo = gate_up ? (64 * chunk128) / 128 : chunk128;
-        int const blk_hi = gate_up ? (p.n_out + 64 * chunk128) / 128 : chunk128;
-        scale_lo = (static_cast<int64_t>(e) * p.n_scale_blocks + blk_lo) * p.num_kb;
-        scale_hi = (static_cast<int64_t>(e) * p.n_scale_blocks + blk_hi) * p.num_kb;
-      }
+      int2 const scale_rows = sm90_fp8_detail::block_scale_rows(p, e, chunk128, gate_up);
+      int32_t const scale_lo = scale_rows.x;
+      int32_t const scale_hi = scale_rows.y;
 #pragma unroll
       for (int h = 0; h < kHalves; ++h) {
 #pragma unroll

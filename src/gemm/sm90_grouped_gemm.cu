@@ -48,6 +48,21 @@ int64_t n_tiles_of(GroupedGemmArgs const& a, bool gate_up) {
 
 }  // namespace
 
+Status sm90_device_sms(char const* who, int* num_sms) {
+  int device = 0;
+  int major = 0;
+  int minor = 0;
+  FLASHMOE_CUDA_CHECK(cudaGetDevice(&device));
+  FLASHMOE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  FLASHMOE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  FLASHMOE_CUDA_CHECK(cudaDeviceGetAttribute(num_sms, cudaDevAttrMultiProcessorCount, device));
+  if (major != 9 || minor != 0) {
+    return Status::Unsupported(cat(who, ": needs a compute capability 9.0 device (wgmma, TMA; "
+                                   "built for sm_90a), got ", major, ".", minor));
+  }
+  return Status::Ok();
+}
+
 bool sm90_grouped_gemm_built() {
   // ptxVersion of the code the current device would run: 90 only from the sm_90a cubin (a build
   // without it runs the sm_80 cubin's empty body on a 9.0 device).
@@ -106,18 +121,8 @@ Status launch_sm90_grouped_gemm(GroupedGemmArgs const& a, DType dtype, WeightLay
   if (scheduler == nullptr) return Status::Invalid("sm90 grouped gemm: scheduler must be non-null");
   if (a.num_tile_slots == 0) return Status::Ok();
 
-  int device = 0;
-  int major = 0;
-  int minor = 0;
   int num_sms = 0;
-  FLASHMOE_CUDA_CHECK(cudaGetDevice(&device));
-  FLASHMOE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  FLASHMOE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  FLASHMOE_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
-  if (major != 9 || minor != 0) {
-    return Status::Unsupported(cat("sm90 grouped gemm: needs a compute capability 9.0 device "
-                                   "(wgmma, TMA; built for sm_90a), got ", major, ".", minor));
-  }
+  FLASHMOE_RETURN_IF_ERROR(sm90_device_sms("sm90 grouped gemm", &num_sms));
   if (!sm90_grouped_gemm_built()) {
     return Status::Unsupported("sm90 grouped gemm: this build has no sm_90a code (build with "
                                "CMAKE_CUDA_ARCHITECTURES including 90a-real)");

@@ -24,6 +24,10 @@ inline constexpr int kSm90GemmBlockN = 256;
 /// Bytes of the work-queue slice a launch needs (zero before it; left zero after it).
 inline constexpr std::size_t kSm90GemmSchedulerBytes = 2 * sizeof(int32_t);
 
+/// The current device's SM count, or kNotSupported (naming `who`) unless it is compute
+/// capability 9.0: the sm_90a kernels (wgmma, TMA) run there only. Shared by both launchers.
+Status sm90_device_sms(char const* who, int* num_sms);
+
 /// Whether this build holds sm_90a code for the kernel (false when CMAKE_CUDA_ARCHITECTURES lacks
 /// 90a-real). Needs a CUDA device to ask; false without one.
 bool sm90_grouped_gemm_built();

@@ -261,48 +261,50 @@ Result run_fp8(MoeProblem const& p8, DeviceInputs const& in, Prepared const& w,
   });
 }
 
-/// The host mirror of the GPU's quantized forward (see the top of the file), from the routing
-/// of `ref` and the dequantized prepared weights.
+/// The host mirror of the GPU's quantized forward, from the routing of `ref` and the dequantized
+/// prepared weights. W8A8 (sm_90a, see the top of the file): token rows and the FFN's hidden
+/// rows (rounded to bf16 first) quantized per row to E4M3 as the GPU does. W8A16 (`w8a16`, the
+/// sm_80 GEMM): activations unquantized, each dequantized weight rounded to the tokens' type (the
+/// kernel converts q * s to it), the hidden rows rounded to the tokens' type. Float64 sums;
+/// expert outputs rounded to the tokens' type, as the GPU stores them.
 std::vector<uint16_t> mirror_forward(MoeProblem const& p, HostData const& d, Result const& ref,
-                                     std::vector<double> const& w1, std::vector<double> const& w2) {
+                                     std::vector<double> const& w1, std::vector<double> const& w2,
+                                     bool w8a16 = false) {
   int64_t const T = p.num_tokens, H = p.hidden, N = p.output_dim(), I = p.inter_dim;
   int const k = p.routing.top_k;
   bool const ffn = p.kind == ExpertKind::kGatedFFN;
   DType const dt = p.token_dtype;
   auto round_dt = [&](double v) { return from_bits(dt, to_bits(dt, v)); };
+  auto weight = [&](double w) { return w8a16 ? round_dt(w) : w; };
   std::vector<uint16_t> out(static_cast<size_t>(T * N));
   std::vector<double> acc(N), y(N), x(H), gu(ffn ? 2 * I : 0), h(ffn ? I : 0);
   for (int64_t t = 0; t < T; ++t) {
     std::fill(acc.begin(), acc.end(), 0.0);
     for (int64_t c = 0; c < H; ++c) x[c] = from_bits(dt, d.tokens[t * H + c]);
-    std::vector<double> const xq = quantize_row_like_gpu(x);
+    std::vector<double> const xq = w8a16 ? x : quantize_row_like_gpu(x);
     for (int j = 0; j < k; ++j) {
       int32_t const e = ref.topk_ids[t * k + j];
       if (e < 0) continue;
       int32_t const le = p.has_expert_map ? d.expert_map[e] : e;
       if (le < 0) continue;
-      if (!ffn) {
-        for (int64_t o = 0; o < N; ++o) {
-          double const* wr = &w1[(le * N + o) * H];
-          double s = 0.0;
-          for (int64_t c = 0; c < H; ++c) s += xq[c] * wr[c];
-          y[o] = s;
-        }
-      } else {
-        for (int64_t n = 0; n < 2 * I; ++n) {
-          double const* wr = &w1[(le * 2 * I + n) * H];
-          double s = 0.0;
-          for (int64_t c = 0; c < H; ++c) s += xq[c] * wr[c];
-          gu[n] = s;
-        }
+      int64_t const n1 = ffn ? 2 * I : N;
+      std::vector<double>& dst = ffn ? gu : y;
+      for (int64_t n = 0; n < n1; ++n) {
+        double const* wr = &w1[(le * n1 + n) * H];
+        double s = 0.0;
+        for (int64_t c = 0; c < H; ++c) s += xq[c] * weight(wr[c]);
+        dst[n] = s;
+      }
+      if (ffn) {
         for (int64_t i = 0; i < I; ++i) {
-          h[i] = round_to_bf16(activate(p.activation, gu[i]) * gu[I + i]);  // bf16 hidden rows
+          double const v = activate(p.activation, gu[i]) * gu[I + i];
+          h[i] = w8a16 ? round_dt(v) : round_to_bf16(v);  // the stored hidden rows
         }
-        std::vector<double> const hq = quantize_row_like_gpu(h);
+        std::vector<double> const hq = w8a16 ? h : quantize_row_like_gpu(h);
         for (int64_t o = 0; o < N; ++o) {
           double const* wr = &w2[(le * N + o) * I];
           double s = 0.0;
-          for (int64_t i = 0; i < I; ++i) s += hq[i] * wr[i];
+          for (int64_t i = 0; i < I; ++i) s += hq[i] * weight(wr[i]);
           y[o] = s;
         }
       }
@@ -419,51 +421,6 @@ struct ForceSm80Gemm {
   ~ForceSm80Gemm() { unsetenv("FLASHMOE_GEMM"); }
 };
 
-/// The W8A16 forward on the host: the dequantized prepared weights rounded to the tokens' type
-/// (the kernel converts q * s to it), unquantized activations, float64 sums, the FFN's hidden
-/// rows and the expert outputs rounded to the tokens' type, as the GPU stores them.
-std::vector<uint16_t> mirror_w8a16(MoeProblem const& p, HostData const& d, Result const& ref,
-                                   std::vector<double> const& w1, std::vector<double> const& w2) {
-  int64_t const T = p.num_tokens, H = p.hidden, N = p.output_dim(), I = p.inter_dim;
-  int const k = p.routing.top_k;
-  bool const ffn = p.kind == ExpertKind::kGatedFFN;
-  DType const dt = p.token_dtype;
-  auto round_dt = [&](double v) { return from_bits(dt, to_bits(dt, v)); };
-  std::vector<uint16_t> out(static_cast<size_t>(T * N));
-  std::vector<double> acc(N), y(N), x(H), gu(ffn ? 2 * I : 0), h(ffn ? I : 0);
-  for (int64_t t = 0; t < T; ++t) {
-    std::fill(acc.begin(), acc.end(), 0.0);
-    for (int64_t c = 0; c < H; ++c) x[c] = from_bits(dt, d.tokens[t * H + c]);
-    for (int j = 0; j < k; ++j) {
-      int32_t const e = ref.topk_ids[t * k + j];
-      if (e < 0) continue;
-      int32_t const le = p.has_expert_map ? d.expert_map[e] : e;
-      if (le < 0) continue;
-      int64_t const n1 = ffn ? 2 * I : N;
-      std::vector<double>& dst = ffn ? gu : y;
-      for (int64_t n = 0; n < n1; ++n) {
-        double const* wr = &w1[(le * n1 + n) * H];
-        double s = 0.0;
-        for (int64_t c = 0; c < H; ++c) s += x[c] * round_dt(wr[c]);
-        dst[n] = s;
-      }
-      if (ffn) {
-        for (int64_t i = 0; i < I; ++i) h[i] = round_dt(activate(p.activation, gu[i]) * gu[I + i]);
-        for (int64_t o = 0; o < N; ++o) {
-          double const* wr = &w2[(le * N + o) * I];
-          double s = 0.0;
-          for (int64_t i = 0; i < I; ++i) s += h[i] * round_dt(wr[i]);
-          y[o] = s;
-        }
-      }
-      double const wt = ref.topk_weights[t * k + j];
-      for (int64_t o = 0; o < N; ++o) acc[o] += wt * round_dt(y[o]);
-    }
-    for (int64_t o = 0; o < N; ++o) out[t * N + o] = to_bits(dt, acc[o]);
-  }
-  return out;
-}
-
 /// W8A16 through fused_moe_run (KernelPath::kMultiKernelSm80W8A16): against its host mirror
 /// (< 1e-2, the bf16 bar) and the exact reference (the E4M3 weights alone: < 5e-2 linear,
 /// < 8e-2 gated FFN); routing equal to the reference's; a second run bitwise identical.
@@ -492,7 +449,8 @@ void check_w8a16(MoeProblem const& raw, WeightScale scale, uint32_t seed) {
   EXPECT_EQ(g1.path, KernelPath::kMultiKernelSm80W8A16);
   EXPECT_STREQ(kernel_path_name(g1.path), "multikernel-sm80-w8a16");
   expect_routing_equal(p8, g1, ref_x);
-  double const err_m = rel_frobenius(raw.token_dtype, g1.out, mirror_w8a16(raw, d, ref_x, w1, w2));
+  double const err_m =
+      rel_frobenius(raw.token_dtype, g1.out, mirror_forward(raw, d, ref_x, w1, w2, /*w8a16=*/true));
   double const err_x = rel_frobenius(raw.token_dtype, g1.out, ref_x.out);
   EXPECT_LT(err_m, 1e-2) << "vs the host mirror of W8A16";
   EXPECT_LT(err_x, ffn ? kExactFfnTol : kExactLinearTol) << "vs the exact reference";
