@@ -196,6 +196,11 @@ Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
                                    "bf16, cp.async); device ",
                                    device, " is ", info.major, ".", info.minor));
   }
+  if (info.major > 9) {  // neither cubin (sm_80, sm_90a) loads there: say so before a launch fails
+    return Status::Unsupported(cat("this build holds GPU code for compute capability 8.x and 9.0 "
+                                   "(sm_80, sm_90a); device ",
+                                   device, " is ", info.major, ".", info.minor));
+  }
   bool const sm90 = info.major == 9 && info.minor == 0 && !sm80_gemm_forced() &&
                    gemm::sm90_grouped_gemm_built();
   if (path != nullptr) *path = sm90 ? KernelPath::kMultiKernelSm90 : KernelPath::kMultiKernelSm80;
