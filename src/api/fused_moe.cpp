@@ -183,11 +183,12 @@ Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
   int device = 0;
   DeviceInfo info;
   FLASHMOE_RETURN_IF_ERROR(current_device_info(&device, &info));
+  // The sm_90a kernels run on 9.0 only, and FLASHMOE_GEMM=sm80 keeps them off there too.
+  bool const sm90a = info.major == 9 && info.minor == 0 && !sm80_gemm_forced();
   if (fused::is_fp8_problem(problem)) {
     FLASHMOE_RETURN_IF_ERROR(fused::check_fp8_device(device, info.major, info.minor));
-    bool const w8a16 = !(info.major == 9 && info.minor == 0) || sm80_gemm_forced();
     if (path != nullptr) {
-      *path = w8a16 ? KernelPath::kMultiKernelSm80W8A16 : KernelPath::kMultiKernelSm90Fp8;
+      *path = sm90a ? KernelPath::kMultiKernelSm90Fp8 : KernelPath::kMultiKernelSm80W8A16;
     }
     return Status::Ok();
   }
@@ -201,8 +202,7 @@ Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
                                    "(sm_80, sm_90a); device ",
                                    device, " is ", info.major, ".", info.minor));
   }
-  bool const sm90 = info.major == 9 && info.minor == 0 && !sm80_gemm_forced() &&
-                   gemm::sm90_grouped_gemm_built();
+  bool const sm90 = sm90a && gemm::sm90_grouped_gemm_built();
   if (path != nullptr) *path = sm90 ? KernelPath::kMultiKernelSm90 : KernelPath::kMultiKernelSm80;
   return Status::Ok();
 }

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "fused/cuda_check.h"
 #include "gemm/sm90_fp8_grouped_gemm.h"
 #include "gemm/sm90_grouped_gemm.h"
 #include "routing/routing_kernels.h"
@@ -118,6 +119,15 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
                 "one queue layout for both sm_90a GEMMs");
   ws->gemm_scheduler = c.take<int32_t>(2 * kGemmSchedulerInts);
   ws->bytes = c.bytes();
+  return Status::Ok();
+}
+
+Status zero_gemm_queues(MoeWorkspace const& ws, cudaStream_t stream) {
+  if (ws.gemm_scheduler == nullptr) {
+    return Status(StatusCode::kInternal, "workspace carved without the GEMM work queues");
+  }
+  FLASHMOE_CUDA_CHECK(
+      cudaMemsetAsync(ws.gemm_scheduler, 0, 2 * kGemmSchedulerInts * sizeof(int32_t), stream));
   return Status::Ok();
 }
 

@@ -21,6 +21,8 @@
 //                   every run that uses them
 #pragma once
 
+#include <cuda_runtime_api.h>
+
 #include <cstddef>
 #include <cstdint>
 
@@ -44,6 +46,11 @@ struct MoeWorkspace {
   int32_t* gemm_scheduler = nullptr;  // two queues of kGemmSchedulerInts int32
   std::size_t bytes = 0;  // total bytes the carve needs (including alignment of the base)
 };
+
+/// Zeroes the two sm_90a GEMM work queues on `stream`: a fresh (or poisoned) workspace holds
+/// garbage there. Each GEMM leaves its queue zero when it completes, but a run does not rely on a
+/// previous one. kInternal if `ws` was carved without them.
+Status zero_gemm_queues(MoeWorkspace const& ws, cudaStream_t stream);
 
 /// Carves the workspace of `problem` with `config` from `base` (nullptr: sizes only, every
 /// pointer null). ws->bytes is the size to allocate. Fails only if CUB cannot size its scratch

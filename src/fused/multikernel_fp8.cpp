@@ -2,12 +2,10 @@
 #include "fused/multikernel_fp8.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstdint>
 #include <string>
 
 #include "fused/combine.h"
-#include "fused/cuda_check.h"
 #include "gemm/grouped_gemm_args.h"
 #include "gemm/quantize_weights_fp8.h"
 #include "gemm/sm90_fp8_grouped_gemm.h"
@@ -124,7 +122,7 @@ std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& conf
                      " -> path=multikernel-sm90-fp8 m_tile=",
                      config.bm,
                      " variant=",
-                     gemm::sm90_fp8_variant_name(gemm::sm90_fp8_resolve_variant(
+                     gemm::sm90_fp8_variant_name(gemm::sm90_fp8_env_variant_or(
                          static_cast<gemm::Sm90Fp8Variant>(config.fp8_variant))),
                      " weight_scale=",
                      scale_name(problem.weight_scale),
@@ -138,7 +136,7 @@ std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& conf
 Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
                            MoeConfig const& config, MoeWorkspace const& ws,
                            cudaStream_t stream) {
-  if (ws.token_scales == nullptr || ws.gemm_scheduler == nullptr ||
+  if (ws.token_scales == nullptr ||
       (problem.kind == ExpertKind::kGatedFFN &&
        (ws.hidden == nullptr || ws.hidden_scales == nullptr))) {
     return Status(StatusCode::kInternal, "fp8 forward: workspace carved without the FP8 slices");
@@ -148,10 +146,7 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
   int64_t const EL = problem.num_local_experts;
   int64_t const rows = config.num_assignments;  // host bound of the dense assignment rows
 
-  // The two GEMMs' work queues: a fresh (or poisoned) workspace holds garbage there. Each GEMM
-  // leaves its queue zero when it completes, but the run does not rely on a previous one.
-  FLASHMOE_CUDA_CHECK(
-      cudaMemsetAsync(ws.gemm_scheduler, 0, 2 * gemm::kSm90Fp8SchedulerBytes, stream));
+  FLASHMOE_RETURN_IF_ERROR(zero_gemm_queues(ws, stream));
 
   // config.bm is kSm90Fp8BlockM: the FP8 GEMM traps on a tile of more rows.
   routing::RoutingParams const rp = make_routing_params(problem, args, config);
@@ -182,11 +177,7 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
   g.k = H;
   g.scheduler = ws.gemm_scheduler;
   g.max_ctas = 0;
-  // The config's variant unless FLASHMOE_SM90_VARIANT names one (kAuto resolves to it).
-  gemm::Sm90Fp8Variant env_variant;
-  g.variant = gemm::sm90_fp8_parse_variant(std::getenv("FLASHMOE_SM90_VARIANT"), &env_variant)
-                  ? gemm::Sm90Fp8Variant::kAuto
-                  : static_cast<gemm::Sm90Fp8Variant>(config.fp8_variant);
+  g.variant = gemm::sm90_fp8_env_variant_or(static_cast<gemm::Sm90Fp8Variant>(config.fp8_variant));
 
   if (problem.kind == ExpertKind::kLinear) {
     // y[row] = x[token(row)] @ W8[expert(row)], in the tokens' dtype for the combine.

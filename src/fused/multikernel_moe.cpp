@@ -3,7 +3,6 @@
 
 #include "flashmoe/fused_moe.h"
 #include "fused/combine.h"
-#include "fused/cuda_check.h"
 #include "gemm/grouped_gemm_args.h"
 #include "gemm/quantize_weights_fp8.h"
 #include "gemm/sm90_grouped_gemm.h"
@@ -63,15 +62,7 @@ Status launch_gemm(gemm::GroupedGemmArgs const& g, MoeProblem const& problem,
 Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
                            MoeConfig const& config, MoeWorkspace const& ws,
                            cudaStream_t stream) {
-  if (config.sm90) {
-    if (ws.gemm_scheduler == nullptr) {
-      return Status(StatusCode::kInternal, "sm90 forward: workspace carved without the queues");
-    }
-    // The GEMMs' work queues: a fresh (or poisoned) workspace holds garbage there. Each GEMM
-    // leaves its queue zero when it completes, but a run does not rely on a previous one.
-    FLASHMOE_CUDA_CHECK(cudaMemsetAsync(ws.gemm_scheduler, 0,
-                                        2 * kGemmSchedulerInts * sizeof(int32_t), stream));
-  }
+  if (config.sm90) FLASHMOE_RETURN_IF_ERROR(zero_gemm_queues(ws, stream));
   routing::RoutingParams const rp = make_routing_params(problem, args, config);
 
   routing::RoutingOutputs out;

@@ -64,11 +64,15 @@ bool sm90_fp8_parse_variant(char const* name, Sm90Fp8Variant* out) {
   return false;
 }
 
-Sm90Fp8Variant sm90_fp8_resolve_variant(Sm90Fp8Variant requested) {
-  if (requested != Sm90Fp8Variant::kAuto) return requested;
-  Sm90Fp8Variant v = kSm90Fp8DefaultVariant;
+Sm90Fp8Variant sm90_fp8_env_variant_or(Sm90Fp8Variant chosen) {
+  Sm90Fp8Variant v = chosen;
   sm90_fp8_parse_variant(std::getenv("FLASHMOE_SM90_VARIANT"), &v);
   return v;
+}
+
+Sm90Fp8Variant sm90_fp8_resolve_variant(Sm90Fp8Variant requested) {
+  if (requested != Sm90Fp8Variant::kAuto) return requested;
+  return sm90_fp8_env_variant_or(kSm90Fp8DefaultVariant);
 }
 
 int sm90_fp8_grouped_gemm_smem_bytes(Sm90Fp8Variant variant, bool fp8_source) {

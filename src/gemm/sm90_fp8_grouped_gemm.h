@@ -74,6 +74,9 @@ bool sm90_fp8_parse_variant(char const* name, Sm90Fp8Variant* out);
 /// kAuto -> FLASHMOE_SM90_VARIANT (when set to a known name) -> kSm90Fp8DefaultVariant; any other
 /// value is returned as is.
 Sm90Fp8Variant sm90_fp8_resolve_variant(Sm90Fp8Variant requested);
+/// The variant FLASHMOE_SM90_VARIANT names when set to a known name, else `chosen` (the forward's
+/// heuristic choice: the environment overrides it, for comparisons).
+Sm90Fp8Variant sm90_fp8_env_variant_or(Sm90Fp8Variant chosen);
 
 /// Upper bound of the M tiles of `num_rows` assignments over `num_experts` experts:
 /// sum_e ceil(count_e / BM) <= num_rows / BM + num_experts.
