@@ -1,6 +1,7 @@
 // flashmoe_bench: times flashmoe::fused_moe_run on named MoE shapes (bf16 tokens and weights,
-// in_out layout, softmax top-k, renormalized) next to a device-to-device copy ceiling measured in
-// the same process.   flashmoe_bench --config seed --config decode-16 --json bench.json
+// in_out layout, softmax top-k, renormalized; with --fp8 channel|block128 the weights are
+// prepared once by prepare_experts_fp8 and the FP8 path runs) next to a device-to-device copy
+// ceiling measured in the same process.   flashmoe_bench --config seed --fp8 channel --json b.json
 // Each rep is one fused_moe_run between two CUDA events on a non-blocking stream. Tokens and
 // logits rotate over enough sets that one pass over them exceeds 2x L2 (the weights too when all
 // of them fit in 2x L2). Stage times come from a CUDA graph capture of the same call with an
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "flashmoe/fused_moe.h"
+#include "flashmoe/quantization.h"
 #include "fused/moe_config.h"  // internal: choose_moe_config / describe_moe_config
 
 using namespace flashmoe;
@@ -51,6 +53,7 @@ struct Opts {
   int64_t tokens = 0;
   int reps = 50, warmup = 10;
   std::string json;
+  WeightScale fp8 = WeightScale::kNone;  // kChannel / kBlock128: prepared FP8 weights
 };
 struct Ctx {
   std::string gpu;
@@ -130,8 +133,8 @@ std::string node_name(cudaGraphNode_t node) {
   size_t const c = s.find_last_of(": ");
   return c == std::string::npos ? s : s.substr(c + 1);
 }
-std::string stage_of(std::string const& n) {
-  if (n.find("gemm") != std::string::npos) return "gemm";
+std::string stage_of(std::string const& n) {  // the FP8 GEMMs: sm90_fp8_{pipelined,convert}_kernel
+  if (n.find("gemm") != std::string::npos || n.rfind("sm90_fp8", 0) == 0) return "gemm";
   return n.find("combine") != std::string::npos ? "combine" : "routing";
 }
 
@@ -175,20 +178,34 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   p.activation = Activation::kSilu, p.layout = WeightLayout::kInOut;
   p.token_dtype = p.weight_dtype = DType::kBFloat16, p.score_dtype = DType::kFloat32;
   p.routing.top_k = int(s.k), p.routing.scoring = Scoring::kSoftmax, p.routing.renormalize = true;
+  MoeProblem const raw = p;  // the bf16 weights as filled below (prepare_experts_fp8's input)
+  bool const fp8 = o.fp8 != WeightScale::kNone;
+  if (fp8) {
+    p.weights_prepared = true, p.weight_dtype = DType::kFloat8E4M3, p.weight_scale = o.fp8;
+    p.precision = Precision::kFP8;
+  }
   KernelPath path = KernelPath::kNone;
   CKS(fused_moe_can_implement(p, &path));
   fused::MoeConfig const cfg =
       fused::choose_moe_config(p, path == KernelPath::kMultiKernelSm90);
-  std::string const tile = fused::describe_moe_config(p, cfg);
-  std::printf("\n== %s: T=%lld E=%lld k=%lld H=%lld %s=%lld (%s; bf16, in_out, softmax renorm)\n"
-              "   path=%s | %s\n", s.name, (long long)T, (long long)E, (long long)s.k,
-              (long long)H, s.ffn ? "I" : "D", (long long)N, s.ffn ? "SwiGLU FFN" : "linear",
+  std::string const tile = fp8 ? std::string("fp8 (see FLASHMOE_PRINT_CONFIG)")
+                               : fused::describe_moe_config(p, cfg);
+  std::printf("\n== %s: T=%lld E=%lld k=%lld H=%lld %s=%lld (%s; bf16 tokens, %s weights, "
+              "in_out, softmax renorm)\n   path=%s | %s\n", s.name, (long long)T, (long long)E,
+              (long long)s.k, (long long)H, s.ffn ? "I" : "D", (long long)N,
+              s.ffn ? "SwiGLU FFN" : "linear",
+              !fp8 ? "bf16" : o.fp8 == WeightScale::kChannel ? "fp8 channel" : "fp8 block128",
               kernel_path_name(path), tile.c_str());
 
   std::vector<void*> owned;
   int64_t const outN = p.output_dim();
   size_t const w1e = size_t(E * H * (s.ffn ? 2 * N : N)), w2e = s.ffn ? size_t(E * N * H) : 0;
-  size_t const wbytes = 2 * (w1e + w2e), ws_bytes = fused_moe_workspace_size(p);
+  size_t const w1q = fp8 ? prepared_weight_bytes(raw, 1) : 0;
+  size_t const w2q = fp8 && s.ffn ? prepared_weight_bytes(raw, 2) : 0;
+  size_t const s1q = fp8 ? prepared_scale_bytes(raw, 1, o.fp8) / 4 : 0;
+  size_t const s2q = fp8 && s.ffn ? prepared_scale_bytes(raw, 2, o.fp8) / 4 : 0;
+  // Bytes one forward reads when it touches every expert: the raw bf16 or the prepared E4M3.
+  size_t const wbytes = fp8 ? w1q + w2q : 2 * (w1e + w2e), ws_bytes = fused_moe_workspace_size(p);
   void* ws = dalloc<char>(ws_bytes, &owned);
   auto* out = dalloc<__nv_bfloat16>(size_t(T * outN), &owned);
   auto* load = dalloc<int32_t>(size_t(E), &owned);
@@ -200,10 +217,32 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
                 (long long)nw);
     nw = 1;
   }
-  auto* w1 = dalloc<__nv_bfloat16>(nw * w1e, &owned);
-  auto* w2 = s.ffn ? dalloc<__nv_bfloat16>(nw * w2e, &owned) : nullptr;
-  fill(w1, nw * w1e, 1.0f / std::sqrt(float(H)), 0x1000 + E);  // x @ W1 ~ N(0, 1)
-  if (s.ffn) fill(w2, nw * w2e, 1.0f / std::sqrt(float(N)), 0x2000 + E);
+  // bf16: nw sets of raw weights. fp8: one raw set at a time, prepared into set i.
+  int64_t const nraw = fp8 ? 1 : nw;
+  auto* w1 = dalloc<__nv_bfloat16>(nraw * w1e, &owned);
+  auto* w2 = s.ffn ? dalloc<__nv_bfloat16>(nraw * w2e, &owned) : nullptr;
+  uint8_t *q1 = nullptr, *q2 = nullptr;
+  float *qs1 = nullptr, *qs2 = nullptr;
+  if (fp8) {
+    q1 = dalloc<uint8_t>(nw * w1q, &owned), qs1 = dalloc<float>(nw * s1q, &owned);
+    if (s.ffn) q2 = dalloc<uint8_t>(nw * w2q, &owned), qs2 = dalloc<float>(nw * s2q, &owned);
+  }
+  for (int64_t i = 0; i < (fp8 ? nw : 1); ++i) {
+    fill(w1, nraw * w1e, 1.0f / std::sqrt(float(H)), 0x1000 + E + 17 * i);  // x @ W1 ~ N(0, 1)
+    if (s.ffn) fill(w2, nraw * w2e, 1.0f / std::sqrt(float(N)), 0x2000 + E + 17 * i);
+    if (fp8)
+      CKS(prepare_experts_fp8(raw, w1, w2, o.fp8, q1 + i * w1q, qs1 + i * s1q,
+                              s.ffn ? q2 + i * w2q : nullptr, s.ffn ? qs2 + i * s2q : nullptr,
+                              nullptr));
+  }
+  CK(cudaDeviceSynchronize());
+  if (fp8) {  // the raw weights are not read again: give their memory to the token sets
+    for (void* q : {static_cast<void*>(w1), static_cast<void*>(w2)}) {
+      if (q == nullptr) continue;
+      owned.erase(std::find(owned.begin(), owned.end(), q));
+      CK(cudaFree(q));
+    }
+  }
   size_t const set_bytes = size_t(T * H * 2 + T * E * 4);
   CK(cudaMemGetInfo(&fr, &tot));
   int64_t nsets = std::max<int64_t>(2, 2 * ctx.l2 / set_bytes + 1);
@@ -228,8 +267,13 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
     MoeArgs a;
     a.tokens = tok + (i % nsets) * T * H;
     a.routing_weights = logit + (i % nsets) * T * E;
-    a.w1 = w1 + (i % nw) * w1e;
-    a.w2 = s.ffn ? w2 + (i % nw) * w2e : nullptr;
+    if (fp8) {
+      a.w1 = q1 + (i % nw) * w1q, a.w1_scale = qs1 + (i % nw) * s1q;
+      if (s.ffn) a.w2 = q2 + (i % nw) * w2q, a.w2_scale = qs2 + (i % nw) * s2q;
+    } else {
+      a.w1 = w1 + (i % nw) * w1e;
+      a.w2 = s.ffn ? w2 + (i % nw) * w2e : nullptr;
+    }
     a.out = out;
     a.expert_load = ld;
     return a;
@@ -374,9 +418,11 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   std::snprintf(b, sizeof b, "{\"gpu\": %s, \"config\": \"%s\", \"tokens\": %lld, "
                 "\"median_ms\": %.5f, \"min_ms\": %.5f, \"max_ms\": %.5f, \"copy_gbps\": %.2f, "
                 "\"touched_experts\": %.2f, \"touched_weight_bytes\": %.0f, \"weight_gbps\": %.2f, "
-                "\"tflops\": %.3f, \"path\": \"%s\", \"token_sets\": %lld, \"weight_sets\": %lld, "
+                "\"tflops\": %.3f, \"weights\": \"%s\", \"path\": \"%s\", \"token_sets\": %lld, \"weight_sets\": %lld, "
                 "\"stages_ms\": %s, ", json_str(ctx.gpu).c_str(), s.name, (long long)T, med, lo,
-                hi, ctx.copy_gbps, touched, touched_bytes, gbps, tflops, kernel_path_name(path),
+                hi, ctx.copy_gbps, touched, touched_bytes, gbps, tflops,
+                !fp8 ? "bf16" : o.fp8 == WeightScale::kChannel ? "fp8-channel" : "fp8-block128",
+                kernel_path_name(path),
                 (long long)nsets, (long long)nw, stages_json.c_str());
   return std::string(b) + "\"tile\": " + json_str(tile) + ", \"samples_ms\": " + json_list(ms) +
          "}";
@@ -419,9 +465,14 @@ int main(int argc, char** argv) {
     else if (a == "--reps" && has) o.reps = std::max(1, std::atoi(argv[++i]));
     else if (a == "--warmup" && has) o.warmup = std::max(0, std::atoi(argv[++i]));
     else if (a == "--json" && has) o.json = argv[++i];
+    else if (a == "--fp8" && has) {
+      std::string const v = argv[++i];
+      if (v != "channel" && v != "block128") die(__FILE__, __LINE__, "--fp8", "channel|block128");
+      o.fp8 = v == "channel" ? WeightScale::kChannel : WeightScale::kBlock128;
+    }
     else {
       std::fprintf(stderr, "usage: %s [--config NAME]... [--tokens T] [--reps N] [--warmup N] "
-                   "[--json PATH]\nconfigs: all", argv[0]);
+                   "[--fp8 channel|block128] [--json PATH]\nconfigs: all", argv[0]);
       for (auto const& s : kShapes) std::fprintf(stderr, " %s", s.name);
       std::fprintf(stderr, "\n");
       return 2;

@@ -16,6 +16,10 @@ struct MoeConfig {
   gemm::GemmTile tile = gemm::GemmTile::kM128N128;  // the sm_80 kernel's tile (sm90 false)
   // The FP8 GEMM's variant (choose_fp8_config; gemm::Sm90Fp8Variant as int, -1 = kAuto).
   int32_t fp8_variant = -1;
+  // FP8: how the GEMMs' A rows become E4M3 (choose_fp8_config). false: inside the GEMM's gather
+  // (the kernel reads bf16/fp16 rows and per-row scales); true: one pass quantizes the rows to
+  // E4M3 first (the tokens' [T, H], the FFN's hidden rows) and the GEMM copies those bytes.
+  bool fp8_prequant = false;
   int32_t bm = 0;               // rows of an M tile
   int32_t bn = 0;               // weight columns of an N tile
   int64_t num_assignments = 0;  // T * k

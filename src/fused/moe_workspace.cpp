@@ -108,9 +108,13 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
       c.take<unsigned char>(n * static_cast<std::size_t>(problem.output_dim()) * elem);
   ws->token_scales = nullptr;
   ws->hidden_scales = nullptr;
+  ws->token_fp8 = nullptr;
+  ws->hidden_fp8 = nullptr;
   if (fp8) {
     ws->token_scales = c.take<float>(T);
     ws->hidden_scales = ffn ? c.take<float>(n) : nullptr;
+    ws->token_fp8 = c.take<unsigned char>(T * static_cast<std::size_t>(problem.hidden));
+    ws->hidden_fp8 = ffn ? c.take<unsigned char>(n * inter) : nullptr;
   }
   // Two work queues (the FFN's two GEMMs), whichever sm_90a GEMM runs (16 bytes: carved on
   // every path so that the size does not depend on the device).

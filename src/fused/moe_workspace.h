@@ -16,6 +16,8 @@
 // (its `hidden` rows are always bfloat16: the down projection's A operand) plus
 //   token_scales   [T]          per-token amax / 448 of the tokens (the GEMM's gather divides)
 //   hidden_scales  [T*k]        per-row amax / 448 of the FFN's hidden rows
+//   token_fp8      [T, H]       E4M3 tokens (MoeConfig::fp8_prequant; carved either way, so
+//   hidden_fp8     [T*k, I]     E4M3 hidden rows    the size does not depend on the choice)
 // and every path carves
 //   gemm_scheduler  2 x 8 bytes: the two sm_90a GEMMs' work queues (FP8 or bf16/fp16), zeroed by
 //                   every run that uses them
@@ -43,6 +45,8 @@ struct MoeWorkspace {
   // FP8 path only (null otherwise).
   float* token_scales = nullptr;
   float* hidden_scales = nullptr;
+  void* token_fp8 = nullptr;
+  void* hidden_fp8 = nullptr;
   int32_t* gemm_scheduler = nullptr;  // two queues of kGemmSchedulerInts int32
   std::size_t bytes = 0;  // total bytes the carve needs (including alignment of the base)
 };

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "fused/combine.h"
@@ -36,6 +38,15 @@ char const* scale_name(WeightScale s) {
   }
 }
 
+// FLASHMOE_FP8_ACT=gather|prepass overrides the heuristic's choice (for comparisons); any other
+// value is ignored.
+bool fp8_prequant_env_or(bool chosen) {
+  char const* v = std::getenv("FLASHMOE_FP8_ACT");
+  if (v == nullptr) return chosen;
+  if (std::strcmp(v, "prepass") == 0) return true;
+  if (std::strcmp(v, "gather") == 0) return false;
+  return chosen;
+}
 
 }  // namespace
 
@@ -105,7 +116,20 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
   // 0.611 vs 0.589 ms), so m128 stays. FLASHMOE_SM90_VARIANT overrides (run_multikernel_fp8).
   double const rows_per_expert = static_cast<double>(c.num_assignments) /
                                  static_cast<double>(std::max<int64_t>(problem.num_experts, 1));
-  if (rows_per_expert > 16.0) {
+  // Where the A rows become E4M3. Measured with the GEMM alone (H100, round 18, same run): the
+  // kernel copying rows that a pass quantized beforehand beats quantizing inside the gather at
+  // every shape -- seed 1.598 vs 1.766 ms (m128c), decode-16 0.560 vs 0.589 (m128), dsv3 gate/up
+  // 2.694 vs 2.879, down 1.374 vs 1.448 -- because the in-kernel conversion sits on the math
+  // warpgroups' per-K-block path (or the producer's), while the pass is one streaming read of
+  // the rows (which the amax pre-pass reads anyway) plus a write of T*H bytes (0.2% of the
+  // seed's weight bytes). So the pass is the default; FLASHMOE_FP8_ACT=gather runs the in-gather
+  // quantization (m128c / m128 below), which computes the same bits.
+  c.fp8_prequant = fp8_prequant_env_or(true);
+  if (c.fp8_prequant) {
+    c.fp8_variant = static_cast<int32_t>(gemm::Sm90Fp8Variant::kM128);
+    c.reason = "sm_90a FP8 grouped GEMM, variant m128 on E4M3 rows quantized by a pass "
+               "beforehand (per-row scales); the routing cuts 64-row tiles";
+  } else if (rows_per_expert > 16.0) {
     c.fp8_variant = static_cast<int32_t>(gemm::Sm90Fp8Variant::kM128Convert);
     c.reason = "sm_90a FP8 grouped GEMM, variant m128c (> 16 rows per expert: the math "
                "warpgroups quantize the token rows); the routing cuts 64-row tiles";
@@ -126,6 +150,7 @@ std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& conf
                          static_cast<gemm::Sm90Fp8Variant>(config.fp8_variant))),
                      " weight_scale=",
                      scale_name(problem.weight_scale),
+                     config.fp8_prequant ? " act=prepass" : " act=gather",
                      " tile_slots=",
                      config.num_tile_slots,
                      " (",
@@ -136,9 +161,9 @@ std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& conf
 Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
                            MoeConfig const& config, MoeWorkspace const& ws,
                            cudaStream_t stream) {
-  if (ws.token_scales == nullptr ||
+  if (ws.token_scales == nullptr || ws.token_fp8 == nullptr ||
       (problem.kind == ExpertKind::kGatedFFN &&
-       (ws.hidden == nullptr || ws.hidden_scales == nullptr))) {
+       (ws.hidden == nullptr || ws.hidden_scales == nullptr || ws.hidden_fp8 == nullptr))) {
     return Status(StatusCode::kInternal, "fp8 forward: workspace carved without the FP8 slices");
   }
   int64_t const T = problem.num_tokens;
@@ -158,9 +183,18 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
   routing::RoutingBuffers const& rb = ws.routing;
   FLASHMOE_RETURN_IF_ERROR(routing::enqueue_routing(rp, rb, out, stream));
 
-  // Per-token scales of every token (the gather reads those of the routed ones).
-  FLASHMOE_RETURN_IF_ERROR(gemm::launch_token_scales_fp8(args.tokens, problem.token_dtype, T, H, H,
-                                                         nullptr, ws.token_scales, stream));
+  // Per-token scales of every token (the gather reads those of the routed ones); with
+  // fp8_prequant also the E4M3 tokens, in the same pass.
+  bool const prequant = config.fp8_prequant;
+  if (prequant) {
+    FLASHMOE_RETURN_IF_ERROR(gemm::launch_token_quantize_fp8(args.tokens, problem.token_dtype, T,
+                                                             H, H, nullptr, ws.token_scales,
+                                                             ws.token_fp8, H, stream));
+  } else {
+    FLASHMOE_RETURN_IF_ERROR(gemm::launch_token_scales_fp8(args.tokens, problem.token_dtype, T,
+                                                           H, H, nullptr, ws.token_scales,
+                                                           stream));
+  }
 
   gemm::Sm90Fp8GemmParams g;
   g.a = args.tokens;
@@ -168,6 +202,8 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
   g.a_row_stride = H;
   g.a_rows = rb.row_token;
   g.a_scales = ws.token_scales;
+  g.a_fp8 = prequant ? ws.token_fp8 : nullptr;
+  g.a_fp8_row_stride = prequant ? H : 0;
   g.tiles = rb.tiles;
   g.num_tile_slots = static_cast<int32_t>(config.num_tile_slots);
   g.w_fp8 = args.w1;
@@ -202,8 +238,14 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
     // Per-row scales of h: only the rows the GEMM wrote (the dense count, local_offsets[E_local],
     // is read on the device; the rest of the slice is never read).
     int32_t const* const dense_rows = rb.local_offsets + EL;
-    FLASHMOE_RETURN_IF_ERROR(gemm::launch_token_scales_fp8(
-        ws.hidden, DType::kBFloat16, rows, I, I, dense_rows, ws.hidden_scales, stream));
+    if (prequant) {
+      FLASHMOE_RETURN_IF_ERROR(gemm::launch_token_quantize_fp8(ws.hidden, DType::kBFloat16, rows,
+                                                               I, I, dense_rows, ws.hidden_scales,
+                                                               ws.hidden_fp8, I, stream));
+    } else {
+      FLASHMOE_RETURN_IF_ERROR(gemm::launch_token_scales_fp8(
+          ws.hidden, DType::kBFloat16, rows, I, I, dense_rows, ws.hidden_scales, stream));
+    }
 
     // y[row] = h[row] @ Wd8[expert(row)]: row r of h is dense row r (no gather).
     g.a = ws.hidden;
@@ -211,6 +253,8 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
     g.a_row_stride = I;
     g.a_rows = nullptr;
     g.a_scales = ws.hidden_scales;
+    g.a_fp8 = prequant ? ws.hidden_fp8 : nullptr;
+    g.a_fp8_row_stride = prequant ? I : 0;
     g.w_fp8 = args.w2;
     g.w_scales = args.w2_scale;
     g.k = I;

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "fused/moe_config.h"
@@ -51,18 +53,43 @@ TEST(GpuConfig, Sm90TakesOneHundredTwentyEightRowItemsAtEveryT) {
   }
 }
 
-// FP8: the producer quantizes at decode (m128), the math warpgroups above 16 rows per expert.
-TEST(GpuConfig, Fp8VariantByRowsPerExpert) {
+// FP8, default: a pass quantizes the A rows, the m128 kernel copies them, at every T.
+TEST(GpuConfig, Fp8PrequantizesByDefault) {
   using gemm::Sm90Fp8Variant;
+  char const* saved = std::getenv("FLASHMOE_FP8_ACT");
+  std::string const keep = saved != nullptr ? saved : "";
+  unsetenv("FLASHMOE_FP8_ACT");
+  for (int64_t T : {1, 16, 512, 2048, 16384}) {
+    MoeConfig const c = choose_fp8_config(seed_like(T, 256, 8, 256));
+    EXPECT_TRUE(c.fp8_prequant) << "T=" << T;
+    EXPECT_EQ(c.fp8_variant, static_cast<int32_t>(Sm90Fp8Variant::kM128)) << "T=" << T;
+    EXPECT_EQ(c.bm, gemm::kSm90Fp8BlockM);
+    std::string const line = describe_fp8_config(seed_like(T, 256, 8, 256), c);
+    EXPECT_NE(line.find(" act=prepass"), std::string::npos) << line;
+  }
+  if (saved != nullptr) setenv("FLASHMOE_FP8_ACT", keep.c_str(), 1);
+}
+
+// FLASHMOE_FP8_ACT=gather: the producer quantizes at decode (m128), the math warpgroups above
+// 16 rows per expert (m128c).
+TEST(GpuConfig, Fp8GatherVariantByRowsPerExpert) {
+  using gemm::Sm90Fp8Variant;
+  char const* saved = std::getenv("FLASHMOE_FP8_ACT");
+  std::string const keep = saved != nullptr ? saved : "";
+  setenv("FLASHMOE_FP8_ACT", "gather", 1);
   for (int64_t T : {1, 16, 512}) {  // 0.03 .. 16 rows per expert
     MoeConfig const c = choose_fp8_config(seed_like(T, 256, 8, 256));
+    EXPECT_FALSE(c.fp8_prequant) << "T=" << T;
     EXPECT_EQ(c.fp8_variant, static_cast<int32_t>(Sm90Fp8Variant::kM128)) << "T=" << T;
     EXPECT_EQ(c.bm, gemm::kSm90Fp8BlockM);
   }
   for (int64_t T : {520, 2048, 16384}) {
     MoeConfig const c = choose_fp8_config(seed_like(T, 256, 8, 256));
+    EXPECT_FALSE(c.fp8_prequant) << "T=" << T;
     EXPECT_EQ(c.fp8_variant, static_cast<int32_t>(Sm90Fp8Variant::kM128Convert)) << "T=" << T;
   }
+  if (saved != nullptr) setenv("FLASHMOE_FP8_ACT", keep.c_str(), 1);
+  else unsetenv("FLASHMOE_FP8_ACT");
 }
 
 // However the T*k assignments fall on the local experts, their M tiles fit the grid's slots.

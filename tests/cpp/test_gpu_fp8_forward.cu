@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <sstream>
 #include <string>
@@ -396,6 +397,15 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
   ASSERT_TRUE(g2.status.ok()) << g2.status.message();
   EXPECT_EQ(first_mismatch(g2.out, g1.out), -1) << "second run is not bitwise identical";
   EXPECT_EQ(g2.topk_ids, g1.topk_ids);
+
+  // The other place to quantize the A rows (the default is a pre-pass, MoeConfig::fp8_prequant):
+  // inside the GEMM's gather. Same rules, so the same bits.
+  setenv("FLASHMOE_FP8_ACT", "gather", 1);
+  Result const g3 = run_fp8(p8, in, w);
+  unsetenv("FLASHMOE_FP8_ACT");
+  ASSERT_TRUE(g3.status.ok()) << g3.status.message();
+  EXPECT_EQ(first_mismatch(g3.out, g1.out), -1)
+      << "quantizing inside the gather (FLASHMOE_FP8_ACT=gather) gives other bits than the pass";
 }
 
 // ---------------------------------------------------------------------------- W8A16 (sm_80)
