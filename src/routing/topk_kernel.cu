@@ -1,8 +1,7 @@
 // flashmoe: per-token top-k routing on the GPU (routing.h steps 1-5), one 128-thread block per
-// token. Scores in float64 (routing_device.cuh says why); the selection is a CUB block radix
-// sort of (descending-q key, expert index) pairs: the sort is stable and the experts enter in
-// index order, so equal q keep the lower expert index first -- the reference's tie rule.
-#include <cub/block/block_radix_sort.cuh>
+// token. Scores in float64 (routing_device.cuh says why); the selection takes, k times, the block
+// minimum of (descending-q key, expert index) over the experts not yet taken: larger q first,
+// the lower expert index among equal q -- the reference's tie rule.
 #include <cub/block/block_reduce.cuh>
 #include <cuda/functional>
 
@@ -14,17 +13,24 @@ namespace flashmoe::routing {
 namespace {
 
 constexpr int kTopkThreads = 128;
+constexpr int kTopkWarps = kTopkThreads / 32;
+
+// (key, expert) pairs in selection order: the smaller key, then the smaller expert index.
+__device__ __forceinline__ bool before(uint64_t key, int32_t e, uint64_t best_key, int32_t best_e) {
+  return key < best_key || (key == best_key && e < best_e);
+}
 
 template <int kItems>
 __global__ void __launch_bounds__(kTopkThreads)
     moe_topk_kernel(RoutingParams const rp, RoutingBuffers const rb) {
   constexpr int kMaxE = kTopkThreads * kItems;
-  using Sort = cub::BlockRadixSort<uint64_t, kTopkThreads, kItems, int32_t>;
   using Reduce = cub::BlockReduce<double, kTopkThreads>;
-  __shared__ union {
-    typename Sort::TempStorage sort;
+  __shared__ struct {
     typename Reduce::TempStorage reduce;
   } tmp;
+  __shared__ uint64_t s_warp_key[2][kTopkWarps];  // per-warp minima of a selection round
+  __shared__ int32_t s_warp_expert[2][kTopkWarps];  // (two buffers: one barrier per round)
+  __shared__ int32_t s_selected[kMaxE];             // expert of slot r
   __shared__ double s_p[kMaxE];      // p[e]; softmax: first the numerators
   __shared__ double s_aux[kMaxE];    // q[e] (grouped top-k), then the selected weights
   __shared__ double s_group[kMaxE];  // group scores
@@ -132,23 +138,63 @@ __global__ void __launch_bounds__(kTopkThreads)
     }
   }
 
-  // 4. Top-k: stable ascending sort of descending-q keys; ineligible experts sort last.
+  // 4. Top-k: slot r takes the minimum (key, expert) of the experts not taken by slots < r,
+  // where key = descending_key(q) and ineligible experts (and the padding items e >= E) have the
+  // largest key: exactly the first k of a stable ascending sort of the keys in expert order (what
+  // this kernel did with a CUB block radix sort before: 16 4-bit passes of a block scan for
+  // 64-bit keys, against k rounds of 5 shuffles and one barrier here).
   uint64_t keys[kItems];
-  int32_t experts[kItems];
 #pragma unroll
-  for (int i = 0; i < kItems; ++i) {
-    keys[i] = eligible[i] ? descending_key(q[i]) : ~uint64_t{0};
-    experts[i] = tid * kItems + i;
+  for (int i = 0; i < kItems; ++i) keys[i] = eligible[i] ? descending_key(q[i]) : ~uint64_t{0};
+  unsigned taken = 0;  // bit i: item i went to an earlier slot
+  int const lane = tid % 32;
+  int const warp = tid / 32;
+  for (int r = 0; r < k; ++r) {
+    uint64_t best_key = ~uint64_t{0};
+    int32_t best_e = INT32_MAX;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      int32_t const e = tid * kItems + i;
+      if (!((taken >> i) & 1u) && before(keys[i], e, best_key, best_e)) {
+        best_key = keys[i];
+        best_e = e;
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      uint64_t const other_key = __shfl_xor_sync(0xffffffffu, best_key, off);
+      int32_t const other_e = __shfl_xor_sync(0xffffffffu, best_e, off);
+      if (before(other_key, other_e, best_key, best_e)) {
+        best_key = other_key;
+        best_e = other_e;
+      }
+    }
+    if (lane == 0) {
+      s_warp_key[r & 1][warp] = best_key;
+      s_warp_expert[r & 1][warp] = best_e;
+    }
+    // The buffer written in round r is next written in round r + 2, after every thread has
+    // passed round r + 1's barrier, i.e. finished reading it here.
+    __syncthreads();
+    best_key = s_warp_key[r & 1][0];
+    best_e = s_warp_expert[r & 1][0];
+#pragma unroll
+    for (int w = 1; w < kTopkWarps; ++w) {
+      if (before(s_warp_key[r & 1][w], s_warp_expert[r & 1][w], best_key, best_e)) {
+        best_key = s_warp_key[r & 1][w];
+        best_e = s_warp_expert[r & 1][w];
+      }
+    }
+    if (best_e / kItems == tid) taken |= 1u << (best_e % kItems);
+    if (tid == 0) s_selected[r] = best_e;
   }
-  __syncthreads();  // tmp (reduce) and s_aux (q) are reused
-  Sort(tmp.sort).Sort(keys, experts);
+  __syncthreads();  // s_selected; s_aux (q) is reused below
 
-  // 5. Combine weights from p of the k selected experts (rank r = slot r).
-#pragma unroll
-  for (int i = 0; i < kItems; ++i) {
-    int const r = tid * kItems + i;
-    // (experts[i] >= E only if k exceeded the eligible experts, which validation excludes.)
-    if (r < k) s_aux[r] = experts[i] < E ? weight_of(s_p[experts[i]]) : 0.0;
+  // 5. Combine weights from p of the k selected experts (slot r = rank r).
+  // (An expert >= E only if k exceeded the eligible experts, which validation excludes.)
+  for (int r = tid; r < k; r += kTopkThreads) {
+    int32_t const e = s_selected[r];
+    s_aux[r] = e < E ? weight_of(s_p[e]) : 0.0;
   }
   __syncthreads();
   if (tid == 0) {
@@ -158,11 +204,8 @@ __global__ void __launch_bounds__(kTopkThreads)
   }
   __syncthreads();
   double const wsum = s_sum;
-#pragma unroll
-  for (int i = 0; i < kItems; ++i) {
-    int const r = tid * kItems + i;
-    if (r >= k) continue;
-    int const e = experts[i] < E ? experts[i] : -1;
+  for (int r = tid; r < k; r += kTopkThreads) {
+    int const e = s_selected[r] < E ? s_selected[r] : -1;
     double w = s_aux[r];
     if (rp.renormalize && wsum > 0.0) w /= wsum;
     w *= rp.routed_scaling_factor;
