@@ -19,8 +19,8 @@ class MoeStats:
     rerouted:            assignments that ended on an expert other than their original one.
     kernel_path:         what computed the output: "reference-cpu", a GPU path's name
                          ("multikernel-sm90", "multikernel-sm80", "multikernel-sm90-fp8",
-                         "multikernel-sm80-w8a16"), or "none" when there were
-                         no tokens.
+                         "multikernel-sm80-w8a16", "fused-sm90-fp8": one kernel), or
+                         "none" when there were no tokens.
 
     Eager calls give Python numbers (one host sync, only when stats are asked for). Under
     torch.compile or while a CUDA graph is being captured nothing syncs: dropped and rerouted are

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "fused/cuda_check.h"
+#include "fused/fused_sm90_fp8.h"
 #include "fused/moe_config.h"
 #include "fused/moe_workspace.h"
 #include "fused/multikernel_fp8.h"
@@ -151,7 +152,9 @@ Status check_args(MoeProblem const& p, MoeArgs const& a) {
 // The kernel configuration of a supported problem on `path`: the FP8 path has its own (64-row
 // tiles); the bf16/fp16 paths differ in the GEMM kernel family.
 fused::MoeConfig choose_config(MoeProblem const& problem, KernelPath path) {
-  if (path == KernelPath::kMultiKernelSm90Fp8) return fused::choose_fp8_config(problem);
+  if (path == KernelPath::kMultiKernelSm90Fp8 || path == KernelPath::kFusedSm90Fp8) {
+    return fused::choose_fp8_config(problem);
+  }
   return fused::choose_moe_config(problem, path == KernelPath::kMultiKernelSm90);
 }
 
@@ -188,7 +191,11 @@ Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
   if (fused::is_fp8_problem(problem)) {
     FLASHMOE_RETURN_IF_ERROR(fused::check_fp8_device(device, info.major, info.minor));
     if (path != nullptr) {
-      *path = sm90a ? KernelPath::kMultiKernelSm90Fp8 : KernelPath::kMultiKernelSm80W8A16;
+      *path = !sm90a ? KernelPath::kMultiKernelSm80W8A16
+              : fused::fused_fp8_unsupported_reason(problem).empty() &&
+                      fused::fused_fp8_preferred(problem)
+                  ? KernelPath::kFusedSm90Fp8
+                  : KernelPath::kMultiKernelSm90Fp8;
     }
     return Status::Ok();
   }
@@ -245,13 +252,27 @@ Status fused_moe_run(MoeProblem const& problem, MoeArgs const& args, void* works
   }
   fused::MoeWorkspace ws;
   FLASHMOE_RETURN_IF_ERROR(fused::carve_moe_workspace(problem, config, workspace, &ws));
-  bool const fp8 = chosen == KernelPath::kMultiKernelSm90Fp8;  // W8A16 runs the 16-bit forward
+  bool const fused_fp8 = chosen == KernelPath::kFusedSm90Fp8;
+  // (W8A16 runs the 16-bit forward.)
+  bool const fp8 = chosen == KernelPath::kMultiKernelSm90Fp8 || fused_fp8;
   if (print_config_requested()) {
-    std::string const line = fp8 ? fused::describe_fp8_config(problem, config)
-                                 : fused::describe_moe_config(problem, config);
+    std::string line = fp8 ? fused::describe_fp8_config(problem, config)
+                           : fused::describe_moe_config(problem, config);
+    if (fused_fp8) {
+      line += " [fused: one kernel]";
+    } else if (chosen == KernelPath::kMultiKernelSm90Fp8) {
+      std::string const why = fused::fused_fp8_unsupported_reason(problem);
+      line += cat(" [not fused: ",
+                  why.empty() ? "more rows per expert than the fused kernel is chosen for, or "
+                                "FLASHMOE_FUSED=0"
+                              : why,
+                  "]");
+    }
     std::fprintf(stderr, "%s\n", line.c_str());
   }
-  if (fp8) {
+  if (fused_fp8) {
+    FLASHMOE_RETURN_IF_ERROR(fused::run_fused_fp8(problem, args, config, ws, stream));
+  } else if (fp8) {
     FLASHMOE_RETURN_IF_ERROR(fused::run_multikernel_fp8(problem, args, config, ws, stream));
   } else {
     FLASHMOE_RETURN_IF_ERROR(fused::run_multikernel_moe(problem, args, config, ws, stream));

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "fused/cuda_check.h"
+#include "fused/fused_sm90_fp8.h"
 #include "gemm/sm90_fp8_grouped_gemm.h"
 #include "gemm/sm90_grouped_gemm.h"
 #include "routing/routing_kernels.h"
@@ -110,18 +111,20 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
   ws->hidden_scales = nullptr;
   ws->token_fp8 = nullptr;
   ws->hidden_fp8 = nullptr;
+  ws->fused_counts = nullptr;
   if (fp8) {
     ws->token_scales = c.take<float>(T);
     ws->hidden_scales = ffn ? c.take<float>(n) : nullptr;
     ws->token_fp8 = c.take<unsigned char>(T * static_cast<std::size_t>(problem.hidden));
     ws->hidden_fp8 = ffn ? c.take<unsigned char>(n * inter) : nullptr;
+    ws->fused_counts = c.take<int32_t>(E * static_cast<std::size_t>(kFusedMaxCtas));
   }
   // Two work queues (the FFN's two GEMMs), whichever sm_90a GEMM runs (16 bytes: carved on
   // every path so that the size does not depend on the device).
   static_assert(gemm::kSm90Fp8SchedulerBytes == kGemmSchedulerInts * sizeof(int32_t) &&
                     gemm::kSm90GemmSchedulerBytes == kGemmSchedulerInts * sizeof(int32_t),
                 "one queue layout for both sm_90a GEMMs");
-  ws->gemm_scheduler = c.take<int32_t>(2 * kGemmSchedulerInts);
+  ws->gemm_scheduler = c.take<int32_t>(2 * kGemmSchedulerInts + kFusedSyncInts);
   ws->bytes = c.bytes();
   return Status::Ok();
 }
@@ -131,7 +134,8 @@ Status zero_gemm_queues(MoeWorkspace const& ws, cudaStream_t stream) {
     return Status(StatusCode::kInternal, "workspace carved without the GEMM work queues");
   }
   FLASHMOE_CUDA_CHECK(
-      cudaMemsetAsync(ws.gemm_scheduler, 0, 2 * kGemmSchedulerInts * sizeof(int32_t), stream));
+      cudaMemsetAsync(ws.gemm_scheduler, 0,
+                      (2 * kGemmSchedulerInts + kFusedSyncInts) * sizeof(int32_t), stream));
   return Status::Ok();
 }
 

@@ -19,8 +19,9 @@
 //   token_fp8      [T, H]       E4M3 tokens (MoeConfig::fp8_prequant; carved either way, so
 //   hidden_fp8     [T*k, I]     E4M3 hidden rows    the size does not depend on the choice)
 // and every path carves
-//   gemm_scheduler  2 x 8 bytes: the two sm_90a GEMMs' work queues (FP8 or bf16/fp16), zeroed by
-//                   every run that uses them
+//   fused_counts   [E, kFusedMaxCtas]  the fused kernel's per-CTA expert counts (FP8 only)
+//   gemm_scheduler  2 x 8 bytes: the two sm_90a GEMMs' work queues (FP8 or bf16/fp16), then 8
+//                   bytes of the fused kernel's grid barrier; zeroed by every run that uses them
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -37,6 +38,8 @@ namespace flashmoe::fused {
 
 /// int32 per sm_90a GEMM work queue (kSm90Fp8SchedulerBytes == kSm90GemmSchedulerBytes).
 inline constexpr int kGemmSchedulerInts = 2;
+/// int32 of the fused kernel's grid barrier (arrivals, generation), after the two queues.
+inline constexpr int kFusedSyncInts = 2;
 
 struct MoeWorkspace {
   routing::RoutingBuffers routing;
@@ -47,11 +50,12 @@ struct MoeWorkspace {
   float* hidden_scales = nullptr;
   void* token_fp8 = nullptr;
   void* hidden_fp8 = nullptr;
+  int32_t* fused_counts = nullptr;    // FP8: [E, kFusedMaxCtas] the fused kernel's per-CTA counts
   int32_t* gemm_scheduler = nullptr;  // two queues of kGemmSchedulerInts int32
   std::size_t bytes = 0;  // total bytes the carve needs (including alignment of the base)
 };
 
-/// Zeroes the two sm_90a GEMM work queues on `stream`: a fresh (or poisoned) workspace holds
+/// Zeroes the two sm_90a GEMM work queues (and the fused kernel's barrier) on `stream`: a fresh (or poisoned) workspace holds
 /// garbage there. Each GEMM leaves its queue zero when it completes, but a run does not rely on a
 /// previous one. kInternal if `ws` was carved without them.
 Status zero_gemm_queues(MoeWorkspace const& ws, cudaStream_t stream);

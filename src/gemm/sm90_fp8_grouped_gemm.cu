@@ -163,18 +163,16 @@ Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p) {
   return Status::Ok();
 }
 
-Status launch_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p, cudaStream_t stream) {
-  FLASHMOE_RETURN_IF_ERROR(check_sm90_fp8_grouped_gemm(p));
-  if (p.num_tile_slots == 0) return Status::Ok();
-
-  int num_sms = 0;
-  FLASHMOE_RETURN_IF_ERROR(sm90_device_sms("sm90 fp8 gemm", &num_sms));
-
+// Checked params (check_sm90_fp8_grouped_gemm) -> the kernel's: the weights' TMA map and every
+// field but the shared-memory plan of the variant.
+static Status make_sm90_fp8_kernel_params(Sm90Fp8GemmParams const& p,
+                                          Sm90Fp8KernelParams* kp_out) {
+  Sm90Fp8KernelParams& kp = *kp_out;
+  kp = Sm90Fp8KernelParams{};
   bool const gate_up = p.epilogue != Fp8Epilogue::kPlain;
   int64_t const n_raw = gate_up ? 2 * p.n : p.n;
   int64_t const n_prep = fp8_prepared_rows(n_raw, gate_up);
 
-  Sm90Fp8KernelParams kp{};
   // W8 [E, Np, K] uint8: dims innermost first, strides (bytes) of dims 1 and 2.
   cuuint64_t const dims[3] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(n_prep),
                               static_cast<cuuint64_t>(p.num_experts)};
@@ -226,6 +224,39 @@ Status launch_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p, cudaStream_t str
                     variant == Sm90Fp8Variant::kM128Convert)
                        ? 1
                        : 0;
+
+  return Status::Ok();
+}
+
+Status sm90_fp8_prequant_m128_params(Sm90Fp8GemmParams const& p, Sm90Fp8KernelParams* kp,
+                                     int* smem_bytes) {
+  FLASHMOE_RETURN_IF_ERROR(check_sm90_fp8_grouped_gemm(p));
+  if (p.a_fp8 == nullptr) {
+    return Status::Invalid("sm90 fp8 gemm: the m128 kernel body of the fused kernel reads "
+                           "pre-quantized rows (a_fp8)");
+  }
+  Sm90Fp8GemmParams q = p;
+  q.variant = Sm90Fp8Variant::kM128;
+  FLASHMOE_RETURN_IF_ERROR(make_sm90_fp8_kernel_params(q, kp));
+  auto const plan = sm90_fp8_detail::pipe_smem_plan<Pipe128>(true);
+  kp->num_stages = plan.stages;
+  kp->staging_offset = plan.staging_offset;
+  kp->control_offset = plan.control_offset;
+  *smem_bytes = plan.bytes;
+  return Status::Ok();
+}
+
+Status launch_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p, cudaStream_t stream) {
+  FLASHMOE_RETURN_IF_ERROR(check_sm90_fp8_grouped_gemm(p));
+  if (p.num_tile_slots == 0) return Status::Ok();
+
+  int num_sms = 0;
+  FLASHMOE_RETURN_IF_ERROR(sm90_device_sms("sm90 fp8 gemm", &num_sms));
+
+  Sm90Fp8KernelParams kp;
+  FLASHMOE_RETURN_IF_ERROR(make_sm90_fp8_kernel_params(p, &kp));
+  Sm90Fp8Variant const variant = sm90_fp8_resolve_variant(p.variant);
+  bool const fp8_source = p.a_fp8 != nullptr && variant != Sm90Fp8Variant::kBase;
 
   int64_t const work = static_cast<int64_t>(p.num_tile_slots) * kp.n_tiles;
   int64_t ctas = p.max_ctas > 0 ? std::min<int64_t>(p.max_ctas, num_sms) : num_sms;

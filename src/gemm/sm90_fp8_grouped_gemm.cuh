@@ -138,6 +138,13 @@ struct Sm90Fp8KernelParams {
   uint32_t control_offset;         // bytes from the 1024-aligned base: PipeControl
 };
 
+/// The parameters of the m128 pipelined kernel body on pre-quantized rows (p.a_fp8 set; the
+/// variant field is ignored) and its dynamic shared memory bytes, for a kernel that runs
+/// sm90_fp8_pipelined_body<Sm90Fp8PipeTile<128>> (the fused kernel). Host code
+/// (sm90_fp8_grouped_gemm.cu); checks p as launch_sm90_fp8_grouped_gemm does.
+Status sm90_fp8_prequant_m128_params(Sm90Fp8GemmParams const& p, Sm90Fp8KernelParams* kp,
+                                     int* smem_bytes);
+
 namespace sm90_fp8_detail {
 
 /// 8 consecutive 16-bit values (one 16-byte load) times `inv`, rounded to 8 e4m3 bytes.
@@ -976,9 +983,19 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
 
 }  // namespace sm90_fp8_detail
 
-template <class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads, 1)
-    sm90_fp8_pipelined_kernel(__grid_constant__ Sm90Fp8KernelParams const p) {
+namespace sm90_fp8_detail {
+struct NoMathEpilogue {
+  __device__ __forceinline__ void operator()() const {}
+};
+}  // namespace sm90_fp8_detail
+
+/// The body of the pipelined kernel, also run by the fused kernel after its routing phase. `p`
+/// must be the kernel's __grid_constant__ parameter (or a member of it): the TMA map is read in
+/// place. After its last tile each math thread calls math_done() (the fused kernel's combine);
+/// the producer warpgroup returns when its work ends.
+template <class Cfg, class MathDone>
+__device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams const& p,
+                                                        MathDone const& math_done) {
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace cute;
   using Barrier = cutlass::arch::ClusterBarrier;
@@ -1147,10 +1164,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         }
       }
     }
+    math_done();
   }
 #elif defined(__CUDA_ARCH__)
   __trap();
 #endif
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    sm90_fp8_pipelined_kernel(__grid_constant__ Sm90Fp8KernelParams const p) {
+  sm90_fp8_pipelined_body<Cfg>(p, sm90_fp8_detail::NoMathEpilogue{});
 }
 
 

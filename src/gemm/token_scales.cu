@@ -12,35 +12,12 @@
 
 #include "flashmoe/quantization.h"
 #include "fused/cuda_check.h"
+#include "gemm/token_quantize.cuh"
 
 namespace flashmoe::gemm {
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v) {
-  return static_cast<float>(v);
-}
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) {
-  return __half2float(v);
-}
-
-/// amax of 16 bytes of T.
-template <typename T>
-__device__ __forceinline__ float amax16(uint4 const& v) {
-  T vals[16 / sizeof(T)];
-  memcpy(vals, &v, 16);
-  float m = 0.0f;
-#pragma unroll
-  for (int i = 0; i < 16 / static_cast<int>(sizeof(T)); ++i) m = fmaxf(m, fabsf(to_float(vals[i])));
-  return m;
-}
 
 template <typename T>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
@@ -80,34 +57,8 @@ Status launch_typed(void const* x, int64_t rows, int64_t cols, int64_t row_strid
   return Status::Ok();
 }
 
-/// kPer (= 16 / sizeof(T)) values of 16 bytes times `inv`, as kPer e4m3 bytes (the GEMM's rule:
-/// float product, cvt.rn.satfinite of pairs).
-template <typename T>
-__device__ __forceinline__ void quantize16(uint4 const& v, float inv, uint8_t* out) {
-  constexpr int kPer = 16 / sizeof(T);
-  T vals[kPer];
-  memcpy(vals, &v, 16);
-  uint16_t pairs[kPer / 2];
-#pragma unroll
-  for (int i = 0; i < kPer / 2; ++i) {
-    float2 f = make_float2(to_float(vals[2 * i]), to_float(vals[2 * i + 1]));
-    f.x *= inv;
-    f.y *= inv;
-    pairs[i] = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
-  }
-  if constexpr (kPer == 8) {
-    uint2 w;
-    w.x = static_cast<uint32_t>(pairs[0]) | (static_cast<uint32_t>(pairs[1]) << 16);
-    w.y = static_cast<uint32_t>(pairs[2]) | (static_cast<uint32_t>(pairs[3]) << 16);
-    *reinterpret_cast<uint2*>(out) = w;
-  } else {
-    *reinterpret_cast<uint32_t*>(out) =
-        static_cast<uint32_t>(pairs[0]) | (static_cast<uint32_t>(pairs[1]) << 16);
-  }
-}
-
-/// Scales and quantized rows (token_scales.h, launch_token_quantize_fp8): one warp per row, the
-/// amax pass then the quantization pass over the same (now cached) row.
+/// Scales and quantized rows (token_scales.h, launch_token_quantize_fp8): one warp per row
+/// (quantize_row_warp, token_quantize.cuh).
 template <typename T>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     token_quantize_fp8_kernel(T const* __restrict__ x, int64_t rows, int64_t cols,
@@ -115,36 +66,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
                               bool vec16, float* __restrict__ scales, uint8_t* __restrict__ q,
                               int64_t q_stride) {
   int64_t const row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  int const lane = threadIdx.x % 32;
   int64_t limit = rows;
   if (rows_device != nullptr) limit = min(limit, static_cast<int64_t>(*rows_device));
   if (row >= limit) return;
-  T const* const xr = x + row * row_stride;
-  uint8_t* const qr = q + row * q_stride;
-  constexpr int kPer = 16 / sizeof(T);
-  float m = 0.0f;
-  if (vec16) {
-    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
-      m = fmaxf(m, amax16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c))));
-    }
-  } else {
-    for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, fabsf(to_float(xr[c])));
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  float const s = m > 0.0f ? __fdiv_rn(m, kE4M3Max) : 1.0f;
-  if (lane == 0) scales[row] = s;
-  float const inv = 1.0f / s;  // IEEE division, as the GEMM's gather
-  if (vec16) {
-    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
-      quantize16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c)), inv, qr + c);
-    }
-  } else {
-    for (int64_t c = lane; c < cols; c += 32) {
-      qr[c] = static_cast<uint8_t>(
-          __nv_cvt_float_to_fp8(to_float(xr[c]) * inv, __NV_SATFINITE, __NV_E4M3));
-    }
-  }
+  quantize_row_warp<T>(x + row * row_stride, cols, vec16, threadIdx.x % 32, scales + row,
+                       q + row * q_stride);
 }
 
 template <typename T>

@@ -1,7 +1,6 @@
 // flashmoe: the pre-routed entry (routing.h step 5, second paragraph): slot j of token t has
-// expert topk_ids_in[t][j] and weight topk_weights_in[t][j], used as given. An id outside
-// -1..E-1 (the reference rejects it; the GPU cannot report it without a host sync) reads as -1,
-// and a non-finite weight as 0, so bad data never reaches an out-of-bounds row.
+// expert topk_ids_in[t][j] and weight topk_weights_in[t][j], used as given
+// (prerouted_assignment, routing_device.cuh).
 #include <algorithm>
 
 #include "fused/cuda_check.h"
@@ -18,17 +17,7 @@ __global__ void __launch_bounds__(kThreads)
   int64_t const n = static_cast<int64_t>(rp.num_tokens) * rp.top_k;
   for (int64_t a = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; a < n;
        a += static_cast<int64_t>(gridDim.x) * kThreads) {
-    int32_t e = rp.topk_ids_in[a];
-    if (e < 0 || e >= rp.num_experts) e = -1;
-    float const w_in = rp.topk_weights_in[a];
-    float const w = isfinite(w_in) ? w_in : 0.0f;
-    rb.orig_ids[a] = e;
-    rb.final_ids[a] = e;
-    rb.weights[a] = e >= 0 ? w : 0.0f;
-    if (rp.capacity > 0) {
-      rb.prio_keys[a] = descending_key(static_cast<double>(w));  // priority = the given weight
-      rb.iota[a] = static_cast<int32_t>(a);
-    }
+    prerouted_assignment(rp, rb, a);
   }
 }
 

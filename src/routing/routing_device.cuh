@@ -78,4 +78,23 @@ __device__ __forceinline__ uint64_t descending_key(double v) {
 /// non-finite input), so a bad score can never turn an output row into NaN.
 __device__ __forceinline__ double weight_of(double p) { return isfinite(p) ? p : 0.0; }
 
+/// Pre-routed slot a (routing.h step 5, second paragraph): expert topk_ids_in[a] and weight
+/// topk_weights_in[a] as given; an id outside -1..E-1 (the reference rejects it; the GPU cannot
+/// report it without a host sync) reads as -1 and a non-finite weight as 0, so bad data never
+/// reaches an out-of-bounds row. With capacity, the priority is the given weight.
+__device__ __forceinline__ void prerouted_assignment(RoutingParams const& rp,
+                                                     RoutingBuffers const& rb, int64_t a) {
+  int32_t e = rp.topk_ids_in[a];
+  if (e < 0 || e >= rp.num_experts) e = -1;
+  float const w_in = rp.topk_weights_in[a];
+  float const w = isfinite(w_in) ? w_in : 0.0f;
+  rb.orig_ids[a] = e;
+  rb.final_ids[a] = e;
+  rb.weights[a] = e >= 0 ? w : 0.0f;
+  if (rp.capacity > 0) {
+    rb.prio_keys[a] = descending_key(static_cast<double>(w));
+    rb.iota[a] = static_cast<int32_t>(a);
+  }
+}
+
 }  // namespace flashmoe::routing

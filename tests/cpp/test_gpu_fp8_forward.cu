@@ -1,5 +1,8 @@
-// The FP8 forward on Hopper through the host API (KernelPath::kMultiKernelSm90Fp8):
-// prepare_experts_fp8() once, then fused_moe_run() with precision kFP8, against the CPU.
+// The FP8 forward on Hopper through the host API: prepare_experts_fp8() once, then
+// fused_moe_run() with precision kFP8, against the CPU. Linear experts with dropless routing run
+// the fused kernel (KernelPath::kFusedSm90Fp8), the rest the multi-kernel path
+// (kMultiKernelSm90Fp8); every case also runs the multi-kernel path (FLASHMOE_FUSED=0), with
+// both places of the activation quantization, and asserts the same bits.
 //
 //   GpuSmallFp8Fwd.*   small shapes on a compute capability 9.0 device (also the set for
 //                      compute-sanitizer --tool memcheck flashmoe_tests --gtest_filter='GpuSmallFp8Fwd.*')
@@ -340,6 +343,17 @@ void expect_routing_equal(MoeProblem const& p, Result const& gpu, Result const& 
   EXPECT_EQ(bad, 0) << "topk_weights differ from the reference";
 }
 
+/// Whether the fused kernel can run `raw` (fused_sm90_fp8.h's conditions).
+bool fused_supported(MoeProblem const& raw) {
+  return raw.kind == ExpertKind::kLinear && raw.routing.capacity_factor <= 0.0 &&
+         raw.num_experts <= 256 && raw.num_local_experts <= 256;
+}
+/// Whether the default FP8 run of `raw` is the fused kernel (supported, <= 4 rows per expert).
+bool fused_expected(MoeProblem const& raw) {
+  return fused_supported(raw) &&
+         static_cast<double>(raw.num_tokens) * raw.routing.top_k <= 4.0 * raw.num_experts;
+}
+
 /// The whole protocol for one problem (the raw problem `raw`: bf16/fp16 weights and tokens).
 void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
                Logits logits = Logits::kNormal, int hot = 0) {
@@ -375,7 +389,8 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
   MoeProblem const p8 = prepared_problem(raw, scale);
   Result const g1 = run_fp8(p8, in, w);
   ASSERT_TRUE(g1.status.ok()) << g1.status.message();
-  EXPECT_EQ(g1.path, KernelPath::kMultiKernelSm90Fp8);
+  EXPECT_EQ(g1.path, fused_expected(raw) ? KernelPath::kFusedSm90Fp8
+                                         : KernelPath::kMultiKernelSm90Fp8);
   expect_routing_equal(p8, g1, ref_q);
 
   std::vector<uint16_t> const mirror = mirror_forward(raw, d, ref_q, w1, w2);
@@ -398,14 +413,37 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
   EXPECT_EQ(first_mismatch(g2.out, g1.out), -1) << "second run is not bitwise identical";
   EXPECT_EQ(g2.topk_ids, g1.topk_ids);
 
-  // The other place to quantize the A rows (the default is a pre-pass, MoeConfig::fp8_prequant):
-  // inside the GEMM's gather. Same rules, so the same bits.
-  setenv("FLASHMOE_FP8_ACT", "gather", 1);
-  Result const g3 = run_fp8(p8, in, w);
-  unsetenv("FLASHMOE_FP8_ACT");
-  ASSERT_TRUE(g3.status.ok()) << g3.status.message();
-  EXPECT_EQ(first_mismatch(g3.out, g1.out), -1)
-      << "quantizing inside the gather (FLASHMOE_FP8_ACT=gather) gives other bits than the pass";
+  // The multi-kernel path (FLASHMOE_FUSED=0), with the A rows quantized by a pass (its default,
+  // MoeConfig::fp8_prequant) and inside the GEMM's gather: same rules, so the same bits as the
+  // default run, and the same routing outputs.
+  if (fused_supported(raw)) {  // the fused kernel wherever it can run (FLASHMOE_FUSED=1)
+    setenv("FLASHMOE_FUSED", "1", 1);
+    Result const gf = run_fp8(p8, in, w);
+    unsetenv("FLASHMOE_FUSED");
+    ASSERT_TRUE(gf.status.ok()) << gf.status.message();
+    EXPECT_EQ(gf.path, KernelPath::kFusedSm90Fp8);
+    EXPECT_EQ(first_mismatch(gf.out, g1.out), -1) << "the fused kernel gives other bits";
+    EXPECT_EQ(gf.topk_ids, g1.topk_ids);
+    EXPECT_EQ(first_mismatch(gf.topk_weights, g1.topk_weights), -1);
+    EXPECT_EQ(gf.expert_load, g1.expert_load);
+    EXPECT_EQ(gf.counts, g1.counts);
+  }
+  for (char const* act : {"prepass", "gather"}) {
+    setenv("FLASHMOE_FUSED", "0", 1);
+    setenv("FLASHMOE_FP8_ACT", act, 1);
+    Result const g3 = run_fp8(p8, in, w);
+    unsetenv("FLASHMOE_FP8_ACT");
+    unsetenv("FLASHMOE_FUSED");
+    ASSERT_TRUE(g3.status.ok()) << g3.status.message();
+    EXPECT_EQ(g3.path, KernelPath::kMultiKernelSm90Fp8);
+    EXPECT_EQ(first_mismatch(g3.out, g1.out), -1)
+        << "the multi-kernel path with FLASHMOE_FP8_ACT=" << act << " gives other bits than the "
+        << kernel_path_name(g1.path) << " run";
+    EXPECT_EQ(g3.topk_ids, g1.topk_ids);
+    EXPECT_EQ(first_mismatch(g3.topk_weights, g1.topk_weights), -1);
+    EXPECT_EQ(g3.expert_load, g1.expert_load);
+    EXPECT_EQ(g3.counts, g1.counts);
+  }
 }
 
 // ---------------------------------------------------------------------------- W8A16 (sm_80)
@@ -563,6 +601,29 @@ TEST(GpuSmallFp8Fwd, CapacityDrop) {
   check_fp8(f, WeightScale::kChannel, 1053, Logits::kSkewed);
 }
 
+// The fused kernel's own cases: tokens spread over many CTAs (chunks of 1-5 tokens, 120+ active
+// CTAs on an H100), grouped sigmoid top-k with a bias and scaling, no renormalization, temperature,
+// pre-routed slots with -1 entries, and more experts than one warp's 32 slots per chunk.
+TEST(GpuSmallFp8Fwd, FusedManyCtasAndRoutingOptions) {
+  FLASHMOE_REQUIRE_SM90();
+  check_fp8(linear_problem(600, 64, 6, 256, 128), WeightScale::kChannel, 1111);
+  MoeProblem g = linear_problem(300, 256, 8, 128, 64);  // the seed's E and k, small H, D
+  g.routing.scoring = Scoring::kSigmoid;
+  g.routing.n_group = 8;
+  g.routing.topk_group = 4;
+  g.has_correction_bias = true;
+  g.routing.routed_scaling_factor = 2.5;
+  check_fp8(g, WeightScale::kBlock128, 1112);
+  g.routing.renormalize = false;
+  check_fp8(g, WeightScale::kChannel, 1113);
+  MoeProblem t = linear_problem(133, 20, 3, 128, 64, DType::kFloat16, WeightLayout::kOutIn);
+  t.routing.temperature = 0.5;
+  check_fp8(t, WeightScale::kChannel, 1114);
+  MoeProblem r = linear_problem(97, 16, 4, 128, 64);
+  r.prerouted = true;  // make_data's pre-routed ids include -1 slots
+  check_fp8(r, WeightScale::kChannel, 1115);
+}
+
 TEST(GpuSmallFp8Fwd, ExpertMap) {
   FLASHMOE_REQUIRE_SM90();
   MoeProblem p = linear_problem(48, 16, 4, 256, 128);
@@ -584,10 +645,9 @@ TEST(GpuSmallFp8Fwd, OneExpertTakesEverything) {
             Logits::kOneExpert, 7);
 }
 
-TEST(GpuSmallFp8Fwd, GraphCaptureReplaysBitwise) {
-  FLASHMOE_REQUIRE_SM90();
-  MoeProblem const raw = ffn_problem(40, 8, 2, 128, 64, Activation::kSilu);
-  HostData const d = make_data(raw, 1081);
+// Capture one forward in a CUDA graph (workspace poisoned first) and replay it: the eager bits.
+void check_graph_replay(MoeProblem const& raw, uint32_t seed, KernelPath expected) {
+  HostData const d = make_data(raw, seed);
   DeviceInputs in;
   in.load(raw, d);
   Prepared w;
@@ -606,8 +666,10 @@ TEST(GpuSmallFp8Fwd, GraphCaptureReplaysBitwise) {
   MoeArgs a = in.args(p8);
   a.w1 = w.w1.get();
   a.w1_scale = w.s1.get<float>();
-  a.w2 = w.w2.get();
-  a.w2_scale = w.s2.get<float>();
+  if (raw.kind == ExpertKind::kGatedFFN) {
+    a.w2 = w.w2.get();
+    a.w2_scale = w.s2.get<float>();
+  }
   a.out = out.get();
   cudaGraph_t graph = nullptr;
   FLASHMOE_ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
@@ -616,6 +678,8 @@ TEST(GpuSmallFp8Fwd, GraphCaptureReplaysBitwise) {
   cudaError_t const end = cudaStreamEndCapture(stream, &graph);
   ASSERT_TRUE(rs.ok()) << "fused_moe_run under stream capture: " << rs.message();
   ASSERT_EQ(end, cudaSuccess) << cudaGetErrorString(end);
+  EXPECT_EQ(path, expected);
+  EXPECT_EQ(eager.path, expected);
   cudaGraphExec_t exec = nullptr;
   FLASHMOE_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
   for (int replay = 0; replay < 2; ++replay) {
@@ -630,6 +694,15 @@ TEST(GpuSmallFp8Fwd, GraphCaptureReplaysBitwise) {
   cudaStreamDestroy(stream);
 }
 
+TEST(GpuSmallFp8Fwd, GraphCaptureReplaysBitwise) {
+  FLASHMOE_REQUIRE_SM90();
+  check_graph_replay(ffn_problem(40, 8, 2, 128, 64, Activation::kSilu), 1081,
+                     KernelPath::kMultiKernelSm90Fp8);
+  // The fused kernel (8 tokens x 2 slots over 8 experts: 2 rows per expert, so the default):
+  // a memset node and one cooperative kernel node.
+  check_graph_replay(linear_problem(8, 8, 2, 128, 64), 1082, KernelPath::kFusedSm90Fp8);
+}
+
 TEST(GpuSmallFp8Fwd, ArgumentsAndZeroTokens) {
   FLASHMOE_REQUIRE_SM90();
   MoeProblem const raw = linear_problem(4, 8, 2, 128, 64);
@@ -637,8 +710,8 @@ TEST(GpuSmallFp8Fwd, ArgumentsAndZeroTokens) {
   KernelPath path = KernelPath::kNone;
   Status s = fused_moe_can_implement(p8, &path);
   ASSERT_TRUE(s.ok()) << s.message();
-  EXPECT_EQ(path, KernelPath::kMultiKernelSm90Fp8);
-  EXPECT_STREQ(kernel_path_name(path), "multikernel-sm90-fp8");
+  EXPECT_EQ(path, KernelPath::kFusedSm90Fp8);
+  EXPECT_STREQ(kernel_path_name(path), "fused-sm90-fp8");
   std::size_t const need = fused_moe_workspace_size(p8);
   ASSERT_GT(need, 0u);
 
@@ -673,7 +746,7 @@ TEST(GpuSmallFp8Fwd, ArgumentsAndZeroTokens) {
   MoeArgs none;
   s = fused_moe_run(zero, none, nullptr, 0, nullptr, &path);
   EXPECT_TRUE(s.ok()) << s.message();
-  EXPECT_EQ(path, KernelPath::kMultiKernelSm90Fp8);
+  EXPECT_EQ(path, KernelPath::kFusedSm90Fp8);
   EXPECT_EQ(fused_moe_workspace_size(zero), 0u);
 }
 

@@ -1,0 +1,73 @@
+// flashmoe (internal): the combine of one token as device code, shared by the combine kernel and
+// the fused kernel: out[t] = sum over the token's k slots, in slot order, of weight * y[row of
+// the slot] (slots not computed here -- dropped, pre-routed -1, non-local -- are skipped; a token
+// with none gets zeros). fp32 accumulation, one owner per output element and a fixed order:
+// bitwise identical run to run, no atomics.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "fused/combine.h"
+
+namespace flashmoe::fused {
+
+__device__ __forceinline__ void accumulate8(__nv_bfloat16 const*, uint4 const& v, float w,
+                                            float (&acc)[8]) {
+  __nv_bfloat162 const* h = reinterpret_cast<__nv_bfloat162 const*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 const f = __bfloat1622float2(h[i]);
+    acc[2 * i] = fmaf(w, f.x, acc[2 * i]);
+    acc[2 * i + 1] = fmaf(w, f.y, acc[2 * i + 1]);
+  }
+}
+__device__ __forceinline__ void accumulate8(__half const*, uint4 const& v, float w,
+                                            float (&acc)[8]) {
+  __half2 const* h = reinterpret_cast<__half2 const*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 const f = __half22float2(h[i]);
+    acc[2 * i] = fmaf(w, f.x, acc[2 * i]);
+    acc[2 * i + 1] = fmaf(w, f.y, acc[2 * i + 1]);
+  }
+}
+__device__ __forceinline__ uint4 pack8(__nv_bfloat16 const*, float const (&acc)[8]) {
+  uint4 v;
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(acc[2 * i], acc[2 * i + 1]);
+  return v;
+}
+__device__ __forceinline__ uint4 pack8(__half const*, float const (&acc)[8]) {
+  uint4 v;
+  __half2* h = reinterpret_cast<__half2*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2half2_rn(acc[2 * i], acc[2 * i + 1]);
+  return v;
+}
+
+/// Token t's output row by `nthreads` threads (tid 0..nthreads-1), 8 columns per step.
+template <class Element>
+__device__ __forceinline__ void combine_token(CombineParams const& p, int64_t t, int tid,
+                                              int nthreads) {
+  int const k = p.top_k;
+  int64_t const chunks = p.cols / 8;
+  Element const* const y = static_cast<Element const*>(p.y);
+  Element* const out = static_cast<Element*>(p.out);
+  for (int64_t c = tid; c < chunks; c += nthreads) {
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int j = 0; j < k; ++j) {
+      int32_t const row = p.slot_row[t * k + j];
+      if (row < 0) continue;
+      uint4 const v =
+          *reinterpret_cast<uint4 const*>(y + static_cast<int64_t>(row) * p.cols + c * 8);
+      accumulate8(y, v, p.weights[t * k + j], acc);
+    }
+    *reinterpret_cast<uint4*>(out + t * p.cols + c * 8) = pack8(out, acc);
+  }
+}
+
+}  // namespace flashmoe::fused

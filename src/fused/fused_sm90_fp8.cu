@@ -1,0 +1,476 @@
+// flashmoe: the single-launch FP8 forward on Hopper (fused_sm90_fp8.h).
+//
+// One persistent grid, one 384-thread CTA per SM (co-resident: launched cooperatively), in four
+// phases separated by grid-wide barriers (an arrival counter and a generation word in the
+// workspace):
+//   1. routing: CTA c owns tokens [c * chunk, (c + 1) * chunk); its three warpgroups take one
+//      token each at a time through topk_token (the top-k kernel's own code, on a named
+//      barrier per warpgroup); then its twelve warps quantize the owned token rows to E4M3
+//      (quantize_row_warp, the pre-pass kernel's code). The CTA counts its final ids per expert
+//      into its row of the [CTAs, E] table.                                       -- barrier --
+//   2. dispatch: every CTA sums the table (totals, and its own base per expert = the counts of
+//      the CTAs before it), scans the local experts' rows and 64-row tiles, writes its share of
+//      the tile list, and warp 0 gives each owned assignment, in (token, slot) order, its dense
+//      row: base + rank among the earlier ones of its expert (__match_any_sync over 32 slots
+//      at a time). The same order as the multi-kernel path's stable sort: (local expert, token,
+//      slot).                                                                      -- barrier --
+//   3. the expert GEMM: the m128 pipelined kernel's body (sm90_fp8_pipelined_body) as is -- its
+//      own work queue over (tile, n-tile) items, producer and math warpgroups.
+//   4. after its last tile, each CTA's math warpgroups wait for every CTA's (barrier between
+//      them only; the producer warpgroup is done) and combine the owned tokens (combine_token,
+//      the combine kernel's code) in slot order: deterministic, no atomics.
+// Reads of what other CTAs wrote go through L2 (ld.global.cg) in phases 1-2; the GEMM body reads
+// the tile list and rows written in phase 2 through its usual loads, for the first time on this
+// SM after the barrier's acquire, so no L1 line can be stale (an SM's L1 starts every kernel
+// empty of global data).
+#include "fused/fused_sm90_fp8.h"
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include <cub/block/block_scan.cuh>
+
+#include "common/str_cat.h"
+#include "fused/combine.h"
+#include "fused/combine_device.cuh"
+#include "fused/cuda_check.h"
+#include "fused/multikernel_fp8.h"
+#include "fused/multikernel_moe.h"
+#include "gemm/sm90_device_util.cuh"
+#include "gemm/sm90_fp8_grouped_gemm.cuh"
+#include "gemm/sm90_fp8_grouped_gemm.h"
+#include "gemm/sm90_grouped_gemm.h"
+#include "gemm/token_quantize.cuh"
+#include "routing/routing_device.cuh"
+#include "routing/topk_token.cuh"
+
+namespace flashmoe::fused {
+namespace {
+
+using detail::cat;
+using Pipe = gemm::Sm90Fp8PipeTile<128>;
+constexpr int kThreads = Pipe::kThreads;  // 384: three warpgroups
+constexpr int kWarps = kThreads / 32;
+constexpr int kTopkItems = 2;              // E <= 256
+using TopkSmem = routing::TopkSmem<kTopkItems>;
+using Scan = cub::BlockScan<int, kThreads>;
+static_assert(routing::kTopkThreads == 128, "one warpgroup per token");
+static_assert(TopkSmem::kMaxE >= kFusedMaxExperts, "the top-k shared memory covers E");
+static_assert(kFusedMaxExperts <= kThreads, "one local expert per thread in the scans");
+
+// Hardware named barriers of the phases (CUTLASS keeps 0-7; the GEMM body's producer uses 8).
+constexpr int kTopkBarrier = 12;  // 12, 13, 14: warpgroups 0..2 in phase 1
+constexpr int kMathBarrier = 15;  // the 256 math threads in phase 4
+
+struct FusedParams {
+  gemm::Sm90Fp8KernelParams gemm;  // first member: its CUtensorMap keeps the 64-byte alignment
+  routing::RoutingParams rp;
+  routing::RoutingBuffers rb;
+  CombineParams cp;
+  void const* tokens;
+  float* token_scales;
+  uint8_t* token_fp8;
+  int32_t* cta_counts;  // [E, kFusedMaxCtas]: column c = CTA c's final ids per expert
+  uint32_t* grid_sync;  // [2] arrivals, generation (arrivals zero at launch)
+  int32_t* topk_ids_out;
+  float* topk_weights_out;
+  int32_t* expert_load_out;
+  int64_t* drop_reroute_out;
+  int32_t hidden;
+  int32_t token_bf16;   // 1 bf16, 0 fp16
+  int32_t tokens_vec16;
+  int32_t out_bf16;
+  int32_t chunk;        // tokens per CTA
+  int32_t active_ctas;  // ceil(T / chunk)
+};
+
+// Dynamic shared memory of phases 1-2 (the GEMM's pipeline reuses the window afterwards).
+struct RoutingSmem {
+  TopkSmem topk[3];
+  typename Scan::TempStorage scan;
+  int32_t count[kFusedMaxExperts];      // phase 1: this CTA's final ids per expert
+  int32_t total[kFusedMaxExperts];      // phase 2, per expert: all CTAs
+  int32_t before[kFusedMaxExperts];     //                      the CTAs before this one
+  int32_t global[kFusedMaxExperts];     // per local expert: its global expert (-1: none)
+  int32_t lcount[kFusedMaxExperts];     //                   its rows
+  int32_t row0[kFusedMaxExperts];       //                   its first dense row
+  int32_t run[kFusedMaxExperts];        //                   this CTA's next dense row of it
+  int32_t tile0[kFusedMaxExperts + 1];  //                   its first tile; [EL]: the count
+};
+
+__device__ __forceinline__ uint32_t ld_acquire(uint32_t const* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release(uint32_t* p, uint32_t v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+// One thread per CTA: waits until every CTA of the grid has arrived. The generation is read
+// before arriving (it can only move once this CTA has arrived), the last arrival resets the count
+// before it releases the next generation, so the next barrier's arrivals start from zero.
+__device__ __forceinline__ void grid_arrive_wait(uint32_t* sync, uint32_t ctas) {
+  uint32_t const gen = ld_acquire(&sync[1]);
+  __threadfence();  // this CTA's writes (made visible to this thread by the CTA barrier)
+  if (atomicAdd(&sync[0], 1u) == ctas - 1) {
+    atomicExch(&sync[0], 0u);
+    st_release(&sync[1], gen + 1);
+  } else {
+    while (ld_acquire(&sync[1]) == gen) __nanosleep(32);
+  }
+  __threadfence();
+}
+
+__device__ __forceinline__ void cta_grid_sync(uint32_t* sync) {
+  __syncthreads();
+  if (threadIdx.x == 0) grid_arrive_wait(sync, gridDim.x);
+  __syncthreads();
+}
+
+// Phase 4, run by every math thread after its last GEMM tile. (The owned tokens are recomputed
+// here: a value live across the GEMM body would cost the 56-register producer a spill.)
+struct CombineAfterGemm {
+  FusedParams const& fp;
+  __device__ __forceinline__ void operator()() const {
+    int const mt = static_cast<int>(threadIdx.x) - 128;  // 0..255
+    int const T = fp.rp.num_tokens;
+    int const t0 = min(T, static_cast<int>(blockIdx.x) * fp.chunk);
+    int const t1 = min(T, t0 + fp.chunk);
+    asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
+    if (mt == 0) grid_arrive_wait(fp.grid_sync, gridDim.x);
+    asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
+    for (int t = t0; t < t1; ++t) {
+      if (fp.out_bf16) {
+        combine_token<__nv_bfloat16>(fp.cp, t, mt, 256);
+      } else {
+        combine_token<__half>(fp.cp, t, mt, 256);
+      }
+    }
+  }
+};
+
+// Phases 1 and 2 (everything before the GEMM), not inlined: compiled apart from the GEMM body,
+// whose warpgroups run at 56 and 224 registers (setmaxnreg), so that neither allocation
+// constrains the other (inlined, ptxas spilled a few bytes).
+__device__ __noinline__ void routing_phases(FusedParams const& fp) {
+  extern __shared__ __align__(1024) uint8_t smem_fused[];
+  RoutingSmem& sm = *reinterpret_cast<RoutingSmem*>(smem_fused);
+  routing::RoutingParams const& rp = fp.rp;
+  routing::RoutingBuffers const& rb = fp.rb;
+  int const tid = static_cast<int>(threadIdx.x);
+  int const cta = static_cast<int>(blockIdx.x);
+  int const T = rp.num_tokens;
+  int const k = rp.top_k;
+  int const E = rp.num_experts;
+  int const EL = rp.num_local_experts;
+  int const t0 = min(T, cta * fp.chunk);
+  int const t1 = min(T, t0 + fp.chunk);
+  int64_t const a0 = static_cast<int64_t>(t0) * k;
+  int64_t const a1 = static_cast<int64_t>(t1) * k;
+
+  // ---- phase 1: top-k of the owned tokens, one warpgroup per token; their E4M3 rows.
+  {
+    int const wg = tid / 128;
+    int const gt = tid % 128;
+    for (int t = t0 + wg; t < t1; t += 3) {
+      if (rp.prerouted) {
+        for (int j = gt; j < k; j += 128) {
+          routing::prerouted_assignment(rp, rb, static_cast<int64_t>(t) * k + j);
+        }
+      } else {
+        routing::topk_token<kTopkItems>(rp, rb, t, gt, sm.topk[wg],
+                                        routing::WarpgroupSync{kTopkBarrier + wg});
+        routing::WarpgroupSync{kTopkBarrier + wg}();  // the next token rewrites sm.topk[wg]
+      }
+    }
+    int const warp = tid / 32;
+    int const lane = tid % 32;
+    int64_t const H = fp.hidden;
+    for (int t = t0 + warp; t < t1; t += kWarps) {
+      if (fp.token_bf16) {
+        gemm::quantize_row_warp<__nv_bfloat16>(
+            static_cast<__nv_bfloat16 const*>(fp.tokens) + t * H, H, fp.tokens_vec16 != 0, lane,
+            fp.token_scales + t, fp.token_fp8 + t * H);
+      } else {
+        gemm::quantize_row_warp<__half>(static_cast<__half const*>(fp.tokens) + t * H, H,
+                                        fp.tokens_vec16 != 0, lane, fp.token_scales + t,
+                                        fp.token_fp8 + t * H);
+      }
+    }
+  }
+  for (int e = tid; e < E; e += kThreads) sm.count[e] = 0;
+  __syncthreads();  // final ids of the owned slots (written by this CTA) and the zeroed counts
+  for (int64_t a = a0 + tid; a < a1; a += kThreads) {
+    int32_t const e = rb.final_ids[a];
+    if (e >= 0) atomicAdd(&sm.count[e], 1);  // a count: the order of the adds does not matter
+  }
+  __syncthreads();
+  if (cta < fp.active_ctas) {  // column cta of the [E, kFusedMaxCtas] table
+    for (int e = tid; e < E; e += kThreads) fp.cta_counts[e * kFusedMaxCtas + cta] = sm.count[e];
+  }
+  cta_grid_sync(fp.grid_sync);
+
+  // ---- phase 2: totals, this CTA's bases, row and tile scans of the local experts.
+  // One thread per expert reads its row of the table, four CTAs per (independent) load.
+  for (int e = tid; e < E; e += kThreads) {
+    int4 const* row = reinterpret_cast<int4 const*>(fp.cta_counts + e * kFusedMaxCtas);
+    int total = 0;
+    int before = 0;
+#pragma unroll 8
+    for (int c4 = 0; c4 < (fp.active_ctas + 3) / 4; ++c4) {
+      int4 const v = __ldcg(row + c4);
+      int const vals[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        int const c = 4 * c4 + i;
+        int const x = c < fp.active_ctas ? vals[i] : 0;  // columns past the active CTAs: unset
+        total += x;
+        before += c < cta ? x : 0;
+      }
+    }
+    sm.total[e] = total;
+    sm.before[e] = before;
+  }
+  for (int le = tid; le < EL; le += kThreads) sm.global[le] = -1;
+  __syncthreads();
+  // Global -> local: the identity without an expert map; a map sends at most one global expert
+  // to each local one (validated on the host).
+  for (int e = tid; e < E; e += kThreads) {
+    int const le = rp.expert_map != nullptr ? rp.expert_map[e] : e;
+    if (le >= 0 && le < EL) sm.global[le] = e;
+  }
+  __syncthreads();
+  int count = 0;
+  int before = 0;
+  if (tid < EL) {
+    int const e = sm.global[tid];
+    count = e >= 0 ? sm.total[e] : 0;
+    before = e >= 0 ? sm.before[e] : 0;
+  }
+  int const bm = rp.tile_m;
+  int row_off = 0;
+  int rows_total = 0;
+  int tile_off = 0;
+  int tiles_total = 0;
+  Scan(sm.scan).ExclusiveSum(count, row_off, rows_total);
+  __syncthreads();
+  Scan(sm.scan).ExclusiveSum((count + bm - 1) / bm, tile_off, tiles_total);
+  int32_t* const tile_starts = rb.local_offsets + (EL + 1);
+  if (tid < EL) {
+    sm.lcount[tid] = count;
+    sm.row0[tid] = row_off;
+    sm.run[tid] = row_off + before;
+    sm.tile0[tid] = tile_off;
+    if (cta == 0) {
+      rb.local_offsets[tid] = row_off;
+      tile_starts[tid] = tile_off;
+      rb.local_counts[tid] = count;
+    }
+  }
+  if (tid == 0) {
+    sm.tile0[EL] = tiles_total;
+    if (cta == 0) {
+      rb.local_offsets[EL] = rows_total;
+      tile_starts[EL] = tiles_total;
+    }
+  }
+  if (cta == 0) {
+    if (fp.expert_load_out != nullptr) {
+      for (int e = tid; e < E; e += kThreads) fp.expert_load_out[e] = sm.total[e];
+    }
+    if (tid < 2 && fp.drop_reroute_out != nullptr) fp.drop_reroute_out[tid] = 0;  // dropless
+  }
+  __syncthreads();
+
+  // The tile list, as moe_build_tiles_kernel writes it: this CTA's share of the slots.
+  for (int m = cta * kThreads + tid; m < rp.num_tile_slots;
+       m += static_cast<int>(gridDim.x) * kThreads) {
+    gemm::TileInfo info{-1, 0, 0, 0};
+    if (m < tiles_total) {
+      int lo = 0;
+      int hi = EL;  // the last local expert whose first tile is <= m (empty experts share
+      while (lo < hi) {  // their successor's start, so the last of equal starts has tiles)
+        int const mid = (lo + hi) / 2;
+        if (sm.tile0[mid] <= m) lo = mid + 1; else hi = mid;
+      }
+      int const le = lo - 1;
+      int const first = (m - sm.tile0[le]) * bm;
+      info.expert = le;
+      info.row0 = sm.row0[le] + first;
+      info.rows = min(bm, sm.lcount[le] - first);
+    }
+    rb.tiles[m] = info;
+  }
+
+  // Dense rows of the owned slots, in (token, slot) order, by warp 0; the user's per-slot outputs.
+  if (tid < 32) {
+    int const lane = tid;
+    unsigned const lower = (1u << lane) - 1u;
+    for (int64_t base = a0; base < a1; base += 32) {
+      int64_t const a = base + lane;
+      bool const valid = a < a1;
+      int32_t const e = valid ? rb.final_ids[a] : -1;
+      int32_t le = -1;
+      if (e >= 0) le = rp.expert_map != nullptr ? rp.expert_map[e] : e;
+      bool const computed = le >= 0 && le < EL;
+      // Lanes of one local expert form a group; the others get keys no other lane has.
+      unsigned const group = __match_any_sync(0xffffffffu, computed ? le : EL + lane);
+      int row = -1;
+      if (computed) row = sm.run[le] + __popc(group & lower);
+      __syncwarp();
+      if (computed && lane == 31 - __clz(group)) sm.run[le] += __popc(group);
+      __syncwarp();
+      if (valid) {
+        rb.slot_row[a] = row;
+        if (row >= 0) rb.row_token[row] = static_cast<int32_t>(a / k);
+        if (fp.topk_ids_out != nullptr) fp.topk_ids_out[a] = e;
+        if (fp.topk_weights_out != nullptr) fp.topk_weights_out[a] = e >= 0 ? rb.weights[a] : 0.f;
+      }
+    }
+  }
+  cta_grid_sync(fp.grid_sync);
+}
+
+__global__ void __launch_bounds__(kThreads, 1) fused_sm90_fp8_kernel(
+    __grid_constant__ FusedParams const fp) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  routing_phases(fp);
+  // ---- phases 3 and 4: the GEMM body; its math warpgroups then combine the owned tokens.
+  gemm::sm90_fp8_pipelined_body<Pipe>(fp.gemm, CombineAfterGemm{fp});
+#else
+  __trap();
+#endif
+}
+
+}  // namespace
+
+std::string fused_fp8_unsupported_reason(MoeProblem const& p) {
+  if (p.kind != ExpertKind::kLinear) {
+    return "gated-FFN experts (the fused kernel runs linear experts so far)";
+  }
+  if (p.routing.capacity_factor > 0.0) return "capacity (the fused kernel routes dropless)";
+  if (p.num_experts > kFusedMaxExperts || p.num_local_experts > kFusedMaxExperts) {
+    return cat("more than ", kFusedMaxExperts, " experts");
+  }
+  return "";
+}
+
+bool fused_fp8_preferred(MoeProblem const& p) {
+  char const* v = std::getenv("FLASHMOE_FUSED");
+  if (v != nullptr && std::strcmp(v, "1") == 0) return true;
+  if (v != nullptr && std::strcmp(v, "0") == 0) return false;
+  double const rows_per_expert = static_cast<double>(p.num_tokens) * p.routing.top_k /
+                                 static_cast<double>(std::max<int64_t>(p.num_experts, 1));
+  return rows_per_expert <= kFusedMaxRowsPerExpert;
+}
+
+Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig const& config,
+                     MoeWorkspace const& ws, cudaStream_t stream) {
+  if (ws.token_scales == nullptr || ws.token_fp8 == nullptr || ws.fused_counts == nullptr ||
+      ws.expert_out == nullptr) {
+    return Status(StatusCode::kInternal, "fused fp8: workspace carved without the FP8 slices");
+  }
+  std::string const why = fused_fp8_unsupported_reason(problem);
+  if (!why.empty()) {
+    return Status(StatusCode::kInternal, "fused fp8 called for an unsupported problem: " + why);
+  }
+  int num_sms = 0;
+  FLASHMOE_RETURN_IF_ERROR(gemm::sm90_device_sms("fused fp8", &num_sms));
+  int const ctas = std::max(1, std::min(num_sms, kFusedMaxCtas));
+  int64_t const T = problem.num_tokens;
+  int64_t const H = problem.hidden;
+  int64_t const N = problem.out_dim;
+  routing::RoutingBuffers const& rb = ws.routing;
+
+  // The GEMM's work queue and the grid barrier's arrivals start at zero.
+  FLASHMOE_RETURN_IF_ERROR(zero_gemm_queues(ws, stream));
+
+  gemm::Sm90Fp8GemmParams g;
+  g.a = args.tokens;
+  g.a_dtype = problem.token_dtype;
+  g.a_row_stride = H;
+  g.a_rows = rb.row_token;
+  g.a_scales = ws.token_scales;
+  g.a_fp8 = ws.token_fp8;
+  g.a_fp8_row_stride = H;
+  g.tiles = rb.tiles;
+  g.num_tile_slots = static_cast<int32_t>(config.num_tile_slots);
+  g.w_fp8 = args.w1;
+  g.w_scales = args.w1_scale;
+  g.scale_kind = problem.weight_scale == WeightScale::kBlock128 ? gemm::Fp8ScaleKind::kBlock128
+                                                                 : gemm::Fp8ScaleKind::kChannel;
+  g.num_experts = problem.num_local_experts;
+  g.k = H;
+  g.n = N;
+  g.epilogue = gemm::Fp8Epilogue::kPlain;
+  g.out = ws.expert_out;
+  g.out_dtype = problem.token_dtype;
+  g.out_row_stride = N;
+  g.scheduler = ws.gemm_scheduler;
+
+  FusedParams fp{};
+  int smem_bytes = 0;
+  FLASHMOE_RETURN_IF_ERROR(gemm::sm90_fp8_prequant_m128_params(g, &fp.gemm, &smem_bytes));
+  smem_bytes = std::max(smem_bytes, static_cast<int>(sizeof(RoutingSmem)));
+  fp.rp = make_routing_params(problem, args, config);
+  fp.rb = rb;
+  fp.cp.y = ws.expert_out;
+  fp.cp.slot_row = rb.slot_row;
+  fp.cp.weights = rb.weights;
+  fp.cp.out = args.out;
+  fp.cp.num_tokens = T;
+  fp.cp.top_k = problem.routing.top_k;
+  fp.cp.cols = N;
+  fp.tokens = args.tokens;
+  fp.token_scales = ws.token_scales;
+  fp.token_fp8 = static_cast<uint8_t*>(ws.token_fp8);
+  fp.cta_counts = ws.fused_counts;
+  fp.grid_sync = reinterpret_cast<uint32_t*>(ws.gemm_scheduler + 2 * kGemmSchedulerInts);
+  fp.topk_ids_out = args.topk_ids_out;
+  fp.topk_weights_out = args.topk_weights_out;
+  fp.expert_load_out = args.expert_load;
+  fp.drop_reroute_out = args.drop_reroute_counts;
+  fp.hidden = static_cast<int32_t>(H);
+  fp.token_bf16 = problem.token_dtype == DType::kBFloat16 ? 1 : 0;
+  fp.tokens_vec16 = reinterpret_cast<std::uintptr_t>(args.tokens) % 16 == 0 && H % 8 == 0;
+  fp.out_bf16 = fp.token_bf16;
+  fp.chunk = static_cast<int32_t>((T + ctas - 1) / ctas);
+  fp.active_ctas = static_cast<int32_t>((T + fp.chunk - 1) / fp.chunk);
+
+  void const* kernel = reinterpret_cast<void const*>(&fused_sm90_fp8_kernel);
+  cudaFuncAttributes attr{};
+  FLASHMOE_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  if (attr.ptxVersion < 90) {
+    return Status::Unsupported("fused fp8: this build has no sm_90a code (build with "
+                               "CMAKE_CUDA_ARCHITECTURES including 90a-real)");
+  }
+  FLASHMOE_CUDA_CHECK(cudaFuncSetAttribute(&fused_sm90_fp8_kernel,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           smem_bytes));
+  // Cooperative: the driver places every CTA at once (or fails the launch), which the grid
+  // barriers need.
+  cudaLaunchAttribute attrs[1];
+  attrs[0].id = cudaLaunchAttributeCooperative;
+  attrs[0].val.cooperative = 1;
+  cudaLaunchConfig_t lc{};
+  lc.gridDim = dim3(static_cast<unsigned>(ctas));
+  lc.blockDim = dim3(kThreads);
+  lc.dynamicSmemBytes = static_cast<std::size_t>(smem_bytes);
+  lc.stream = stream;
+  lc.attrs = attrs;
+  lc.numAttrs = 1;
+  FLASHMOE_CUDA_CHECK(cudaLaunchKernelEx(&lc, fused_sm90_fp8_kernel, fp));
+  FLASHMOE_LAUNCH_CHECK("fused_sm90_fp8_kernel");
+  return Status::Ok();
+}
+
+}  // namespace flashmoe::fused

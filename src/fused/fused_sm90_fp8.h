@@ -1,0 +1,49 @@
+// flashmoe (internal): the single-launch FP8 forward on Hopper (KernelPath::kFusedSm90Fp8) --
+// routing, activation quantization, the expert GEMM and the combine in one persistent kernel
+// (fused_sm90_fp8.cu says how).
+//
+// What it runs (fused_fp8_unsupported_reason() says why not, and the multi-kernel FP8 path runs
+// instead, reported as such): prepared FP8 weights, linear experts, dropless routing (no
+// capacity), at most 256 experts in the routing space and 256 local experts; every scoring,
+// bias, grouped top-k, pre-routed and expert_map option. FLASHMOE_FUSED=0 turns it off (the
+// multi-kernel path is then the one that runs, for comparisons). The output is bit for bit the
+// multi-kernel FP8 path's: the same routing arithmetic, the same dense row order (local expert,
+// token, slot), the same GEMM body (m128 on E4M3 rows quantized by the same rule), the same
+// combine order.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "flashmoe/options.h"
+#include "flashmoe/types.h"
+#include "fused/moe_config.h"
+#include "fused/moe_workspace.h"
+
+namespace flashmoe::fused {
+
+/// The fused kernel's grid is min(SMs, kFusedMaxCtas) persistent CTAs (one per SM); the
+/// workspace holds a [kFusedMaxCtas, E] table of per-CTA expert counts.
+inline constexpr int kFusedMaxCtas = 160;
+/// Experts (routing space and local) the fused kernel handles.
+inline constexpr int kFusedMaxExperts = 256;
+
+/// Empty when the fused kernel can run `problem` (an FP8 problem with prepared weights, checked
+/// by check_fp8_problem), else why not.
+std::string fused_fp8_unsupported_reason(MoeProblem const& problem);
+
+/// Whether the forward takes the fused kernel for a problem it can run: FLASHMOE_FUSED=1 yes,
+/// FLASHMOE_FUSED=0 no, else where it measured faster than the multi-kernel path (round 29, H100:
+/// at most kFusedMaxRowsPerExpert expected rows per expert, T * k / E -- decode; at seed and
+/// prefill its routing phase, three tokens at a time per CTA, and its combine, 256 threads per
+/// SM, are slower than the routing and combine kernels).
+bool fused_fp8_preferred(MoeProblem const& problem);
+inline constexpr double kFusedMaxRowsPerExpert = 4.0;
+
+/// Enqueues the workspace's counter reset (one memset) and the fused kernel on `stream`.
+/// `config` is choose_fp8_config's; `ws` carved with it.
+Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig const& config,
+                     MoeWorkspace const& ws, cudaStream_t stream);
+
+}  // namespace flashmoe::fused

@@ -1,0 +1,103 @@
+// flashmoe (internal): the per-row E4M3 quantization of activations as device code, shared by
+// the token pre-pass kernels (token_scales.cu) and the fused kernel:
+//
+//   scale = amax_c |x[c]| / 448 (float32 division; 1 for an all-zero row)
+//   q[c]  = e4m3(x[c] * (1 / scale))   (float32 product, cvt.rn.satfinite)
+//
+// bit for bit what the sm_90a FP8 GEMM's own gather computes.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+#include "flashmoe/quantization.h"
+
+namespace flashmoe::gemm {
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v) {
+  return static_cast<float>(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) {
+  return __half2float(v);
+}
+
+/// amax of 16 bytes of T.
+template <typename T>
+__device__ __forceinline__ float amax16(uint4 const& v) {
+  T vals[16 / sizeof(T)];
+  memcpy(vals, &v, 16);
+  float m = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 16 / static_cast<int>(sizeof(T)); ++i) m = fmaxf(m, fabsf(to_float(vals[i])));
+  return m;
+}
+
+/// kPer (= 16 / sizeof(T)) values of 16 bytes times `inv`, as kPer e4m3 bytes (the GEMM's rule:
+/// float product, cvt.rn.satfinite of pairs).
+template <typename T>
+__device__ __forceinline__ void quantize16(uint4 const& v, float inv, uint8_t* out) {
+  constexpr int kPer = 16 / sizeof(T);
+  T vals[kPer];
+  memcpy(vals, &v, 16);
+  uint16_t pairs[kPer / 2];
+#pragma unroll
+  for (int i = 0; i < kPer / 2; ++i) {
+    float2 f = make_float2(to_float(vals[2 * i]), to_float(vals[2 * i + 1]));
+    f.x *= inv;
+    f.y *= inv;
+    pairs[i] = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+  }
+  if constexpr (kPer == 8) {
+    uint2 w;
+    w.x = static_cast<uint32_t>(pairs[0]) | (static_cast<uint32_t>(pairs[1]) << 16);
+    w.y = static_cast<uint32_t>(pairs[2]) | (static_cast<uint32_t>(pairs[3]) << 16);
+    *reinterpret_cast<uint2*>(out) = w;
+  } else {
+    *reinterpret_cast<uint32_t*>(out) =
+        static_cast<uint32_t>(pairs[0]) | (static_cast<uint32_t>(pairs[1]) << 16);
+  }
+}
+
+/// One warp (lane 0..31) quantizes one row of `cols` values: *scale and q[0, cols). vec16: x and
+/// q allow 16-byte loads (x % 16 == 0, cols * sizeof(T) % 16 == 0). The row is read twice, the
+/// second time from L1/L2.
+template <typename T>
+__device__ __forceinline__ void quantize_row_warp(T const* __restrict__ xr, int64_t cols,
+                                                  bool vec16, int lane, float* scale,
+                                                  uint8_t* __restrict__ qr) {
+  constexpr int kPer = 16 / sizeof(T);
+  float m = 0.0f;
+  if (vec16) {
+    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
+      m = fmaxf(m, amax16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c))));
+    }
+  } else {
+    for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, fabsf(to_float(xr[c])));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  float const s = m > 0.0f ? __fdiv_rn(m, kE4M3Max) : 1.0f;
+  if (lane == 0) *scale = s;
+  float const inv = 1.0f / s;  // IEEE division, as the GEMM's gather
+  if (vec16) {
+    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
+      quantize16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c)), inv, qr + c);
+    }
+  } else {
+    for (int64_t c = lane; c < cols; c += 32) {
+      qr[c] = static_cast<uint8_t>(
+          __nv_cvt_float_to_fp8(to_float(xr[c]) * inv, __NV_SATFINITE, __NV_E4M3));
+    }
+  }
+}
+
+}  // namespace flashmoe::gemm

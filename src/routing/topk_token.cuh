@@ -1,0 +1,254 @@
+// flashmoe (internal): the top-k routing of one token (routing.h steps 1-5) by a group of 128
+// threads, written once for the top-k kernel (one block per token, topk_kernel.cu) and the fused
+// kernel (three warpgroups of a CTA, each on its own token). Scores in float64 (routing_device.cuh
+// says why); the selection takes, k times, the group's minimum of (descending-q key, expert
+// index) over the experts not yet taken: larger q first, the lower expert index among equal q --
+// the reference's tie rule.
+#pragma once
+
+#include <cstdint>
+
+#include "routing/routing_device.cuh"
+#include "routing/routing_params.h"
+
+namespace flashmoe::routing {
+
+inline constexpr int kTopkThreads = 128;
+inline constexpr int kTopkWarps = kTopkThreads / 32;
+
+/// Shared memory of one token's top-k (kItems experts per thread: E <= 128 * kItems).
+template <int kItems>
+struct TopkSmem {
+  static constexpr int kMaxE = kTopkThreads * kItems;
+  double p[kMaxE];                   // p[e]; softmax: first the numerators
+  double aux[kMaxE];                 // q[e] (grouped top-k), then the selected weights
+  double group[kMaxE];               // group scores
+  uint64_t warp_key[2][kTopkWarps];  // per-warp minima of a selection round
+  int32_t warp_expert[2][kTopkWarps];  // (two buffers: one barrier per round)
+  int32_t selected[kMaxE];           // expert of slot r
+  double warp_max[kTopkWarps];
+  double sum;
+  unsigned char group_ok[kMaxE];
+};
+
+/// A barrier of the whole block (the top-k kernel: one 128-thread block per token).
+struct BlockSync {
+  __device__ __forceinline__ void operator()() const { __syncthreads(); }
+};
+/// A barrier of the 128 threads of one warpgroup (hardware named barrier `id`).
+struct WarpgroupSync {
+  int id;
+  __device__ __forceinline__ void operator()() const {
+    asm volatile("bar.sync %0, 128;" ::"r"(id) : "memory");
+  }
+};
+
+// (key, expert) pairs in selection order: the smaller key, then the smaller expert index.
+__device__ __forceinline__ bool topk_before(uint64_t key, int32_t e, uint64_t best_key,
+                                            int32_t best_e) {
+  return key < best_key || (key == best_key && e < best_e);
+}
+
+/// Token t's top-k: rb.orig_ids / final_ids / weights of its k slots (and the capacity keys when
+/// rp.capacity > 0, the softmax stats when rp.reroute). tid: 0..127 within the group; sync(): a
+/// barrier of exactly those 128 threads. sm is the group's own.
+template <int kItems, class Sync>
+__device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffers const& rb,
+                                           int t, int tid, TopkSmem<kItems>& sm,
+                                           Sync const& sync) {
+  int const E = rp.num_experts;
+  int const k = rp.top_k;
+  Scoring const scoring = static_cast<Scoring>(rp.scoring);
+  int64_t const row = static_cast<int64_t>(t) * E;
+
+  // 1. Scores, blocked: thread tid owns experts tid * kItems + i.
+  double p[kItems];
+  double z[kItems];
+  double zmax_local = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    int const e = tid * kItems + i;
+    double const s = e < E ? load_score(rp, row + e) : -INFINITY;
+    p[i] = s;
+    z[i] = scaled_logit(rp, s);
+    zmax_local = fmax(zmax_local, z[i]);
+  }
+  TokenStats stats{0.0, 0.0};
+  if (scoring == Scoring::kSoftmax) {
+    double zmax = zmax_local;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) zmax = fmax(zmax, __shfl_xor_sync(0xffffffffu, zmax, off));
+    if (tid % 32 == 0) sm.warp_max[tid / 32] = zmax;
+    sync();
+#pragma unroll
+    for (int w = 0; w < kTopkWarps; ++w) zmax = fmax(zmax, sm.warp_max[w]);
+    stats.zmax = zmax;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      int const e = tid * kItems + i;
+      if (e < E) sm.p[e] = softmax_numerator(z[i], stats.zmax);
+    }
+    sync();
+    if (tid == 0) {
+      // Sequential, in expert order: the reference's summation order, so p is bit-identical.
+      // (Eight loads ahead of the adds: the chain is the adds' latency, not the loads'.)
+      double sum = 0.0;
+      int e = 0;
+      for (; e + 8 <= E; e += 8) {
+        double v[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = sm.p[e + i];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) sum += v[i];
+      }
+      for (; e < E; ++e) sum += sm.p[e];
+      sm.sum = sum;
+      if (rp.reroute) rb.token_stats[t] = TokenStats{stats.zmax, sum};
+    }
+    sync();
+    stats.sum = sm.sum;
+  }
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) p[i] = score_prob(rp, p[i], stats);  // p[i] held s
+  sync();  // sm.p is rewritten below
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    int const e = tid * kItems + i;
+    if (e < E) sm.p[e] = p[i];
+  }
+
+  // 2. Selection scores; 3. grouped top-k eligibility.
+  double q[kItems];
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    int const e = tid * kItems + i;
+    q[i] = e < E ? selection_score(rp, p[i], e) : -INFINITY;
+  }
+  bool eligible[kItems];
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) eligible[i] = tid * kItems + i < E;
+  if (rp.n_group > 0) {
+    int const G = E / rp.n_group;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      int const e = tid * kItems + i;
+      if (e < E) sm.aux[e] = q[i];
+    }
+    sync();
+    for (int g = tid; g < rp.n_group; g += kTopkThreads) {
+      double top1 = -INFINITY;
+      double top2 = -INFINITY;
+      for (int e = g * G; e < (g + 1) * G; ++e) {
+        double const v = sm.aux[e];
+        if (v > top1) {
+          top2 = top1;
+          top1 = v;
+        } else if (v > top2) {
+          top2 = v;
+        }
+      }
+      sm.group[g] = (rp.has_bias && G > 1) ? top1 + top2 : top1;
+    }
+    sync();
+    for (int g = tid; g < rp.n_group; g += kTopkThreads) {
+      double const mine = sm.group[g];
+      int rank = 0;
+      for (int h = 0; h < rp.n_group; ++h) {
+        double const other = sm.group[h];
+        rank += (other > mine || (other == mine && h < g)) ? 1 : 0;
+      }
+      sm.group_ok[g] = rank < rp.topk_group ? 1 : 0;
+    }
+    sync();
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      int const e = tid * kItems + i;
+      eligible[i] = e < E && sm.group_ok[e / G] != 0;
+    }
+  }
+
+  // 4. Top-k: slot r takes the minimum (key, expert) of the experts not taken by slots < r,
+  // where key = descending_key(q) and ineligible experts (and the padding items e >= E) have the
+  // largest key: exactly the first k of a stable ascending sort of the keys in expert order (what
+  // this kernel did with a CUB block radix sort before: 16 4-bit passes of a block scan for
+  // 64-bit keys, against k rounds of 5 shuffles and one barrier here).
+  uint64_t keys[kItems];
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) keys[i] = eligible[i] ? descending_key(q[i]) : ~uint64_t{0};
+  unsigned taken = 0;  // bit i: item i went to an earlier slot
+  int const lane = tid % 32;
+  int const warp = tid / 32;
+  for (int r = 0; r < k; ++r) {
+    uint64_t best_key = ~uint64_t{0};
+    int32_t best_e = INT32_MAX;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      int32_t const e = tid * kItems + i;
+      if (!((taken >> i) & 1u) && topk_before(keys[i], e, best_key, best_e)) {
+        best_key = keys[i];
+        best_e = e;
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      uint64_t const other_key = __shfl_xor_sync(0xffffffffu, best_key, off);
+      int32_t const other_e = __shfl_xor_sync(0xffffffffu, best_e, off);
+      if (topk_before(other_key, other_e, best_key, best_e)) {
+        best_key = other_key;
+        best_e = other_e;
+      }
+    }
+    if (lane == 0) {
+      sm.warp_key[r & 1][warp] = best_key;
+      sm.warp_expert[r & 1][warp] = best_e;
+    }
+    // The buffer written in round r is next written in round r + 2, after every thread has
+    // passed round r + 1's barrier, i.e. finished reading it here.
+    sync();
+    best_key = sm.warp_key[r & 1][0];
+    best_e = sm.warp_expert[r & 1][0];
+#pragma unroll
+    for (int w = 1; w < kTopkWarps; ++w) {
+      if (topk_before(sm.warp_key[r & 1][w], sm.warp_expert[r & 1][w], best_key, best_e)) {
+        best_key = sm.warp_key[r & 1][w];
+        best_e = sm.warp_expert[r & 1][w];
+      }
+    }
+    if (best_e / kItems == tid) taken |= 1u << (best_e % kItems);
+    if (tid == 0) sm.selected[r] = best_e;
+  }
+  sync();  // sm.selected; sm.aux (q) is reused below
+
+  // 5. Combine weights from p of the k selected experts (slot r = rank r).
+  // (An expert >= E only if k exceeded the eligible experts, which validation excludes.)
+  for (int r = tid; r < k; r += kTopkThreads) {
+    int32_t const e = sm.selected[r];
+    sm.aux[r] = e < E ? weight_of(sm.p[e]) : 0.0;
+  }
+  sync();
+  if (tid == 0) {
+    double sum = 0.0;
+    for (int j = 0; j < k; ++j) sum += sm.aux[j];  // slot order, as the reference
+    sm.sum = sum;
+  }
+  sync();
+  double const wsum = sm.sum;
+  for (int r = tid; r < k; r += kTopkThreads) {
+    int const e = sm.selected[r] < E ? sm.selected[r] : -1;
+    double w = sm.aux[r];
+    if (rp.renormalize && wsum > 0.0) w /= wsum;
+    w *= rp.routed_scaling_factor;
+    int64_t const a = static_cast<int64_t>(t) * k + r;
+    rb.orig_ids[a] = e;
+    rb.final_ids[a] = e;
+    rb.weights[a] = static_cast<float>(w);
+    if (rp.capacity > 0) {
+      // Capacity priority of (t, r) at e: p[t][e] (never the renormalized weight).
+      double const prio = e >= 0 && isfinite(sm.p[e]) ? sm.p[e] : -INFINITY;
+      rb.prio_keys[a] = descending_key(prio);
+      rb.iota[a] = static_cast<int32_t>(a);
+    }
+  }
+}
+
+}  // namespace flashmoe::routing
