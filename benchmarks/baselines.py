@@ -243,9 +243,11 @@ def _environ(name: str, value: Optional[str]):
 
 
 def build_flashmoe(cfg: MoeConfig, weights, precision: str = "bf16",
-                   gemm: Optional[str] = None) -> Built:
+                   gemm: Optional[str] = None, fused: Optional[str] = None) -> Built:
     """gemm="sm80": FLASHMOE_GEMM=sm80 around each call, so a Hopper GPU runs the sm_80 GEMMs
-    (path multikernel-sm80) instead of the sm_90a ones -- the previous bf16 path, for comparison."""
+    (path multikernel-sm80) instead of the sm_90a ones -- the previous bf16 path, for comparison.
+    fused="0": FLASHMOE_FUSED=0 around each call (the multi-kernel FP8 path where the one-kernel
+    path would run)."""
     try:
         import flashmoe_science as fm
     except Exception as e:  # noqa: BLE001 -- any import failure means "not available"
@@ -264,11 +266,11 @@ def build_flashmoe(cfg: MoeConfig, weights, precision: str = "bf16",
         experts = fm.prepare_experts(weights, precision="fp8", scale="channel")
         torch.cuda.synchronize()
     def fn(x, logits):
-        with _environ("FLASHMOE_GEMM", gemm):
+        with _environ("FLASHMOE_GEMM", gemm), _environ("FLASHMOE_FUSED", fused):
             return fm.fused_moe(x, experts, logits, **kwargs)
 
     def path(x, logits):
-        with _environ("FLASHMOE_GEMM", gemm):
+        with _environ("FLASHMOE_GEMM", gemm), _environ("FLASHMOE_FUSED", fused):
             return _reported_path(fm.fused_moe(x, experts, logits, return_stats=True, **kwargs))
 
     return Built(
@@ -381,6 +383,9 @@ IMPLS = {
     "flashmoe": Impl("bf16", build_flashmoe),
     "flashmoe-fp8": Impl("fp8", lambda cfg, w: build_flashmoe(cfg, w, precision="fp8")),
     "flashmoe-sm80": Impl("bf16", lambda cfg, w: build_flashmoe(cfg, w, gemm="sm80")),
+    # The multi-kernel FP8 path where the forward would take the one-kernel one (decode).
+    "flashmoe-fp8-multikernel": Impl("fp8", lambda cfg, w: build_flashmoe(cfg, w, precision="fp8",
+                                                                           fused="0")),
     # FP8 weights on the sm_80 GEMM (W8A16, what an Ampere GPU runs), on Hopper via
     # FLASHMOE_GEMM=sm80: weight bytes as fp8, activations bf16.
     "flashmoe-w8a16": Impl("fp8", lambda cfg, w: build_flashmoe(cfg, w, precision="fp8",
