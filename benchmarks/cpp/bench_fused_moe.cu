@@ -14,13 +14,17 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "flashmoe/fused_moe.h"
 #include "flashmoe/quantization.h"
-#include "fused/moe_config.h"  // internal: choose_moe_config / describe_moe_config
+#include "fused/fused_sm90_fp8.h"  // internal: the fused kernel's phase timeline
+#include "fused/moe_config.h"      // internal: choose_moe_config / describe_moe_config
+#include "fused/moe_workspace.h"
+#include "fused/multikernel_fp8.h"
 
 using namespace flashmoe;
 
@@ -345,6 +349,45 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
               "(%.0f GB/s)\n   compute: %.1f GFLOP -> %.1f TFLOP/s\n", med, lo, hi, o.reps,
               T / (med * 1e-3), touched, (long long)E, touched_bytes / 1e9, gbps,
               gbps / ctx.copy_gbps, ctx.copy_gbps, flops / 1e9, tflops);
+
+  // FLASHMOE_FUSED_TIMELINE=1 and the fused kernel ran: its phase timeline of one more call
+  // (per CTA %globaltimer stamps; printed relative to the earliest start: median / max over CTAs).
+  char const* tl = std::getenv("FLASHMOE_FUSED_TIMELINE");
+  if (tl != nullptr && std::strcmp(tl, "1") == 0 && path == KernelPath::kFusedSm90Fp8) {
+    fused::MoeWorkspace carved;
+    CKS(fused::carve_moe_workspace(p, fused::choose_fp8_config(p), ws, &carved));
+    int const n = fused::kFusedMaxCtas * fused::kFusedTimelineSlots;
+    CK(cudaMemsetAsync(carved.fused_timeline, 0, n * sizeof(uint64_t), st));
+    run(o.warmup, nullptr);
+    std::vector<uint64_t> h(n);
+    CK(cudaMemcpyAsync(h.data(), carved.fused_timeline, n * sizeof(uint64_t),
+                       cudaMemcpyDeviceToHost, st));
+    CK(cudaStreamSynchronize(st));
+    uint64_t t0 = ~uint64_t{0};
+    int ctas = 0;
+    for (int c = 0; c < fused::kFusedMaxCtas; ++c) {
+      if (h[c * fused::kFusedTimelineSlots] == 0) continue;
+      ++ctas;
+      t0 = std::min(t0, h[c * fused::kFusedTimelineSlots]);
+    }
+    static char const* const kNames[] = {"start", "routed", "barrier1", "dispatched",
+                                         "barrier2", "gemm done", "barrier3", "combined"};
+    std::string line = "   fused timeline (us from the first CTA's start, median/max over " +
+                       std::to_string(ctas) + " CTAs):";
+    for (int i = 0; i < fused::kFusedTimelineSlots; ++i) {
+      std::vector<float> v;
+      for (int c = 0; c < fused::kFusedMaxCtas; ++c) {
+        uint64_t const x = h[c * fused::kFusedTimelineSlots + i];
+        if (x != 0 && h[c * fused::kFusedTimelineSlots] != 0) v.push_back(float(x - t0) * 1e-3f);
+      }
+      if (v.empty()) continue;
+      char b[96];
+      std::snprintf(b, sizeof b, " %s %.1f/%.1f", kNames[i], median(v),
+                    *std::max_element(v.begin(), v.end()));
+      line += b;
+    }
+    std::printf("%s\n", line.c_str());
+  }
 
   // Stage times: one graph per distinct input set, event nodes between its nodes, one replay
   // per rep. A failure here is reported and skips the stage times only.

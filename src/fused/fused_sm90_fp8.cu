@@ -84,6 +84,7 @@ struct FusedParams {
   float* topk_weights_out;
   int32_t* expert_load_out;
   int64_t* drop_reroute_out;
+  uint64_t* timeline;   // [CTAs, kFusedTimelineSlots] or null (FLASHMOE_FUSED_TIMELINE=1)
   int32_t hidden;
   int32_t token_bf16;   // 1 bf16, 0 fp16
   int32_t tokens_vec16;
@@ -130,6 +131,13 @@ __device__ __forceinline__ void grid_arrive_wait(uint32_t* sync, uint32_t ctas) 
   __threadfence();
 }
 
+__device__ __forceinline__ void stamp(FusedParams const& fp, int slot) {
+  if (fp.timeline == nullptr) return;
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  fp.timeline[blockIdx.x * kFusedTimelineSlots + slot] = t;
+}
+
 __device__ __forceinline__ void cta_grid_sync(uint32_t* sync) {
   __syncthreads();
   if (threadIdx.x == 0) grid_arrive_wait(sync, gridDim.x);
@@ -146,7 +154,11 @@ struct CombineAfterGemm {
     int const t0 = min(T, static_cast<int>(blockIdx.x) * fp.chunk);
     int const t1 = min(T, t0 + fp.chunk);
     asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
-    if (mt == 0) grid_arrive_wait(fp.grid_sync, gridDim.x);
+    if (mt == 0) {
+      stamp(fp, 5);
+      grid_arrive_wait(fp.grid_sync, gridDim.x);
+      stamp(fp, 6);
+    }
     asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
     for (int t = t0; t < t1; ++t) {
       if (fp.out_bf16) {
@@ -154,6 +166,10 @@ struct CombineAfterGemm {
       } else {
         combine_token<__half>(fp.cp, t, mt, 256);
       }
+    }
+    if (fp.timeline != nullptr) {
+      asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
+      if (mt == 0) stamp(fp, 7);
     }
   }
 };
@@ -176,6 +192,7 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
   int const t1 = min(T, t0 + fp.chunk);
   int64_t const a0 = static_cast<int64_t>(t0) * k;
   int64_t const a1 = static_cast<int64_t>(t1) * k;
+  if (tid == 0) stamp(fp, 0);
 
   // ---- phase 1: top-k of the owned tokens, one warpgroup per token; their E4M3 rows.
   {
@@ -217,7 +234,9 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
   if (cta < fp.active_ctas) {  // column cta of the [E, kFusedMaxCtas] table
     for (int e = tid; e < E; e += kThreads) fp.cta_counts[e * kFusedMaxCtas + cta] = sm.count[e];
   }
+  if (tid == 0) stamp(fp, 1);
   cta_grid_sync(fp.grid_sync);
+  if (tid == 0) stamp(fp, 2);
 
   // ---- phase 2: totals, this CTA's bases, row and tile scans of the local experts.
   // One thread per expert reads its row of the table, four CTAs per (independent) load.
@@ -337,7 +356,9 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
       }
     }
   }
+  if (tid == 0) stamp(fp, 3);
   cta_grid_sync(fp.grid_sync);
+  if (tid == 0) stamp(fp, 4);
 }
 
 __global__ void __launch_bounds__(kThreads, 1) fused_sm90_fp8_kernel(
@@ -439,6 +460,8 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
   fp.topk_weights_out = args.topk_weights_out;
   fp.expert_load_out = args.expert_load;
   fp.drop_reroute_out = args.drop_reroute_counts;
+  char const* tl = std::getenv("FLASHMOE_FUSED_TIMELINE");
+  fp.timeline = tl != nullptr && std::strcmp(tl, "1") == 0 ? ws.fused_timeline : nullptr;
   fp.hidden = static_cast<int32_t>(H);
   fp.token_bf16 = problem.token_dtype == DType::kBFloat16 ? 1 : 0;
   fp.tokens_vec16 = reinterpret_cast<std::uintptr_t>(args.tokens) % 16 == 0 && H % 8 == 0;

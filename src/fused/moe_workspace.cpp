@@ -112,12 +112,15 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
   ws->token_fp8 = nullptr;
   ws->hidden_fp8 = nullptr;
   ws->fused_counts = nullptr;
+  ws->fused_timeline = nullptr;
   if (fp8) {
     ws->token_scales = c.take<float>(T);
     ws->hidden_scales = ffn ? c.take<float>(n) : nullptr;
     ws->token_fp8 = c.take<unsigned char>(T * static_cast<std::size_t>(problem.hidden));
     ws->hidden_fp8 = ffn ? c.take<unsigned char>(n * inter) : nullptr;
     ws->fused_counts = c.take<int32_t>(E * static_cast<std::size_t>(kFusedMaxCtas));
+    ws->fused_timeline = c.take<uint64_t>(static_cast<std::size_t>(kFusedMaxCtas) *
+                                          kFusedTimelineSlots);
   }
   // Two work queues (the FFN's two GEMMs), whichever sm_90a GEMM runs (16 bytes: carved on
   // every path so that the size does not depend on the device).

@@ -51,6 +51,7 @@ struct MoeWorkspace {
   void* token_fp8 = nullptr;
   void* hidden_fp8 = nullptr;
   int32_t* fused_counts = nullptr;    // FP8: [E, kFusedMaxCtas] the fused kernel's per-CTA counts
+  uint64_t* fused_timeline = nullptr;  // FP8: [kFusedMaxCtas, kFusedTimelineSlots] (profiling)
   int32_t* gemm_scheduler = nullptr;  // two queues of kGemmSchedulerInts int32
   std::size_t bytes = 0;  // total bytes the carve needs (including alignment of the base)
 };
