@@ -50,7 +50,9 @@ constexpr Shape kShapes[] = {
     {"seed", 256, 8, 4096, 4096, false, 2048},    {"decode-1", 256, 8, 4096, 4096, false, 1},
     {"decode-16", 256, 8, 4096, 4096, false, 16}, {"decode-128", 256, 8, 4096, 4096, false, 128},
     {"prefill", 256, 8, 4096, 4096, false, 16384}, {"dsv3", 256, 8, 7168, 2048, true, 2048},
-    {"qwen3", 128, 8, 2048, 768, true, 2048},      {"mixtral", 8, 2, 4096, 14336, true, 2048}};
+    {"qwen3", 128, 8, 2048, 768, true, 2048},      {"mixtral", 8, 2, 4096, 14336, true, 2048},
+    // A probe, not a model: 2 MB of weights (they stay in L2), one token.
+    {"probe-small", 8, 2, 512, 512, false, 1}};
 
 struct Opts {
   std::vector<std::string> configs;
@@ -371,10 +373,13 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
       t0 = std::min(t0, h[c * fused::kFusedTimelineSlots]);
     }
     static char const* const kNames[] = {"start", "routed", "barrier1", "dispatched",
-                                         "barrier2", "gemm done", "barrier3", "combined"};
+                                         "barrier2", "gemm done", "barrier3", "combined",
+                                         "top-k(t0)", "quantized(t0)"};
+    static int const kOrder[] = {0, 8, 9, 1, 2, 3, 4, 5, 6, 7};
+    static_assert(sizeof(kOrder) / sizeof(kOrder[0]) == fused::kFusedTimelineSlots, "slots");
     std::string line = "   fused timeline (us from the first CTA's start, median/max over " +
                        std::to_string(ctas) + " CTAs):";
-    for (int i = 0; i < fused::kFusedTimelineSlots; ++i) {
+    for (int i : kOrder) {
       std::vector<float> v;
       for (int c = 0; c < fused::kFusedMaxCtas; ++c) {
         uint64_t const x = h[c * fused::kFusedTimelineSlots + i];

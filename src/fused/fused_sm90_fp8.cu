@@ -209,7 +209,11 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
         routing::WarpgroupSync{kTopkBarrier + wg}();  // the next token rewrites sm.topk[wg]
       }
     }
-    int const warp = tid / 32;
+    if (tid == 0) stamp(fp, 8);
+    // Rows go to the warps from the last one down: with one or two owned tokens the warps of the
+    // warpgroups without a token quantize while warpgroup 0 is still in its top-k (no barrier
+    // between the two loops).
+    int const warp = kWarps - 1 - tid / 32;
     int const lane = tid % 32;
     int64_t const H = fp.hidden;
     for (int t = t0 + warp; t < t1; t += kWarps) {
@@ -224,6 +228,7 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
       }
     }
   }
+  if (tid == 0) stamp(fp, 9);
   for (int e = tid; e < E; e += kThreads) sm.count[e] = 0;
   __syncthreads();  // final ids of the owned slots (written by this CTA) and the zeroed counts
   for (int64_t a = a0 + tid; a < a1; a += kThreads) {

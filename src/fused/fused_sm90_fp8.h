@@ -44,8 +44,9 @@ inline constexpr double kFusedMaxRowsPerExpert = 4.0;
 /// Phase timeline (FLASHMOE_FUSED_TIMELINE=1, for profiling): per CTA, %globaltimer nanoseconds
 /// at: 0 start, 1 routing + quantization done, 2 after barrier 1, 3 dispatch done, 4 after
 /// barrier 2 (GEMM starts), 5 the math warpgroups' last tile done, 6 after barrier 3, 7 combine
-/// done. Written to MoeWorkspace::fused_timeline[cta * kFusedTimelineSlots + i].
-inline constexpr int kFusedTimelineSlots = 8;
+/// done, 8 thread 0's top-k work done, 9 thread 0's row quantization done. Written to
+/// MoeWorkspace::fused_timeline[cta * kFusedTimelineSlots + i].
+inline constexpr int kFusedTimelineSlots = 10;
 
 /// Enqueues the workspace's counter reset (one memset) and the fused kernel on `stream`.
 /// `config` is choose_fp8_config's; `ws` carved with it.

@@ -77,6 +77,9 @@ __device__ __forceinline__ void quantize_row_warp(T const* __restrict__ xr, int6
   constexpr int kPer = 16 / sizeof(T);
   float m = 0.0f;
   if (vec16) {
+    // Unrolled so that several 16-byte loads are in flight: at decode one row is the whole
+    // pre-pass, and its loads' latency is the cost.
+#pragma unroll 8
     for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
       m = fmaxf(m, amax16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c))));
     }
@@ -89,6 +92,7 @@ __device__ __forceinline__ void quantize_row_warp(T const* __restrict__ xr, int6
   if (lane == 0) *scale = s;
   float const inv = 1.0f / s;  // IEEE division, as the GEMM's gather
   if (vec16) {
+#pragma unroll 8
     for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
       quantize16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c)), inv, qr + c);
     }
