@@ -40,9 +40,8 @@ enum class KernelPath : int {
   // precision kFP8 with prepared weights, linear experts, dropless routing, E <= 256, on a
   // compute capability 9.0 device: ONE persistent kernel (routing, activation quantization,
   // the sm_90a FP8 GEMM and the combine; launched cooperatively after one 24-byte memset of its
-  // counters), bit for bit the kMultiKernelSm90Fp8 output. Chosen where it measured faster: at
-  // most 4 expected rows per expert (T * k / E, decode); FLASHMOE_FUSED=1 takes it wherever it
-  // can run, FLASHMOE_FUSED=0 never.
+  // counters), bit for bit the kMultiKernelSm90Fp8 output. FLASHMOE_FUSED=0 selects
+  // kMultiKernelSm90Fp8 instead.
   kFusedSm90Fp8 = 5,
 };
 

@@ -263,9 +263,7 @@ Status fused_moe_run(MoeProblem const& problem, MoeArgs const& args, void* works
     } else if (chosen == KernelPath::kMultiKernelSm90Fp8) {
       std::string const why = fused::fused_fp8_unsupported_reason(problem);
       line += cat(" [not fused: ",
-                  why.empty() ? "more rows per expert than the fused kernel is chosen for, or "
-                                "FLASHMOE_FUSED=0"
-                              : why,
+                  why.empty() ? "FLASHMOE_FUSED=0" : why,
                   "]");
     }
     std::fprintf(stderr, "%s\n", line.c_str());

@@ -49,7 +49,11 @@ __device__ __forceinline__ uint4 pack8(__half const*, float const (&acc)[8]) {
   return v;
 }
 
-/// Token t's output row by `nthreads` threads (tid 0..nthreads-1), 8 columns per step.
+/// Token t's output row by `nthreads` threads (tid 0..nthreads-1), 8 columns per step. Up to
+/// kCombineUnroll slots, the token's rows and weights are read once and each step issues all its
+/// row loads before the first add (the loads' latency overlaps: the fused kernel combines with 8
+/// warps per SM, not a full grid); the adds stay in slot order, so the bits do not change.
+inline constexpr int kCombineUnroll = 8;
 template <class Element>
 __device__ __forceinline__ void combine_token(CombineParams const& p, int64_t t, int tid,
                                               int nthreads) {
@@ -57,6 +61,32 @@ __device__ __forceinline__ void combine_token(CombineParams const& p, int64_t t,
   int64_t const chunks = p.cols / 8;
   Element const* const y = static_cast<Element const*>(p.y);
   Element* const out = static_cast<Element*>(p.out);
+  if (k <= kCombineUnroll) {
+    int32_t rows[kCombineUnroll];
+    float w[kCombineUnroll];
+#pragma unroll
+    for (int j = 0; j < kCombineUnroll; ++j) {
+      rows[j] = j < k ? p.slot_row[t * k + j] : -1;
+      w[j] = j < k ? p.weights[t * k + j] : 0.0f;
+    }
+    for (int64_t c = tid; c < chunks; c += nthreads) {
+      uint4 v[kCombineUnroll];
+#pragma unroll
+      for (int j = 0; j < kCombineUnroll; ++j) {
+        if (rows[j] >= 0) {
+          v[j] = *reinterpret_cast<uint4 const*>(y + static_cast<int64_t>(rows[j]) * p.cols +
+                                                 c * 8);
+        }
+      }
+      float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int j = 0; j < kCombineUnroll; ++j) {
+        if (rows[j] >= 0) accumulate8(y, v[j], w[j], acc);
+      }
+      *reinterpret_cast<uint4*>(out + t * p.cols + c * 8) = pack8(out, acc);
+    }
+    return;
+  }
   for (int64_t c = tid; c < chunks; c += nthreads) {
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (int j = 0; j < k; ++j) {

@@ -59,11 +59,14 @@ using detail::cat;
 using Pipe = gemm::Sm90Fp8PipeTile<128>;
 constexpr int kThreads = Pipe::kThreads;  // 384: three warpgroups
 constexpr int kWarps = kThreads / 32;
-constexpr int kTopkItems = 2;              // E <= 256
-using TopkSmem = routing::TopkSmem<kTopkItems>;
+// The top-k of a token by a warpgroup (at most 3 tokens per CTA: the latency of one token is
+// what counts) or by a warp (more tokens per CTA: twelve at a time).
+using TopkSmemWg = routing::TopkSmem<128, 2>;
+using TopkSmemWarp = routing::TopkSmem<32, 8>;
+constexpr int kWarpgroupTopkMaxChunk = 3;
 using Scan = cub::BlockScan<int, kThreads>;
-static_assert(routing::kTopkThreads == 128, "one warpgroup per token");
-static_assert(TopkSmem::kMaxE >= kFusedMaxExperts, "the top-k shared memory covers E");
+static_assert(TopkSmemWg::kMaxE >= kFusedMaxExperts && TopkSmemWarp::kMaxE >= kFusedMaxExperts,
+              "the top-k shared memory covers E");
 static_assert(kFusedMaxExperts <= kThreads, "one local expert per thread in the scans");
 
 // Hardware named barriers of the phases (CUTLASS keeps 0-7; the GEMM body's producer uses 8).
@@ -95,7 +98,10 @@ struct FusedParams {
 
 // Dynamic shared memory of phases 1-2 (the GEMM's pipeline reuses the window afterwards).
 struct RoutingSmem {
-  TopkSmem topk[3];
+  union {
+    TopkSmemWg wg[3];
+    TopkSmemWarp warp[kWarps];
+  } topk;
   typename Scan::TempStorage scan;
   int32_t count[kFusedMaxExperts];      // phase 1: this CTA's final ids per expert
   int32_t total[kFusedMaxExperts];      // phase 2, per expert: all CTAs
@@ -196,17 +202,20 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
 
   // ---- phase 1: top-k of the owned tokens, one warpgroup per token; their E4M3 rows.
   {
-    int const wg = tid / 128;
-    int const gt = tid % 128;
-    for (int t = t0 + wg; t < t1; t += 3) {
-      if (rp.prerouted) {
-        for (int j = gt; j < k; j += 128) {
-          routing::prerouted_assignment(rp, rb, static_cast<int64_t>(t) * k + j);
-        }
-      } else {
-        routing::topk_token<kTopkItems>(rp, rb, t, gt, sm.topk[wg],
-                                        routing::WarpgroupSync{kTopkBarrier + wg});
-        routing::WarpgroupSync{kTopkBarrier + wg}();  // the next token rewrites sm.topk[wg]
+    if (rp.prerouted) {
+      for (int64_t a = a0 + tid; a < a1; a += kThreads) routing::prerouted_assignment(rp, rb, a);
+    } else if (fp.chunk <= kWarpgroupTopkMaxChunk) {
+      int const wg = tid / 128;
+      for (int t = t0 + wg; t < t1; t += 3) {
+        routing::topk_token<128, 2>(rp, rb, t, tid % 128, sm.topk.wg[wg],
+                                    routing::WarpgroupSync{kTopkBarrier + wg});
+        routing::WarpgroupSync{kTopkBarrier + wg}();  // the next token rewrites sm.topk.wg[wg]
+      }
+    } else {
+      int const w = tid / 32;
+      for (int t = t0 + w; t < t1; t += kWarps) {
+        routing::topk_token<32, 8>(rp, rb, t, tid % 32, sm.topk.warp[w], routing::WarpSync{});
+        __syncwarp();  // the next token rewrites sm.topk.warp[w]
       }
     }
     if (tid == 0) stamp(fp, 8);
@@ -390,13 +399,9 @@ std::string fused_fp8_unsupported_reason(MoeProblem const& p) {
   return "";
 }
 
-bool fused_fp8_preferred(MoeProblem const& p) {
+bool fused_fp8_preferred(MoeProblem const&) {
   char const* v = std::getenv("FLASHMOE_FUSED");
-  if (v != nullptr && std::strcmp(v, "1") == 0) return true;
-  if (v != nullptr && std::strcmp(v, "0") == 0) return false;
-  double const rows_per_expert = static_cast<double>(p.num_tokens) * p.routing.top_k /
-                                 static_cast<double>(std::max<int64_t>(p.num_experts, 1));
-  return rows_per_expert <= kFusedMaxRowsPerExpert;
+  return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
 Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig const& config,

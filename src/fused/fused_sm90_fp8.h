@@ -33,13 +33,10 @@ inline constexpr int kFusedMaxExperts = 256;
 /// by check_fp8_problem), else why not.
 std::string fused_fp8_unsupported_reason(MoeProblem const& problem);
 
-/// Whether the forward takes the fused kernel for a problem it can run: FLASHMOE_FUSED=1 yes,
-/// FLASHMOE_FUSED=0 no, else where it measured faster than the multi-kernel path (round 29, H100:
-/// at most kFusedMaxRowsPerExpert expected rows per expert, T * k / E -- decode; at seed and
-/// prefill its routing phase, three tokens at a time per CTA, and its combine, 256 threads per
-/// SM, are slower than the routing and combine kernels).
+/// Whether the forward takes the fused kernel for a problem it can run: yes unless
+/// FLASHMOE_FUSED=0. Measured against the multi-kernel path on an H100 (round 37, docs/perf-log.md
+/// v0.9): as fast or faster from decode-1 to prefill.
 bool fused_fp8_preferred(MoeProblem const& problem);
-inline constexpr double kFusedMaxRowsPerExpert = 4.0;
 
 /// Phase timeline (FLASHMOE_FUSED_TIMELINE=1, for profiling): per CTA, %globaltimer nanoseconds
 /// at: 0 start, 1 routing + quantization done, 2 after barrier 1, 3 dispatch done, 4 after

@@ -10,8 +10,8 @@ namespace {
 template <int kItems>
 __global__ void __launch_bounds__(kTopkThreads)
     moe_topk_kernel(RoutingParams const rp, RoutingBuffers const rb) {
-  __shared__ TopkSmem<kItems> sm;
-  topk_token<kItems>(rp, rb, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x), sm,
+  __shared__ TopkSmem<kTopkThreads, kItems> sm;
+  topk_token<kTopkThreads, kItems>(rp, rb, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x), sm,
                      BlockSync{});
 }
 

@@ -13,20 +13,23 @@
 
 namespace flashmoe::routing {
 
+/// Threads of the top-k kernel's block (one token per block).
 inline constexpr int kTopkThreads = 128;
-inline constexpr int kTopkWarps = kTopkThreads / 32;
 
-/// Shared memory of one token's top-k (kItems experts per thread: E <= 128 * kItems).
-template <int kItems>
+/// Shared memory of one token's top-k by kThreads threads (a multiple of 32), kItems experts per
+/// thread: E <= kThreads * kItems.
+template <int kThreads, int kItems>
 struct TopkSmem {
-  static constexpr int kMaxE = kTopkThreads * kItems;
+  static_assert(kThreads % 32 == 0, "whole warps");
+  static constexpr int kWarps = kThreads / 32;
+  static constexpr int kMaxE = kThreads * kItems;
   double p[kMaxE];                   // p[e]; softmax: first the numerators
   double aux[kMaxE];                 // q[e] (grouped top-k), then the selected weights
   double group[kMaxE];               // group scores
-  uint64_t warp_key[2][kTopkWarps];  // per-warp minima of a selection round
-  int32_t warp_expert[2][kTopkWarps];  // (two buffers: one barrier per round)
+  uint64_t warp_key[2][kWarps];    // per-warp minima of a selection round
+  int32_t warp_expert[2][kWarps];  // (two buffers: one barrier per round)
   int32_t selected[kMaxE];           // expert of slot r
-  double warp_max[kTopkWarps];
+  double warp_max[kWarps];
   double sum;
   unsigned char group_ok[kMaxE];
 };
@@ -34,6 +37,10 @@ struct TopkSmem {
 /// A barrier of the whole block (the top-k kernel: one 128-thread block per token).
 struct BlockSync {
   __device__ __forceinline__ void operator()() const { __syncthreads(); }
+};
+/// A barrier of one warp (a token per warp).
+struct WarpSync {
+  __device__ __forceinline__ void operator()() const { __syncwarp(); }
 };
 /// A barrier of the 128 threads of one warpgroup (hardware named barrier `id`).
 struct WarpgroupSync {
@@ -50,12 +57,13 @@ __device__ __forceinline__ bool topk_before(uint64_t key, int32_t e, uint64_t be
 }
 
 /// Token t's top-k: rb.orig_ids / final_ids / weights of its k slots (and the capacity keys when
-/// rp.capacity > 0, the softmax stats when rp.reroute). tid: 0..127 within the group; sync(): a
-/// barrier of exactly those 128 threads. sm is the group's own.
-template <int kItems, class Sync>
+/// rp.capacity > 0, the softmax stats when rp.reroute). tid: 0..kThreads-1 within the group;
+/// sync(): a barrier of exactly those threads (and a memory fence among them). sm is the group's.
+template <int kThreads, int kItems, class Sync>
 __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffers const& rb,
-                                           int t, int tid, TopkSmem<kItems>& sm,
+                                           int t, int tid, TopkSmem<kThreads, kItems>& sm,
                                            Sync const& sync) {
+  constexpr int kWarps = kThreads / 32;
   int const E = rp.num_experts;
   int const k = rp.top_k;
   Scoring const scoring = static_cast<Scoring>(rp.scoring);
@@ -81,7 +89,7 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
     if (tid % 32 == 0) sm.warp_max[tid / 32] = zmax;
     sync();
 #pragma unroll
-    for (int w = 0; w < kTopkWarps; ++w) zmax = fmax(zmax, sm.warp_max[w]);
+    for (int w = 0; w < kWarps; ++w) zmax = fmax(zmax, sm.warp_max[w]);
     stats.zmax = zmax;
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
@@ -135,7 +143,7 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
       if (e < E) sm.aux[e] = q[i];
     }
     sync();
-    for (int g = tid; g < rp.n_group; g += kTopkThreads) {
+    for (int g = tid; g < rp.n_group; g += kThreads) {
       double top1 = -INFINITY;
       double top2 = -INFINITY;
       for (int e = g * G; e < (g + 1) * G; ++e) {
@@ -150,7 +158,7 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
       sm.group[g] = (rp.has_bias && G > 1) ? top1 + top2 : top1;
     }
     sync();
-    for (int g = tid; g < rp.n_group; g += kTopkThreads) {
+    for (int g = tid; g < rp.n_group; g += kThreads) {
       double const mine = sm.group[g];
       int rank = 0;
       for (int h = 0; h < rp.n_group; ++h) {
@@ -208,7 +216,7 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
     best_key = sm.warp_key[r & 1][0];
     best_e = sm.warp_expert[r & 1][0];
 #pragma unroll
-    for (int w = 1; w < kTopkWarps; ++w) {
+    for (int w = 1; w < kWarps; ++w) {
       if (topk_before(sm.warp_key[r & 1][w], sm.warp_expert[r & 1][w], best_key, best_e)) {
         best_key = sm.warp_key[r & 1][w];
         best_e = sm.warp_expert[r & 1][w];
@@ -221,7 +229,7 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
 
   // 5. Combine weights from p of the k selected experts (slot r = rank r).
   // (An expert >= E only if k exceeded the eligible experts, which validation excludes.)
-  for (int r = tid; r < k; r += kTopkThreads) {
+  for (int r = tid; r < k; r += kThreads) {
     int32_t const e = sm.selected[r];
     sm.aux[r] = e < E ? weight_of(sm.p[e]) : 0.0;
   }
@@ -233,7 +241,7 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
   }
   sync();
   double const wsum = sm.sum;
-  for (int r = tid; r < k; r += kTopkThreads) {
+  for (int r = tid; r < k; r += kThreads) {
     int const e = sm.selected[r] < E ? sm.selected[r] : -1;
     double w = sm.aux[r];
     if (rp.renormalize && wsum > 0.0) w /= wsum;
