@@ -34,9 +34,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 
-#include <cub/block/block_scan.cuh>
+#include <cub/warp/warp_scan.cuh>
 
 #include "common/str_cat.h"
 #include "fused/combine.h"
@@ -64,10 +65,10 @@ constexpr int kWarps = kThreads / 32;
 using TopkSmemWg = routing::TopkSmem<128, 2>;
 using TopkSmemWarp = routing::TopkSmem<32, 8>;
 constexpr int kWarpgroupTopkMaxChunk = 3;
-using Scan = cub::BlockScan<int, kThreads>;
+using WarpScan = cub::WarpScan<int>;
 static_assert(TopkSmemWg::kMaxE >= kFusedMaxExperts && TopkSmemWarp::kMaxE >= kFusedMaxExperts,
               "the top-k shared memory covers E");
-static_assert(kFusedMaxExperts <= kThreads, "one local expert per thread in the scans");
+static_assert(kFusedMaxExperts % 32 == 0, "whole lanes of local experts in warp 0's scans");
 
 // Hardware named barriers of the phases (CUTLASS keeps 0-7; the GEMM body's producer uses 8).
 constexpr int kTopkBarrier = 12;  // 12, 13, 14: warpgroups 0..2 in phase 1
@@ -102,7 +103,7 @@ struct RoutingSmem {
     TopkSmemWg wg[3];
     TopkSmemWarp warp[kWarps];
   } topk;
-  typename Scan::TempStorage scan;
+  typename WarpScan::TempStorage warp_scan[2];
   int32_t count[kFusedMaxExperts];      // phase 1: this CTA's final ids per expert
   int32_t total[kFusedMaxExperts];      // phase 2, per expert: all CTAs
   int32_t before[kFusedMaxExperts];     //                      the CTAs before this one
@@ -282,38 +283,53 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
     if (le >= 0 && le < EL) sm.global[le] = e;
   }
   __syncthreads();
-  int count = 0;
-  int before = 0;
-  if (tid < EL) {
-    int const e = sm.global[tid];
-    count = e >= 0 ? sm.total[e] : 0;
-    before = e >= 0 ? sm.before[e] : 0;
-  }
+  // Row and tile scans over the local experts by warp 0 (cub::WarpScan; E_local <= 256: eight
+  // experts per lane, summed in order, then one warp-wide exclusive scan of the lane totals).
   int const bm = rp.tile_m;
-  int row_off = 0;
-  int rows_total = 0;
-  int tile_off = 0;
-  int tiles_total = 0;
-  Scan(sm.scan).ExclusiveSum(count, row_off, rows_total);
-  __syncthreads();
-  Scan(sm.scan).ExclusiveSum((count + bm - 1) / bm, tile_off, tiles_total);
   int32_t* const tile_starts = rb.local_offsets + (EL + 1);
-  if (tid < EL) {
-    sm.lcount[tid] = count;
-    sm.row0[tid] = row_off;
-    sm.run[tid] = row_off + before;
-    sm.tile0[tid] = tile_off;
-    if (cta == 0) {
-      rb.local_offsets[tid] = row_off;
-      tile_starts[tid] = tile_off;
-      rb.local_counts[tid] = count;
+  if (tid < 32) {
+    constexpr int kPer = kFusedMaxExperts / 32;
+    int cnt[kPer];
+    int rows_sum = 0;
+    int tiles_sum = 0;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      int const le = tid * kPer + i;
+      int const e = le < EL ? sm.global[le] : -1;
+      cnt[i] = e >= 0 ? sm.total[e] : 0;
+      rows_sum += cnt[i];
+      tiles_sum += (cnt[i] + bm - 1) / bm;
     }
-  }
-  if (tid == 0) {
-    sm.tile0[EL] = tiles_total;
-    if (cta == 0) {
-      rb.local_offsets[EL] = rows_total;
-      tile_starts[EL] = tiles_total;
+    int row_off = 0;
+    int rows_total = 0;
+    int tile_off = 0;
+    int tiles_total = 0;
+    WarpScan(sm.warp_scan[0]).ExclusiveSum(rows_sum, row_off, rows_total);
+    WarpScan(sm.warp_scan[1]).ExclusiveSum(tiles_sum, tile_off, tiles_total);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      int const le = tid * kPer + i;
+      if (le < EL) {
+        int const e = sm.global[le];
+        sm.lcount[le] = cnt[i];
+        sm.row0[le] = row_off;
+        sm.run[le] = row_off + (e >= 0 ? sm.before[e] : 0);
+        sm.tile0[le] = tile_off;
+        if (cta == 0) {
+          rb.local_offsets[le] = row_off;
+          tile_starts[le] = tile_off;
+          rb.local_counts[le] = cnt[i];
+        }
+      }
+      row_off += cnt[i];
+      tile_off += (cnt[i] + bm - 1) / bm;
+    }
+    if (tid == 0) {
+      sm.tile0[EL] = tiles_total;
+      if (cta == 0) {
+        rb.local_offsets[EL] = rows_total;
+        tile_starts[EL] = tiles_total;
+      }
     }
   }
   if (cta == 0) {
@@ -323,6 +339,7 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
     if (tid < 2 && fp.drop_reroute_out != nullptr) fp.drop_reroute_out[tid] = 0;  // dropless
   }
   __syncthreads();
+  int const tiles_total = sm.tile0[EL];
 
   // The tile list, as moe_build_tiles_kernel writes it: this CTA's share of the slots.
   for (int m = cta * kThreads + tid; m < rp.num_tile_slots;
@@ -479,16 +496,31 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
   fp.chunk = static_cast<int32_t>((T + ctas - 1) / ctas);
   fp.active_ctas = static_cast<int32_t>((T + fp.chunk - 1) / fp.chunk);
 
-  void const* kernel = reinterpret_cast<void const*>(&fused_sm90_fp8_kernel);
-  cudaFuncAttributes attr{};
-  FLASHMOE_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-  if (attr.ptxVersion < 90) {
-    return Status::Unsupported("fused fp8: this build has no sm_90a code (build with "
-                               "CMAKE_CUDA_ARCHITECTURES including 90a-real)");
+  // The kernel's attributes are checked and set once per device and shared-memory size (a
+  // decode call's whole GPU time is ~0.1 ms: host work per call matters).
+  int device = 0;
+  FLASHMOE_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mu;
+  static int configured_smem[64] = {};
+  bool configured = false;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    configured = device >= 0 && device < 64 && configured_smem[device] == smem_bytes;
   }
-  FLASHMOE_CUDA_CHECK(cudaFuncSetAttribute(&fused_sm90_fp8_kernel,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           smem_bytes));
+  if (!configured) {
+    void const* kernel = reinterpret_cast<void const*>(&fused_sm90_fp8_kernel);
+    cudaFuncAttributes attr{};
+    FLASHMOE_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+    if (attr.ptxVersion < 90) {
+      return Status::Unsupported("fused fp8: this build has no sm_90a code (build with "
+                                 "CMAKE_CUDA_ARCHITECTURES including 90a-real)");
+    }
+    FLASHMOE_CUDA_CHECK(cudaFuncSetAttribute(&fused_sm90_fp8_kernel,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             smem_bytes));
+    std::lock_guard<std::mutex> lock(mu);
+    if (device >= 0 && device < 64) configured_smem[device] = smem_bytes;
+  }
   // Cooperative: the driver places every CTA at once (or fails the launch), which the grid
   // barriers need.
   cudaLaunchAttribute attrs[1];

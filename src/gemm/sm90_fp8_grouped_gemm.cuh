@@ -603,7 +603,9 @@ struct PipeControl {
   uint64_t full[Cfg::kMaxStages];   // 128 (129: e4m3 rows) producer arrivals + the TMA's bytes
   uint64_t empty[Cfg::kMaxStages];  // one arrival per math warp
   int4 tile[Cfg::kMaxStages];       // (expert, row0, rows, n_tile) of the tile starting there
-  int4 next;                        // thread 0 -> producer warpgroup: the next tile
+  int4 next[Cfg::kMetaSlots];       // thread 0 -> producer warpgroup: the next tile, in the
+                                    // ring slot it will have (double-buffered: the slot just
+                                    // read is rewritten only after the next tile boundary)
   int32_t src[Cfg::kMetaSlots][Cfg::kBlockM];  // source row of each row of a tile
   float inv[Cfg::kMetaSlots][Cfg::kBlockM];    // 1 / its scale (bf16/fp16 gather)
 };
@@ -778,22 +780,25 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
       if constexpr (!kFp8) ctl->inv[slot_of_rows][pt] = 1.0f / __ldg(p.a_scales + src);
     }
   };
-  // Thread 0: the tile of the next work item into ctl->next (expert -1: none left), and the
-  // item after it taken from the queue (its atomic completes while a whole tile streams).
-  auto resolve_next = [&]() {
+  // Thread 0: the tile of the next work item into ctl->next[slot] (expert -1: none left), and
+  // the item after it taken from the queue (its atomic completes while a whole tile streams).
+  // With one slot, thread 0 could rewrite it at kb == kResolveAt of a tile while a lagging warp
+  // had not yet read it after that tile's boundary barrier (compute-sanitizer racecheck, round
+  // 38): the slot read at a boundary is only rewritten after the next boundary's barrier.
+  auto resolve_next = [&](int slot) {
     if (pt == 0) {
       int4 const next = resolve_item<Cfg>(p, cand);
       if (next.z > Cfg::kBlockM) fatal_protocol_error();  // a tile list with tile_m != 64
-      ctl->next = next;
+      ctl->next[slot] = next;
       if (next.x >= 0) cand = atomicAdd(p.scheduler, 1);
     }
   };
 
   // The first tile: resolved and its rows loaded before any copy.
-  resolve_next();
-  producer_sync();
-  int4 tile = ctl->next;
   int meta = 0;
+  resolve_next(meta);
+  producer_sync();
+  int4 tile = ctl->next[meta];
   load_rows(tile, meta);
   producer_sync();
 
@@ -874,22 +879,21 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
         stage = 0;
         phase ^= 1;
       }
-      if (kb == kResolveAt) resolve_next();
+      if (kb == kResolveAt) resolve_next(meta ^ 1);
       if (kb == kResolveAt + 1) {
-        producer_sync();  // ctl->next written
-        load_rows(ctl->next, meta ^ 1);
+        producer_sync();  // ctl->next[meta ^ 1] written
+        load_rows(ctl->next[meta ^ 1], meta ^ 1);
       }
     }
     if (p.num_kb <= kResolveAt + 1) {  // short K: the same at the boundary
-      if (p.num_kb <= kResolveAt) resolve_next();
+      if (p.num_kb <= kResolveAt) resolve_next(meta ^ 1);
       producer_sync();
-      load_rows(ctl->next, meta ^ 1);
+      load_rows(ctl->next[meta ^ 1], meta ^ 1);
     }
     // ---- tile boundary: convert what is still staged, then switch to the next tile's rows
     drain();
-    producer_sync();  // the next tile's rows are visible (thread 0 rewrites ctl->next only at
-                      // kb == kResolveAt of that tile, after everyone has read it here)
-    tile = ctl->next;
+    producer_sync();  // the next tile's rows are visible
+    tile = ctl->next[meta ^ 1];
     meta ^= 1;
   }
 
