@@ -533,7 +533,16 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
   lc.stream = stream;
   lc.attrs = attrs;
   lc.numAttrs = 1;
-  FLASHMOE_CUDA_CHECK(cudaLaunchKernelEx(&lc, fused_sm90_fp8_kernel, fp));
+  cudaError_t const launched = cudaLaunchKernelEx(&lc, fused_sm90_fp8_kernel, fp);
+  if (launched == cudaErrorCooperativeLaunchTooLarge) {
+    (void)cudaGetLastError();
+    return Status(StatusCode::kCudaError,
+                  cat("fused fp8: the one-kernel forward needs all ", ctas, " CTAs resident at "
+                      "once (one per SM) and the device cannot place them now (",
+                      cudaGetErrorString(launched), "); FLASHMOE_FUSED=0 runs the multi-kernel "
+                      "path instead"));
+  }
+  FLASHMOE_CUDA_CHECK(launched);
   FLASHMOE_LAUNCH_CHECK("fused_sm90_fp8_kernel");
   return Status::Ok();
 }
