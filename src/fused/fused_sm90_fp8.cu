@@ -107,7 +107,7 @@ struct RoutingSmem {
   int32_t count[kFusedMaxExperts];      // phase 1: this CTA's final ids per expert
   int32_t total[kFusedMaxExperts];      // phase 2, per expert: all CTAs
   int32_t before[kFusedMaxExperts];     //                      the CTAs before this one
-  int32_t global[kFusedMaxExperts];     // per local expert: its global expert (-1: none)
+  int32_t lbefore[kFusedMaxExperts];    // per local expert: its rows of the CTAs before this one
   int32_t lcount[kFusedMaxExperts];     //                   its rows
   int32_t row0[kFusedMaxExperts];       //                   its first dense row
   int32_t run[kFusedMaxExperts];        //                   this CTA's next dense row of it
@@ -274,13 +274,19 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
     sm.total[e] = total;
     sm.before[e] = before;
   }
-  for (int le = tid; le < EL; le += kThreads) sm.global[le] = -1;
+  for (int le = tid; le < EL; le += kThreads) {
+    sm.lcount[le] = 0;
+    sm.lbefore[le] = 0;
+  }
   __syncthreads();
-  // Global -> local: the identity without an expert map; a map sends at most one global expert
-  // to each local one (validated on the host).
+  // Global -> local: the identity without an expert map. A map may send several global experts
+  // to one local expert (nothing forbids it): their counts add up (integer adds, any order).
   for (int e = tid; e < E; e += kThreads) {
     int const le = rp.expert_map != nullptr ? rp.expert_map[e] : e;
-    if (le >= 0 && le < EL) sm.global[le] = e;
+    if (le >= 0 && le < EL) {
+      atomicAdd(&sm.lcount[le], sm.total[e]);
+      atomicAdd(&sm.lbefore[le], sm.before[e]);
+    }
   }
   __syncthreads();
   // Row and tile scans over the local experts by warp 0 (cub::WarpScan; E_local <= 256: eight
@@ -295,8 +301,7 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
       int const le = tid * kPer + i;
-      int const e = le < EL ? sm.global[le] : -1;
-      cnt[i] = e >= 0 ? sm.total[e] : 0;
+      cnt[i] = le < EL ? sm.lcount[le] : 0;
       rows_sum += cnt[i];
       tiles_sum += (cnt[i] + bm - 1) / bm;
     }
@@ -310,10 +315,8 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
     for (int i = 0; i < kPer; ++i) {
       int const le = tid * kPer + i;
       if (le < EL) {
-        int const e = sm.global[le];
-        sm.lcount[le] = cnt[i];
         sm.row0[le] = row_off;
-        sm.run[le] = row_off + (e >= 0 ? sm.before[e] : 0);
+        sm.run[le] = row_off + sm.lbefore[le];
         sm.tile0[le] = tile_off;
         if (cta == 0) {
           rb.local_offsets[le] = row_off;

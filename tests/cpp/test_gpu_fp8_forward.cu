@@ -33,6 +33,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <cstdio>
 #include <sstream>
 #include <string>
@@ -351,10 +352,12 @@ bool fused_expected(MoeProblem const& raw) {
 
 /// The whole protocol for one problem (the raw problem `raw`: bf16/fp16 weights and tokens).
 void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
-               Logits logits = Logits::kNormal, int hot = 0) {
+               Logits logits = Logits::kNormal, int hot = 0,
+               std::function<void(HostData&)> const& tweak = nullptr) {
   SCOPED_TRACE(describe(raw, scale));
   bool const ffn = raw.kind == ExpertKind::kGatedFFN;
-  HostData const d = make_data(raw, seed, logits, hot);
+  HostData d = make_data(raw, seed, logits, hot);
+  if (tweak) tweak(d);
 
   MoeProblem ref_fp8 = raw;  // the CPU reference's "same quantization" (channel scales)
   ref_fp8.precision = Precision::kFP8;
@@ -605,6 +608,27 @@ TEST(GpuSmallFp8Fwd, FusedManyCtasAndRoutingOptions) {
   MoeProblem r = linear_problem(97, 16, 4, 128, 64);
   r.prerouted = true;  // make_data's pre-routed ids include -1 slots
   check_fp8(r, WeightScale::kChannel, 1115);
+}
+
+// An expert map that sends two global experts to the same local expert (nothing forbids it):
+// their rows share that expert's weights, in (token, slot) order, on both paths.
+TEST(GpuSmallFp8Fwd, ExpertMapTwoGlobalsOneLocal) {
+  FLASHMOE_REQUIRE_SM90();
+  MoeProblem p = linear_problem(96, 16, 4, 256, 128);
+  p.has_expert_map = true;
+  p.num_local_experts = 6;
+  check_fp8(p, WeightScale::kChannel, 1063, Logits::kNormal, 0, [](HostData& d) {
+    int32_t first_local = -1;
+    for (size_t e = 0; e < d.expert_map.size(); ++e) {
+      if (d.expert_map[e] >= 0 && first_local < 0) first_local = static_cast<int32_t>(e);
+    }
+    for (size_t e = 0; e < d.expert_map.size(); ++e) {
+      if (d.expert_map[e] < 0) {  // the first non-local expert joins the first local one's weights
+        d.expert_map[e] = d.expert_map[first_local];
+        break;
+      }
+    }
+  });
 }
 
 TEST(GpuSmallFp8Fwd, ExpertMap) {
