@@ -60,6 +60,7 @@ struct Opts {
   int reps = 50, warmup = 10;
   std::string json;
   WeightScale fp8 = WeightScale::kNone;  // kChannel / kBlock128: prepared FP8 weights
+  double zipf = 0.0;  // > 0: pre-routed slots, k distinct experts per token drawn from Zipf(s)
 };
 struct Ctx {
   std::string gpu;
@@ -184,6 +185,7 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   p.activation = Activation::kSilu, p.layout = WeightLayout::kInOut;
   p.token_dtype = p.weight_dtype = DType::kBFloat16, p.score_dtype = DType::kFloat32;
   p.routing.top_k = int(s.k), p.routing.scoring = Scoring::kSoftmax, p.routing.renormalize = true;
+  p.prerouted = o.zipf > 0.0;
   MoeProblem const raw = p;  // the bf16 weights as filled below (prepare_experts_fp8's input)
   bool const fp8 = o.fp8 != WeightScale::kNone;
   if (fp8) {
@@ -257,6 +259,53 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
                 (long long)cap);
     nsets = cap;
   }
+  // --zipf s: every token's k slots are k distinct experts drawn (without replacement) from a
+  // Zipf law over the experts -- P(rank r) ~ 1 / r^s, ranks a fixed random permutation of the
+  // experts -- with weight 1 / k each (a skewed, pre-routed load: issue 5's straggler test).
+  int32_t* zipf_ids = nullptr;
+  float* zipf_w = nullptr;
+  if (o.zipf > 0.0) {
+    std::vector<int32_t> ids(size_t(nsets * T * s.k));
+    std::vector<float> wts(ids.size(), 1.0f / float(s.k));
+    std::vector<int32_t> perm(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) perm[size_t(e)] = int32_t(e);
+    uint64_t rng = 0x5EED0000u + uint64_t(T);
+    auto next = [&]() {  // splitmix64 on the host
+      rng += 0x9E3779B97F4A7C15ull;
+      uint64_t z = rng;
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      return z ^ (z >> 31);
+    };
+    for (int64_t e = E - 1; e > 0; --e) std::swap(perm[size_t(e)], perm[next() % uint64_t(e + 1)]);
+    std::vector<double> w(static_cast<size_t>(E));
+    for (int64_t r = 0; r < E; ++r) w[size_t(r)] = 1.0 / std::pow(double(r + 1), o.zipf);
+    std::vector<char> taken(static_cast<size_t>(E));
+    for (int64_t t = 0; t < nsets * T; ++t) {
+      std::fill(taken.begin(), taken.end(), 0);
+      double left = 0.0;
+      for (double x : w) left += x;
+      for (int64_t j = 0; j < s.k; ++j) {
+        double u = double(next() >> 11) * 0x1p-53 * left;
+        int64_t r = 0;
+        for (; r < E - 1; ++r) {
+          if (taken[size_t(r)]) continue;
+          if (u < w[size_t(r)]) break;
+          u -= w[size_t(r)];
+        }
+        while (taken[size_t(r)]) --r;  // rounding at the end of the range
+        taken[size_t(r)] = 1;
+        left -= w[size_t(r)];
+        ids[size_t(t * s.k + j)] = perm[size_t(r)];
+      }
+    }
+    zipf_ids = dalloc<int32_t>(ids.size(), &owned);
+    zipf_w = dalloc<float>(wts.size(), &owned);
+    CK(cudaMemcpy(zipf_ids, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(zipf_w, wts.data(), wts.size() * 4, cudaMemcpyHostToDevice));
+    std::printf("   routing: pre-routed, Zipf s=%.2f over %lld experts (k distinct per token)\n",
+                o.zipf, (long long)E);
+  }
   auto* tok = dalloc<__nv_bfloat16>(size_t(nsets * T * H), &owned);
   auto* logit = dalloc<float>(size_t(nsets * T * E), &owned);
   fill(tok, size_t(nsets * T * H), 1.0f, 0x3000 + T);
@@ -272,7 +321,12 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   auto args = [&](int64_t i, int32_t* ld) {
     MoeArgs a;
     a.tokens = tok + (i % nsets) * T * H;
-    a.routing_weights = logit + (i % nsets) * T * E;
+    if (o.zipf > 0.0) {
+      a.topk_ids_in = zipf_ids + (i % nsets) * T * s.k;
+      a.topk_weights_in = zipf_w + (i % nsets) * T * s.k;
+    } else {
+      a.routing_weights = logit + (i % nsets) * T * E;
+    }
     if (fp8) {
       a.w1 = q1 + (i % nw) * w1q, a.w1_scale = qs1 + (i % nw) * s1q;
       if (s.ffn) a.w2 = q2 + (i % nw) * w2q, a.w2_scale = qs2 + (i % nw) * s2q;
@@ -466,11 +520,11 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   std::snprintf(b, sizeof b, "{\"gpu\": %s, \"config\": \"%s\", \"tokens\": %lld, "
                 "\"median_ms\": %.5f, \"min_ms\": %.5f, \"max_ms\": %.5f, \"copy_gbps\": %.2f, "
                 "\"touched_experts\": %.2f, \"touched_weight_bytes\": %.0f, \"weight_gbps\": %.2f, "
-                "\"tflops\": %.3f, \"weights\": \"%s\", \"path\": \"%s\", \"token_sets\": %lld, \"weight_sets\": %lld, "
+                "\"tflops\": %.3f, \"weights\": \"%s\", \"zipf\": %.2f, \"path\": \"%s\", \"token_sets\": %lld, \"weight_sets\": %lld, "
                 "\"stages_ms\": %s, ", json_str(ctx.gpu).c_str(), s.name, (long long)T, med, lo,
                 hi, ctx.copy_gbps, touched, touched_bytes, gbps, tflops,
                 !fp8 ? "bf16" : o.fp8 == WeightScale::kChannel ? "fp8-channel" : "fp8-block128",
-                kernel_path_name(path),
+                o.zipf, kernel_path_name(path),
                 (long long)nsets, (long long)nw, stages_json.c_str());
   return std::string(b) + "\"tile\": " + json_str(tile) + ", \"samples_ms\": " + json_list(ms) +
          "}";
@@ -513,6 +567,7 @@ int main(int argc, char** argv) {
     else if (a == "--reps" && has) o.reps = std::max(1, std::atoi(argv[++i]));
     else if (a == "--warmup" && has) o.warmup = std::max(0, std::atoi(argv[++i]));
     else if (a == "--json" && has) o.json = argv[++i];
+    else if (a == "--zipf" && has) o.zipf = std::atof(argv[++i]);
     else if (a == "--fp8" && has) {
       std::string const v = argv[++i];
       if (v != "channel" && v != "block128") die(__FILE__, __LINE__, "--fp8", "channel|block128");
@@ -520,7 +575,7 @@ int main(int argc, char** argv) {
     }
     else {
       std::fprintf(stderr, "usage: %s [--config NAME]... [--tokens T] [--reps N] [--warmup N] "
-                   "[--fp8 channel|block128] [--json PATH]\nconfigs: all", argv[0]);
+                   "[--fp8 channel|block128] [--zipf S] [--json PATH]\nconfigs: all", argv[0]);
       for (auto const& s : kShapes) std::fprintf(stderr, " %s", s.name);
       std::fprintf(stderr, "\n");
       return 2;
