@@ -92,7 +92,6 @@ struct FusedParams {
   int32_t hidden;
   int32_t token_bf16;   // 1 bf16, 0 fp16
   int32_t tokens_vec16;
-  int32_t out_bf16;
   int32_t chunk;        // tokens per CTA
   int32_t active_ctas;  // ceil(T / chunk)
 };
@@ -168,7 +167,7 @@ struct CombineAfterGemm {
     }
     asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
     for (int t = t0; t < t1; ++t) {
-      if (fp.out_bf16) {
+      if (fp.token_bf16) {  // y and out are in the tokens' dtype
         combine_token<__nv_bfloat16>(fp.cp, t, mt, 256);
       } else {
         combine_token<__half>(fp.cp, t, mt, 256);
@@ -439,48 +438,21 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
   int const ctas = std::max(1, std::min(num_sms, kFusedMaxCtas));
   int64_t const T = problem.num_tokens;
   int64_t const H = problem.hidden;
-  int64_t const N = problem.out_dim;
-  routing::RoutingBuffers const& rb = ws.routing;
 
   // The GEMM's work queue and the grid barrier's arrivals start at zero.
   FLASHMOE_RETURN_IF_ERROR(zero_gemm_queues(ws, stream));
 
-  gemm::Sm90Fp8GemmParams g;
-  g.a = args.tokens;
-  g.a_dtype = problem.token_dtype;
-  g.a_row_stride = H;
-  g.a_rows = rb.row_token;
-  g.a_scales = ws.token_scales;
-  g.a_fp8 = ws.token_fp8;
-  g.a_fp8_row_stride = H;
-  g.tiles = rb.tiles;
-  g.num_tile_slots = static_cast<int32_t>(config.num_tile_slots);
-  g.w_fp8 = args.w1;
-  g.w_scales = args.w1_scale;
-  g.scale_kind = problem.weight_scale == WeightScale::kBlock128 ? gemm::Fp8ScaleKind::kBlock128
-                                                                 : gemm::Fp8ScaleKind::kChannel;
-  g.num_experts = problem.num_local_experts;
-  g.k = H;
-  g.n = N;
-  g.epilogue = gemm::Fp8Epilogue::kPlain;
-  g.out = ws.expert_out;
-  g.out_dtype = problem.token_dtype;
-  g.out_row_stride = N;
-  g.scheduler = ws.gemm_scheduler;
+  // The multi-kernel forward's first GEMM on the E4M3 token rows the kernel writes in phase 1
+  // (the m128 body runs whatever variant the configuration names).
+  gemm::Sm90Fp8GemmParams const g = token_gemm_params(problem, args, config, ws, true);
 
   FusedParams fp{};
   int smem_bytes = 0;
   FLASHMOE_RETURN_IF_ERROR(gemm::sm90_fp8_prequant_m128_params(g, &fp.gemm, &smem_bytes));
   smem_bytes = std::max(smem_bytes, static_cast<int>(sizeof(RoutingSmem)));
   fp.rp = make_routing_params(problem, args, config);
-  fp.rb = rb;
-  fp.cp.y = ws.expert_out;
-  fp.cp.slot_row = rb.slot_row;
-  fp.cp.weights = rb.weights;
-  fp.cp.out = args.out;
-  fp.cp.num_tokens = T;
-  fp.cp.top_k = problem.routing.top_k;
-  fp.cp.cols = N;
+  fp.rb = ws.routing;
+  fp.cp = combine_params(problem, args, ws);
   fp.tokens = args.tokens;
   fp.token_scales = ws.token_scales;
   fp.token_fp8 = static_cast<uint8_t*>(ws.token_fp8);
@@ -495,7 +467,6 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
   fp.hidden = static_cast<int32_t>(H);
   fp.token_bf16 = problem.token_dtype == DType::kBFloat16 ? 1 : 0;
   fp.tokens_vec16 = reinterpret_cast<std::uintptr_t>(args.tokens) % 16 == 0 && H % 8 == 0;
-  fp.out_bf16 = fp.token_bf16;
   fp.chunk = static_cast<int32_t>((T + ctas - 1) / ctas);
   fp.active_ctas = static_cast<int32_t>((T + fp.chunk - 1) / fp.chunk);
 

@@ -158,6 +158,52 @@ std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& conf
                      ")");
 }
 
+gemm::Sm90Fp8GemmParams token_gemm_params(MoeProblem const& problem, MoeArgs const& args,
+                                          MoeConfig const& config, MoeWorkspace const& ws,
+                                          bool prequant) {
+  int64_t const H = problem.hidden;
+  gemm::Sm90Fp8GemmParams g;
+  g.a = args.tokens;
+  g.a_dtype = problem.token_dtype;
+  g.a_row_stride = H;
+  g.a_rows = ws.routing.row_token;
+  g.a_scales = ws.token_scales;
+  g.a_fp8 = prequant ? ws.token_fp8 : nullptr;
+  g.a_fp8_row_stride = prequant ? H : 0;
+  g.tiles = ws.routing.tiles;
+  g.num_tile_slots = static_cast<int32_t>(config.num_tile_slots);
+  g.w_fp8 = args.w1;
+  g.w_scales = args.w1_scale;
+  g.scale_kind = scale_kind(problem.weight_scale);
+  g.num_experts = problem.num_local_experts;
+  g.k = H;
+  g.scheduler = ws.gemm_scheduler;
+  g.max_ctas = 0;
+  g.variant = gemm::sm90_fp8_env_variant_or(static_cast<gemm::Sm90Fp8Variant>(config.fp8_variant));
+  if (problem.kind == ExpertKind::kLinear) {
+    // y[row] = x[token(row)] @ W8[expert(row)], in the tokens' dtype for the combine.
+    g.n = problem.out_dim;
+    g.epilogue = gemm::Fp8Epilogue::kPlain;
+    g.out = ws.expert_out;
+    g.out_dtype = problem.token_dtype;
+    g.out_row_stride = problem.out_dim;
+  }
+  return g;
+}
+
+CombineParams combine_params(MoeProblem const& problem, MoeArgs const& args,
+                             MoeWorkspace const& ws) {
+  CombineParams cp;
+  cp.y = ws.expert_out;
+  cp.slot_row = ws.routing.slot_row;
+  cp.weights = ws.routing.weights;
+  cp.out = args.out;
+  cp.num_tokens = problem.num_tokens;
+  cp.top_k = problem.routing.top_k;
+  cp.cols = problem.output_dim();
+  return cp;
+}
+
 Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
                            MoeConfig const& config, MoeWorkspace const& ws,
                            cudaStream_t stream) {
@@ -196,32 +242,8 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
                                                            stream));
   }
 
-  gemm::Sm90Fp8GemmParams g;
-  g.a = args.tokens;
-  g.a_dtype = problem.token_dtype;
-  g.a_row_stride = H;
-  g.a_rows = rb.row_token;
-  g.a_scales = ws.token_scales;
-  g.a_fp8 = prequant ? ws.token_fp8 : nullptr;
-  g.a_fp8_row_stride = prequant ? H : 0;
-  g.tiles = rb.tiles;
-  g.num_tile_slots = static_cast<int32_t>(config.num_tile_slots);
-  g.w_fp8 = args.w1;
-  g.w_scales = args.w1_scale;
-  g.scale_kind = scale_kind(problem.weight_scale);
-  g.num_experts = EL;
-  g.k = H;
-  g.scheduler = ws.gemm_scheduler;
-  g.max_ctas = 0;
-  g.variant = gemm::sm90_fp8_env_variant_or(static_cast<gemm::Sm90Fp8Variant>(config.fp8_variant));
-
+  gemm::Sm90Fp8GemmParams g = token_gemm_params(problem, args, config, ws, prequant);
   if (problem.kind == ExpertKind::kLinear) {
-    // y[row] = x[token(row)] @ W8[expert(row)], in the tokens' dtype for the combine.
-    g.n = problem.out_dim;
-    g.epilogue = gemm::Fp8Epilogue::kPlain;
-    g.out = ws.expert_out;
-    g.out_dtype = problem.token_dtype;
-    g.out_row_stride = problem.out_dim;
     FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm90_fp8_grouped_gemm(g, stream));
   } else {
     int64_t const I = problem.inter_dim;
@@ -268,15 +290,7 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
     FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm90_fp8_grouped_gemm(g, stream));
   }
 
-  CombineParams cp;
-  cp.y = ws.expert_out;
-  cp.slot_row = rb.slot_row;
-  cp.weights = rb.weights;
-  cp.out = args.out;
-  cp.num_tokens = T;
-  cp.top_k = problem.routing.top_k;
-  cp.cols = problem.output_dim();
-  return launch_combine(cp, problem.token_dtype, stream);
+  return launch_combine(combine_params(problem, args, ws), problem.token_dtype, stream);
 }
 
 }  // namespace flashmoe::fused

@@ -22,7 +22,9 @@
 #include "flashmoe/options.h"
 #include "flashmoe/types.h"
 #include "fused/moe_config.h"
+#include "fused/combine.h"
 #include "fused/moe_workspace.h"
+#include "gemm/sm90_fp8_grouped_gemm.h"
 
 namespace flashmoe::fused {
 
@@ -47,6 +49,19 @@ MoeConfig choose_fp8_config(MoeProblem const& problem);
 
 /// One line describing the FP8 run, for FLASHMOE_PRINT_CONFIG=1.
 std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& config);
+
+/// The first GEMM of the FP8 forward (gathered token rows x W1), shared by the multi-kernel and
+/// the one-kernel forwards: tokens (E4M3 rows from ws.token_fp8 when `prequant`), tile list,
+/// weights, scales, the first work queue, the configured variant; for linear experts also the
+/// output (plain epilogue, ws.expert_out in the tokens' dtype). Gated FFN: the caller sets the
+/// gate/up output fields.
+gemm::Sm90Fp8GemmParams token_gemm_params(MoeProblem const& problem, MoeArgs const& args,
+                                          MoeConfig const& config, MoeWorkspace const& ws,
+                                          bool prequant);
+
+/// The combine of ws.expert_out into args.out over the routing's slot rows and weights.
+CombineParams combine_params(MoeProblem const& problem, MoeArgs const& args,
+                             MoeWorkspace const& ws);
 
 /// Enqueues the forward. The problem passed fused_moe_can_implement (KernelPath
 /// kMultiKernelSm90Fp8), T > 0, the args were checked, and `ws` was carved for

@@ -47,6 +47,31 @@ def randn(g, *shape, scale=1.0, dtype=BF16):
     return (torch.randn(*shape, generator=g) * scale).to(dtype).cuda()
 
 
+def capture(step):
+    """step() warmed up off the default stream (as torch.cuda.graph expects), then captured in
+    global mode (a host sync invalidates the capture) with torch's sync debug mode "error" (its
+    own syncs, .item() and the like, raise). Returns (graph, bytes allocated inside the capture),
+    counted from inside it: torch.cuda.graph's capture_begin itself allocates (two 8-byte
+    tensors, 1 KB of blocks, traced with torch's memory history on an H100), and that is not the
+    op's."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        allocated = torch.cuda.memory_stats()["allocated_bytes.all.allocated"]
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        allocated_in_capture = torch.cuda.memory_stats()["allocated_bytes.all.allocated"] - allocated
+    return graph, allocated_in_capture
+
+
 @pytest.mark.parametrize("routing", ["softmax", "deepseek"])
 def test_gpu_cuda_graph_replay_matches_eager(routing):
     g = torch.Generator().manual_seed(100 + len(routing))
@@ -64,27 +89,8 @@ def test_gpu_cuda_graph_replay_matches_eager(routing):
             static_x, weights, static_logits, TOP_K, out=static_out, workspace=workspace, **opts
         )
 
-    side = torch.cuda.Stream()  # warm up off the default stream, as torch.cuda.graph expects
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-
-    # Allocations are counted from inside the capture: torch.cuda.graph's capture_begin itself
-    # allocates (two 8-byte tensors, 1 KB of blocks, traced with torch's memory history on an
-    # H100), and that is not the op's.
-    with torch.cuda.graph(torch.cuda.CUDAGraph()):
-        step()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):  # global capture mode: any host sync invalidates the capture
-        allocated = torch.cuda.memory_stats()["allocated_bytes.all.allocated"]
-        torch.cuda.set_sync_debug_mode("error")  # and torch's own syncs (.item(), ...) raise
-        try:
-            step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        allocated_in_capture = torch.cuda.memory_stats()["allocated_bytes.all.allocated"] - allocated
+    capture(step)  # a first capture, so that one-time work of a capture is not counted below
+    graph, allocated_in_capture = capture(step)
 
     for i in range(3):
         x, logits = randn(g, T, H), randn(g, T, E, dtype=torch.float32)
@@ -200,21 +206,7 @@ def test_gpu_fp8_fused_kernel_cuda_graph_replay_matches_eager():
         fused_moe(static_x, prepared, static_logits, TOP_K, out=static_out, workspace=workspace,
                   precision="fp8")
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        allocated = torch.cuda.memory_stats()["allocated_bytes.all.allocated"]
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        allocated_in_capture = torch.cuda.memory_stats()["allocated_bytes.all.allocated"] - allocated
+    graph, allocated_in_capture = capture(step)
     for i in range(3):
         x, logits = randn(g, T, H), randn(g, T, E, dtype=torch.float32)
         static_x.copy_(x)
