@@ -51,6 +51,7 @@ constexpr Shape kShapes[] = {
     {"decode-16", 256, 8, 4096, 4096, false, 16}, {"decode-128", 256, 8, 4096, 4096, false, 128},
     {"prefill", 256, 8, 4096, 4096, false, 16384}, {"dsv3", 256, 8, 7168, 2048, true, 2048},
     {"qwen3", 128, 8, 2048, 768, true, 2048},      {"mixtral", 8, 2, 4096, 14336, true, 2048},
+    {"dsv3-16", 256, 8, 7168, 2048, true, 16},     {"dsv3-tp8", 256, 8, 7168, 256, true, 1},
     // A probe, not a model: 2 MB of weights (they stay in L2), one token.
     {"probe-small", 8, 2, 512, 512, false, 1}};
 

@@ -15,14 +15,18 @@
 //      at a time). The same order as the multi-kernel path's stable sort: (local expert, token,
 //      slot).                                                                      -- barrier --
 //   3. the expert GEMM: the m128 pipelined kernel's body (sm90_fp8_pipelined_body) as is -- its
-//      own work queue over (tile, n-tile) items, producer and math warpgroups.
+//      own work queue over (tile, n-tile) items, producer and math warpgroups. Gated FFN: the
+//      body runs the gate/up GEMM and then the down projection through the same pipeline, a
+//      down item waiting only for its own m slot (FfnDeps: per-slot counters; the last gate/up
+//      item of a slot quantizes its h rows).
 //   4. after its last tile, each CTA's math warpgroups wait for every CTA's (barrier between
 //      them only; the producer warpgroup is done) and combine the owned tokens (combine_token,
 //      the combine kernel's code) in slot order: deterministic, no atomics.
 // Reads of what other CTAs wrote go through L2 (ld.global.cg) in phases 1-2; the GEMM body reads
 // the tile list and rows written in phase 2 through its usual loads, for the first time on this
 // SM after the barrier's acquire, so no L1 line can be stale (an SM's L1 starts every kernel
-// empty of global data).
+// empty of global data). What phase 3 writes and reads back within it (the FFN's h rows, their
+// E4M3 copies and scales) goes through L2 only: ld.global.cg, cp.async.cg.
 #include "fused/fused_sm90_fp8.h"
 
 #include <cuda.h>
@@ -73,9 +77,11 @@ static_assert(kFusedMaxExperts % 32 == 0, "whole lanes of local experts in warp 
 // Hardware named barriers of the phases (CUTLASS keeps 0-7; the GEMM body's producer uses 8).
 constexpr int kTopkBarrier = 12;  // 12, 13, 14: warpgroups 0..2 in phase 1
 constexpr int kMathBarrier = 15;  // the 256 math threads in phase 4
+constexpr int kDepsBarrier = 11;  // the 256 math threads after a gate/up item (FfnDeps)
 
 struct FusedParams {
-  gemm::Sm90Fp8KernelParams gemm;  // first member: its CUtensorMap keeps the 64-byte alignment
+  gemm::Sm90Fp8KernelParams gemm;   // the first GEMM (x W1); its CUtensorMap keeps the 64-byte
+  gemm::Sm90Fp8KernelParams gemm2;  // alignment; gated FFN: the down projection (h W2)
   routing::RoutingParams rp;
   routing::RoutingBuffers rb;
   CombineParams cp;
@@ -94,6 +100,14 @@ struct FusedParams {
   int32_t tokens_vec16;
   int32_t chunk;        // tokens per CTA
   int32_t active_ctas;  // ceil(T / chunk)
+  // Gated FFN (ffn = 1): h rows of the first GEMM (bf16), their E4M3 rows and scales, and per
+  // m slot the count of finished gate/up items (gemm.n_tiles + 1 once its rows are quantized).
+  int32_t ffn;
+  int32_t inter;
+  __nv_bfloat16 const* h_rows;
+  float* hidden_scales;
+  uint8_t* hidden_fp8;
+  int32_t* tile_done;
 };
 
 // Dynamic shared memory of phases 1-2 (the GEMM's pipeline reuses the window afterwards).
@@ -176,6 +190,60 @@ struct CombineAfterGemm {
     if (fp.timeline != nullptr) {
       asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
       if (mt == 0) stamp(fp, 7);
+    }
+  }
+};
+
+// The gated FFN's two GEMMs in one pipeline, ordered per m slot instead of by a grid barrier:
+// the CTA whose gate/up item of a slot finishes last (its count reaches n_tiles) quantizes the
+// slot's h rows (quantize_row_warp, the multi-kernel pass's rule and code) and then releases the
+// slot (count n_tiles + 1); a down-projection item of the slot copies its A rows only after
+// seeing that. No deadlock: a CTA's producer reaches the down projection only once the gate/up
+// queue is empty, so every gate/up item has been taken by a running CTA whose math warpgroups
+// finish it without waiting on anything.
+// The h rows [row0, row0 + rows) to E4M3, a warp per row (eight 16-byte loads in flight per
+// lane: an L2 round trip per load would make a 128-row slot cost tens of microseconds). Inlined
+// into the math warpgroups' tile loop, which frees the accumulators before it (called out of
+// line, ptxas spilled the registers live across the call).
+__device__ __forceinline__ void quantize_h_rows(FusedParams const& fp, int row0, int rows, int mt) {
+  int const warp = mt / 32;
+  int const lane = mt % 32;
+  int64_t const I = fp.inter;
+  for (int r = row0 + warp; r < row0 + rows; r += 8) {
+    gemm::quantize_row_warp<__nv_bfloat16, true, 8>(fp.h_rows + r * I, I, true, lane,
+                                                 fp.hidden_scales + r, fp.hidden_fp8 + r * I);
+  }
+}
+
+struct FfnDeps {
+  static constexpr bool kActive = true;
+  FusedParams const& fp;
+
+  __device__ __forceinline__ void wait_rows(int gemm, int slot) const {
+    if (gemm == 0) return;
+    uint32_t const* flag = reinterpret_cast<uint32_t const*>(fp.tile_done + slot);
+    uint32_t const ready = static_cast<uint32_t>(fp.gemm.n_tiles) + 1u;
+    while (ld_acquire(flag) != ready) __nanosleep(64);
+  }
+
+  __device__ __forceinline__ void item_done(int gemm, int slot, int row0, int rows, int mt,
+                                            int32_t* word) const {
+    if (gemm != 0 || !fp.ffn) return;
+    asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");  // the item's h stores
+    if (mt == 0) {
+      __threadfence();
+      int const before = atomicAdd(fp.tile_done + slot, 1);
+      *word = before == fp.gemm.n_tiles - 1;
+    }
+    asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");
+    if (*word == 0) return;  // the same for all 256 threads
+    __threadfence();  // every gate/up item of the slot stored its h columns before its count
+    quantize_h_rows(fp, row0, rows, mt);
+    asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");
+    if (mt == 0) {
+      __threadfence();
+      st_release(reinterpret_cast<uint32_t*>(fp.tile_done + slot),
+                 static_cast<uint32_t>(fp.gemm.n_tiles) + 1u);
     }
   }
 };
@@ -342,6 +410,12 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
   }
   __syncthreads();
   int const tiles_total = sm.tile0[EL];
+  if (fp.ffn) {  // the gate/up counts start at zero (read only after the next barrier)
+    for (int m = cta * kThreads + tid; m < rp.num_tile_slots;
+         m += static_cast<int>(gridDim.x) * kThreads) {
+      fp.tile_done[m] = 0;
+    }
+  }
 
   // The tile list, as moe_build_tiles_kernel writes it: this CTA's share of the slots.
   for (int m = cta * kThreads + tid; m < rp.num_tile_slots;
@@ -398,8 +472,10 @@ __global__ void __launch_bounds__(kThreads, 1) fused_sm90_fp8_kernel(
     __grid_constant__ FusedParams const fp) {
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   routing_phases(fp);
-  // ---- phases 3 and 4: the GEMM body; its math warpgroups then combine the owned tokens.
-  gemm::sm90_fp8_pipelined_body<Pipe>(fp.gemm, CombineAfterGemm{fp});
+  // ---- phases 3 and 4: the GEMM body (gated FFN: both GEMMs); its math warpgroups then combine
+  // the owned tokens.
+  gemm::sm90_fp8_pipelined_body<Pipe>(fp.gemm, fp.gemm2, fp.ffn ? 2 : 1, CombineAfterGemm{fp},
+                                      FfnDeps{fp});
 #else
   __trap();
 #endif
@@ -408,9 +484,6 @@ __global__ void __launch_bounds__(kThreads, 1) fused_sm90_fp8_kernel(
 }  // namespace
 
 std::string fused_fp8_unsupported_reason(MoeProblem const& p) {
-  if (p.kind != ExpertKind::kLinear) {
-    return "gated-FFN experts (the fused kernel runs linear experts so far)";
-  }
   if (p.routing.capacity_factor > 0.0) return "capacity (the fused kernel routes dropless)";
   if (p.num_experts > kFusedMaxExperts || p.num_local_experts > kFusedMaxExperts) {
     return cat("more than ", kFusedMaxExperts, " experts");
@@ -425,8 +498,11 @@ bool fused_fp8_preferred(MoeProblem const&) {
 
 Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig const& config,
                      MoeWorkspace const& ws, cudaStream_t stream) {
+  bool const ffn = problem.kind == ExpertKind::kGatedFFN;
   if (ws.token_scales == nullptr || ws.token_fp8 == nullptr || ws.fused_counts == nullptr ||
-      ws.expert_out == nullptr) {
+      ws.expert_out == nullptr ||
+      (ffn && (ws.hidden == nullptr || ws.hidden_scales == nullptr || ws.hidden_fp8 == nullptr ||
+               ws.fused_tile_done == nullptr))) {
     return Status(StatusCode::kInternal, "fused fp8: workspace carved without the FP8 slices");
   }
   std::string const why = fused_fp8_unsupported_reason(problem);
@@ -449,6 +525,24 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
   FusedParams fp{};
   int smem_bytes = 0;
   FLASHMOE_RETURN_IF_ERROR(gemm::sm90_fp8_prequant_m128_params(g, &fp.gemm, &smem_bytes));
+  fp.gemm2 = fp.gemm;  // unused by linear experts (one GEMM)
+  if (ffn) {
+    // The down projection on the E4M3 h rows that the kernel quantizes per m slot.
+    int smem2 = 0;
+    FLASHMOE_RETURN_IF_ERROR(gemm::sm90_fp8_prequant_m128_params(
+        down_gemm_params(problem, args, config, ws, true), &fp.gemm2, &smem2));
+    // One pipeline runs both: the same ring (stages, carve-up) and A mode.
+    if (smem2 != smem_bytes || fp.gemm2.num_stages != fp.gemm.num_stages ||
+        fp.gemm2.control_offset != fp.gemm.control_offset || fp.gemm2.a_mode != fp.gemm.a_mode) {
+      return Status(StatusCode::kInternal, "fused fp8: the FFN's two GEMMs plan different rings");
+    }
+    fp.ffn = 1;
+    fp.inter = static_cast<int32_t>(problem.inter_dim);
+    fp.h_rows = static_cast<__nv_bfloat16 const*>(ws.hidden);
+    fp.hidden_scales = ws.hidden_scales;
+    fp.hidden_fp8 = static_cast<uint8_t*>(ws.hidden_fp8);
+    fp.tile_done = ws.fused_tile_done;
+  }
   smem_bytes = std::max(smem_bytes, static_cast<int>(sizeof(RoutingSmem)));
   fp.rp = make_routing_params(problem, args, config);
   fp.rb = ws.routing;

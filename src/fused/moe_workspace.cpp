@@ -113,6 +113,7 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
   ws->hidden_fp8 = nullptr;
   ws->fused_counts = nullptr;
   ws->fused_timeline = nullptr;
+  ws->fused_tile_done = nullptr;
   if (fp8) {
     ws->token_scales = c.take<float>(T);
     ws->hidden_scales = ffn ? c.take<float>(n) : nullptr;
@@ -121,6 +122,8 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
     ws->fused_counts = c.take<int32_t>(E * static_cast<std::size_t>(kFusedMaxCtas));
     ws->fused_timeline = c.take<uint64_t>(static_cast<std::size_t>(kFusedMaxCtas) *
                                           kFusedTimelineSlots);
+    ws->fused_tile_done =
+        ffn ? c.take<int32_t>(static_cast<std::size_t>(config.num_tile_slots)) : nullptr;
   }
   // Two work queues (the FFN's two GEMMs), whichever sm_90a GEMM runs (16 bytes: carved on
   // every path so that the size does not depend on the device).

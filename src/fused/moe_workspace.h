@@ -20,6 +20,8 @@
 //   hidden_fp8     [T*k, I]     E4M3 hidden rows    the size does not depend on the choice)
 // and every path carves
 //   fused_counts   [E, kFusedMaxCtas]  the fused kernel's per-CTA expert counts (FP8 only)
+//   fused_tile_done [tile slots]       the fused gated-FFN kernel's per-m-slot counts of
+//                                      finished gate/up items (FP8 FFN only; zeroed in-kernel)
 //   gemm_scheduler  2 x 8 bytes: the two sm_90a GEMMs' work queues (FP8 or bf16/fp16), then 8
 //                   bytes of the fused kernel's grid barrier; zeroed by every run that uses them
 #pragma once
@@ -52,6 +54,7 @@ struct MoeWorkspace {
   void* hidden_fp8 = nullptr;
   int32_t* fused_counts = nullptr;    // FP8: [E, kFusedMaxCtas] the fused kernel's per-CTA counts
   uint64_t* fused_timeline = nullptr;  // FP8: [kFusedMaxCtas, kFusedTimelineSlots] (profiling)
+  int32_t* fused_tile_done = nullptr;  // FP8 gated FFN: [num_tile_slots]
   int32_t* gemm_scheduler = nullptr;  // two queues of kGemmSchedulerInts int32
   std::size_t bytes = 0;  // total bytes the carve needs (including alignment of the base)
 };

@@ -187,7 +187,43 @@ gemm::Sm90Fp8GemmParams token_gemm_params(MoeProblem const& problem, MoeArgs con
     g.out = ws.expert_out;
     g.out_dtype = problem.token_dtype;
     g.out_row_stride = problem.out_dim;
+  } else {
+    // h[row] = act(x Wg) * (x Wu), bf16 rows (the down projection's A operand; bf16 rather than
+    // fp16 so that large activations cannot overflow).
+    g.n = problem.inter_dim;
+    g.epilogue = problem.activation == Activation::kSilu ? gemm::Fp8Epilogue::kGateUpSilu
+                                                         : gemm::Fp8Epilogue::kGateUpGelu;
+    g.out = ws.hidden;
+    g.out_dtype = DType::kBFloat16;
+    g.out_row_stride = problem.inter_dim;
   }
+  return g;
+}
+
+gemm::Sm90Fp8GemmParams down_gemm_params(MoeProblem const& problem, MoeArgs const& args,
+                                         MoeConfig const& config, MoeWorkspace const& ws,
+                                         bool prequant) {
+  int64_t const I = problem.inter_dim;
+  int64_t const H = problem.hidden;
+  gemm::Sm90Fp8GemmParams g = token_gemm_params(problem, args, config, ws, prequant);
+  // y[row] = h[row] @ Wd8[expert(row)]: row r of h is dense row r (no gather).
+  g.a = ws.hidden;
+  g.a_dtype = DType::kBFloat16;
+  g.a_row_stride = I;
+  g.a_rows = nullptr;
+  g.a_scales = ws.hidden_scales;
+  g.a_fp8 = prequant ? ws.hidden_fp8 : nullptr;
+  g.a_fp8_row_stride = prequant ? I : 0;
+  g.w_fp8 = args.w2;
+  g.w_scales = args.w2_scale;
+  g.k = I;
+  g.n = H;
+  g.epilogue = gemm::Fp8Epilogue::kPlain;
+  g.out = ws.expert_out;
+  g.out_dtype = problem.token_dtype;
+  g.out_row_stride = H;
+  // Its own queue (the first one is reset by its GEMM, but the two need not share).
+  g.scheduler = ws.gemm_scheduler + kGemmSchedulerInts;
   return g;
 }
 
@@ -242,21 +278,10 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
                                                            stream));
   }
 
-  gemm::Sm90Fp8GemmParams g = token_gemm_params(problem, args, config, ws, prequant);
-  if (problem.kind == ExpertKind::kLinear) {
-    FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm90_fp8_grouped_gemm(g, stream));
-  } else {
+  gemm::Sm90Fp8GemmParams const g = token_gemm_params(problem, args, config, ws, prequant);
+  FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm90_fp8_grouped_gemm(g, stream));
+  if (problem.kind == ExpertKind::kGatedFFN) {
     int64_t const I = problem.inter_dim;
-    // h[row] = act(x Wg) * (x Wu), bf16 rows (the down projection's A operand; bf16 rather than
-    // fp16 so that large activations cannot overflow).
-    g.n = I;
-    g.epilogue = problem.activation == Activation::kSilu ? gemm::Fp8Epilogue::kGateUpSilu
-                                                         : gemm::Fp8Epilogue::kGateUpGelu;
-    g.out = ws.hidden;
-    g.out_dtype = DType::kBFloat16;
-    g.out_row_stride = I;
-    FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm90_fp8_grouped_gemm(g, stream));
-
     // Per-row scales of h: only the rows the GEMM wrote (the dense count, local_offsets[E_local],
     // is read on the device; the rest of the slice is never read).
     int32_t const* const dense_rows = rb.local_offsets + EL;
@@ -268,26 +293,8 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
       FLASHMOE_RETURN_IF_ERROR(gemm::launch_token_scales_fp8(
           ws.hidden, DType::kBFloat16, rows, I, I, dense_rows, ws.hidden_scales, stream));
     }
-
-    // y[row] = h[row] @ Wd8[expert(row)]: row r of h is dense row r (no gather).
-    g.a = ws.hidden;
-    g.a_dtype = DType::kBFloat16;
-    g.a_row_stride = I;
-    g.a_rows = nullptr;
-    g.a_scales = ws.hidden_scales;
-    g.a_fp8 = prequant ? ws.hidden_fp8 : nullptr;
-    g.a_fp8_row_stride = prequant ? I : 0;
-    g.w_fp8 = args.w2;
-    g.w_scales = args.w2_scale;
-    g.k = I;
-    g.n = H;
-    g.epilogue = gemm::Fp8Epilogue::kPlain;
-    g.out = ws.expert_out;
-    g.out_dtype = problem.token_dtype;
-    g.out_row_stride = H;
-    // Its own queue (the first one is reset by its GEMM, but the two need not share).
-    g.scheduler = ws.gemm_scheduler + kGemmSchedulerInts;
-    FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm90_fp8_grouped_gemm(g, stream));
+    FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm90_fp8_grouped_gemm(
+        down_gemm_params(problem, args, config, ws, prequant), stream));
   }
 
   return launch_combine(combine_params(problem, args, ws), problem.token_dtype, stream);

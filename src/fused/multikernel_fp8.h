@@ -50,14 +50,19 @@ MoeConfig choose_fp8_config(MoeProblem const& problem);
 /// One line describing the FP8 run, for FLASHMOE_PRINT_CONFIG=1.
 std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& config);
 
-/// The first GEMM of the FP8 forward (gathered token rows x W1), shared by the multi-kernel and
-/// the one-kernel forwards: tokens (E4M3 rows from ws.token_fp8 when `prequant`), tile list,
-/// weights, scales, the first work queue, the configured variant; for linear experts also the
-/// output (plain epilogue, ws.expert_out in the tokens' dtype). Gated FFN: the caller sets the
-/// gate/up output fields.
+/// The first GEMM of the FP8 forward (on the tokens: gathered rows, with prequant the E4M3 rows
+/// of ws.token_fp8): weights, scales, the first work queue, the configured variant, and the
+/// output -- linear experts: ws.expert_out in the tokens' dtype (plain epilogue); gated FFN: the
+/// bf16 rows h = act(g) * u in ws.hidden (gate/up epilogue).
 gemm::Sm90Fp8GemmParams token_gemm_params(MoeProblem const& problem, MoeArgs const& args,
                                           MoeConfig const& config, MoeWorkspace const& ws,
                                           bool prequant);
+
+/// The gated FFN's down projection: the dense rows of h (E4M3 rows of ws.hidden_fp8 with
+/// prequant, else ws.hidden) times W2, into ws.expert_out, on the second work queue.
+gemm::Sm90Fp8GemmParams down_gemm_params(MoeProblem const& problem, MoeArgs const& args,
+                                         MoeConfig const& config, MoeWorkspace const& ws,
+                                         bool prequant);
 
 /// The combine of ws.expert_out into args.out over the routing's slot rows and weights.
 CombineParams combine_params(MoeProblem const& problem, MoeArgs const& args,

@@ -603,6 +603,9 @@ struct PipeControl {
   uint64_t full[Cfg::kMaxStages];   // 128 (129: e4m3 rows) producer arrivals + the TMA's bytes
   uint64_t empty[Cfg::kMaxStages];  // one arrival per math warp
   int4 tile[Cfg::kMaxStages];       // (expert, row0, rows, n_tile) of the tile starting there
+  int32_t tile_tag[Cfg::kMaxStages];  // its GEMM (bit 0) and m slot (>> 1): see PipeDeps
+  int32_t next_slot[Cfg::kMetaSlots];  // thread 0 of the producer: the m slot of next[i]
+  int32_t deps_word;                // the math warpgroups' broadcast word (PipeDeps::item_done)
   int4 next[Cfg::kMetaSlots];       // thread 0 -> producer warpgroup: the next tile, in the
                                     // ring slot it will have (double-buffered: the slot just
                                     // read is rewritten only after the next tile boundary)
@@ -651,12 +654,14 @@ __device__ __forceinline__ bool pairable(int4 const& a, int4 const& b) {
 /// does the first tile of a run of odd length. The seed shape (<= 2 tiles per expert) and runs of
 /// up to kScan tiles are paired completely.
 template <class Cfg>
-__device__ __forceinline__ int4 resolve_item(Sm90Fp8KernelParams const& p, int& cand) {
+__device__ __forceinline__ int4 resolve_item(Sm90Fp8KernelParams const& p, int& cand,
+                                            int& slot_out) {
   int4 const none = make_int4(-1, 0, 0, 0);
   int const total = p.num_tile_slots * p.n_tiles;
   for (;;) {
     if (cand >= total) return none;
     int const slot = cand / p.n_tiles;
+    slot_out = slot;
     int const n_tile = cand - slot * p.n_tiles;
     int4 tile = __ldg(reinterpret_cast<int4 const*>(p.tiles + slot));
     if (tile.x < 0) return none;
@@ -692,11 +697,29 @@ __device__ __forceinline__ int4 resolve_item(Sm90Fp8KernelParams const& p, int& 
   }
 }
 
-/// The producer warpgroup of the pipelined kernel. kMode: 0 bf16 rows, 1 fp16 rows, 2 e4m3 rows.
-template <class Cfg, int kMode>
+/// Dependencies between the work items of a body that runs two GEMMs back to back (the fused
+/// gated-FFN forward: the down projection of an m block reads rows that the gate/up GEMM's
+/// items of that block produce). The body calls, for GEMM g (0 or 1) and m slot `slot` (the
+/// tile-list slot of the item's first 64-row tile):
+///   wait_rows(g, slot)    producer thread 0, before any copy of the item's A rows;
+///   item_done(g, slot, row0, rows, mt, word)
+///                         the 256 math threads (mt = 0..255, all of them, after the item's
+///                         epilogue); `word` is a shared int for a broadcast among them.
+/// kActive false: neither is called (the single-GEMM kernels).
+struct NoPipeDeps {
+  static constexpr bool kActive = false;
+  __device__ __forceinline__ void wait_rows(int, int) const {}
+  __device__ __forceinline__ void item_done(int, int, int, int, int, int32_t*) const {}
+};
+
+/// The producer warpgroup of the pipelined kernel for GEMM `gemm` (0 or 1) of the body. kMode:
+/// 0 bf16 rows, 1 fp16 rows, 2 e4m3 rows. stage and phase carry the ring's position from one
+/// GEMM to the next; `last`: after its items, the end marker.
+template <class Cfg, int kMode, class Deps>
 __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint8_t* smem_a,
                                               uint8_t* smem_b, uint8_t* staging,
-                                              PipeControl<Cfg>* ctl) {
+                                              PipeControl<Cfg>* ctl, int gemm, bool last,
+                                              int& stage, uint32_t& phase, Deps const& deps) {
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
   constexpr bool kFp8 = kMode == 2;
   constexpr int kD = Cfg::kLookahead;
@@ -721,8 +744,6 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
 
   int cand = 0;
   if (pt == 0) cand = atomicAdd(p.scheduler, 1);
-  int stage = 0;
-  uint32_t phase = 0;
   int slot = 0;      // staging slot of the next stage (16-bit rows)
   int pend[kD];      // stages whose copies are in flight, newest first: packed descriptors
   int npend = 0;
@@ -787,19 +808,30 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
   // 38): the slot read at a boundary is only rewritten after the next boundary's barrier.
   auto resolve_next = [&](int slot) {
     if (pt == 0) {
-      int4 const next = resolve_item<Cfg>(p, cand);
+      int m_slot = 0;
+      int4 const next = resolve_item<Cfg>(p, cand, m_slot);
       if (next.z > Cfg::kBlockM) fatal_protocol_error();  // a tile list with tile_m != 64
       ctl->next[slot] = next;
+      ctl->next_slot[slot] = m_slot;
       if (next.x >= 0) cand = atomicAdd(p.scheduler, 1);
     }
   };
+  // Thread 0, before the producer barrier that releases the copies of the item in next[slot].
+  auto wait_deps = [&](int slot) {
+    if constexpr (Deps::kActive) {
+      if (pt == 0 && ctl->next[slot].x >= 0) deps.wait_rows(gemm, ctl->next_slot[slot]);
+    }
+  };
 
-  // The first tile: resolved and its rows loaded before any copy.
+  // The first tile: resolved and its rows loaded before any copy. (After a previous GEMM of the
+  // body, the barrier first: a lagging thread may still read ctl->next of its last boundary.)
   int meta = 0;
+  if (gemm > 0) producer_sync();
   resolve_next(meta);
   producer_sync();
   int4 tile = ctl->next[meta];
   load_rows(tile, meta);
+  wait_deps(meta);
   producer_sync();
 
   // The next tile is resolved (thread 0, kb == 1) and its rows loaded (kb == 2) while this one
@@ -811,7 +843,10 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
     for (int kb = 0; kb < p.num_kb; ++kb) {
       wait_barrier(&ctl->empty[stage], phase ^ 1);
       if (pt == 0) {
-        if (kb == 0) ctl->tile[stage] = tile;  // published by this thread's (release) arrival
+        if (kb == 0) {  // published by this thread's (release) arrival
+          ctl->tile[stage] = tile;
+          ctl->tile_tag[stage] = gemm | (ctl->next_slot[meta] << 1);
+        }
         if constexpr (kFp8) {
           // The copies' arrivals are asynchronous: this plain arrival (the 129th) releases the
           // tile coordinates above.
@@ -892,17 +927,20 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
     }
     // ---- tile boundary: convert what is still staged, then switch to the next tile's rows
     drain();
-    producer_sync();  // the next tile's rows are visible
+    wait_deps(meta ^ 1);
+    producer_sync();  // the next tile's rows are visible (and, after wait_deps, its A rows)
     tile = ctl->next[meta ^ 1];
     meta ^= 1;
   }
 
   // ---- the end marker (everything was drained at the last boundary)
   cp_async_wait_all();
-  wait_barrier(&ctl->empty[stage], phase ^ 1);
-  if (pt == 0) ctl->tile[stage] = make_int4(-1, 0, 0, 0);
-  arrive_barrier(&ctl->full[stage]);
-  if (kFp8 && pt == 0) arrive_barrier(&ctl->full[stage]);  // the 129th arrival
+  if (last) {
+    wait_barrier(&ctl->empty[stage], phase ^ 1);
+    if (pt == 0) ctl->tile[stage] = make_int4(-1, 0, 0, 0);
+    arrive_barrier(&ctl->full[stage]);
+    if (kFp8 && pt == 0) arrive_barrier(&ctl->full[stage]);  // the 129th arrival
+  }
   if (pt == 0 && atomicAdd(p.scheduler + 1, 1) == static_cast<int>(gridDim.x) - 1) {
     __threadfence();
     p.scheduler[0] = 0;
@@ -929,8 +967,10 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
     out_row[i1] = static_cast<int64_t>(dense) * p.out_row_stride;
     s_tok[i1] = 0.0f;
     if (row_ok[i1]) {
-      int const src = p.a_rows != nullptr ? __ldg(p.a_rows + dense) : dense;
-      s_tok[i1] = __ldg(p.a_scales + src);
+      // Through L2 (ld.global.cg), not the non-coherent path: in the fused kernel the scales of
+      // the down projection's rows are written by other SMs during the launch.
+      int const src = p.a_rows != nullptr ? __ldcg(p.a_rows + dense) : dense;
+      s_tok[i1] = __ldcg(p.a_scales + src);
     }
   }
   float const* const cs = p.w_scales + static_cast<int64_t>(e) * p.n_raw;
@@ -993,13 +1033,18 @@ struct NoMathEpilogue {
 };
 }  // namespace sm90_fp8_detail
 
-/// The body of the pipelined kernel, also run by the fused kernel after its routing phase. `p`
-/// must be the kernel's __grid_constant__ parameter (or a member of it): the TMA map is read in
-/// place. After its last tile each math thread calls math_done() (the fused kernel's combine);
-/// the producer warpgroup returns when its work ends.
-template <class Cfg, class MathDone>
-__device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams const& p,
-                                                        MathDone const& math_done) {
+/// The body of the pipelined kernel, also run by the fused kernel after its routing phase:
+/// GEMM p0, then (num_gemms == 2) GEMM p1 through the same pipeline (the ring, its barriers and
+/// its stage/phase carry on; the math warpgroups take each tile's parameters from its tag), with
+/// `deps` ordering items across the two (NoPipeDeps: none). Both must be the kernel's
+/// __grid_constant__ parameter (or members of it): the TMA maps are read in place, and they must
+/// have the same a_mode. After the last tile each math thread calls math_done() (the fused
+/// kernel's combine); the producer warpgroup returns when its work ends.
+template <class Cfg, class MathDone, class Deps = sm90_fp8_detail::NoPipeDeps>
+__device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams const& p0,
+                                                        Sm90Fp8KernelParams const& p1,
+                                                        int num_gemms, MathDone const& math_done,
+                                                        Deps const& deps = Deps{}) {
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace cute;
   using Barrier = cutlass::arch::ClusterBarrier;
@@ -1008,6 +1053,7 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
   constexpr int kBlockK = Cfg::kBlockK;
   constexpr int kMaxStages = Cfg::kMaxStages;
   constexpr int kHalves = Cfg::kMHalves;
+  Sm90Fp8KernelParams const& p = p0;  // what the GEMMs share: stages, carve-up, a_mode
   int const S = p.num_stages;
 
   // The 128B swizzle repeats every 1024 bytes: the dynamic window is declared 1024-aligned (as
@@ -1039,7 +1085,8 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
   int const warp_group = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     carve(smem_a, smem_b, staging, ctl);
-    cute::prefetch_tma_descriptor(&p.tmap_w);
+    cute::prefetch_tma_descriptor(&p0.tmap_w);
+    if (num_gemms > 1) cute::prefetch_tma_descriptor(&p1.tmap_w);
     // full: the 128 producer threads (their copies' completion for e4m3 rows, plus thread 0's
     // arrive.expect_tx) + the TMA's bytes. empty: one arrival per math warp.
     uint32_t const full_count = p.a_mode == 2 ? 129u : 128u;
@@ -1055,13 +1102,24 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
     // ---------------------------------------------------------------- producer warpgroup
     cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegs>();
     carve(smem_a, smem_b, staging, ctl);
-    if (p.a_mode == 2) {
-      sm90_fp8_detail::pipe_producer<Cfg, 2>(p, smem_a, smem_b, staging, ctl);
-    } else if (p.a_mode == 0) {
-      sm90_fp8_detail::pipe_producer<Cfg, 0>(p, smem_a, smem_b, staging, ctl);
-    } else {
-      sm90_fp8_detail::pipe_producer<Cfg, 1>(p, smem_a, smem_b, staging, ctl);
-    }
+    int stage = 0;
+    uint32_t phase = 0;
+    // One call per GEMM on its own parameter (not a pointer chosen at run time: the 56-register
+    // producer addresses each kernel parameter directly).
+    auto produce = [&](Sm90Fp8KernelParams const& pg, int g, bool last) {
+      if (p.a_mode == 2) {
+        sm90_fp8_detail::pipe_producer<Cfg, 2>(pg, smem_a, smem_b, staging, ctl, g, last, stage,
+                                               phase, deps);
+      } else if (p.a_mode == 0) {
+        sm90_fp8_detail::pipe_producer<Cfg, 0>(pg, smem_a, smem_b, staging, ctl, g, last, stage,
+                                               phase, deps);
+      } else {
+        sm90_fp8_detail::pipe_producer<Cfg, 1>(pg, smem_a, smem_b, staging, ctl, g, last, stage,
+                                               phase, deps);
+      }
+    };
+    produce(p0, 0, num_gemms == 1);
+    if (num_gemms > 1) produce(p1, 1, true);
   } else {
     // ---------------------------------------------------------------- math warpgroups
     cutlass::arch::warpgroup_reg_alloc<Cfg::kMathRegs>();
@@ -1093,7 +1151,6 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
     static_assert(size(decltype(acc){}) == 64, "one m64n128 fp32 accumulator per thread");
     float total[kHalves][64];
 
-    bool const gate_up = p.epilogue != static_cast<int32_t>(Fp8Epilogue::kPlain);
     bool const copy_filled = p.a_mode == 2;  // A written by cp.async (generic proxy)
     int stage = 0;
     uint32_t phase = 0;
@@ -1101,6 +1158,11 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
       sm90_fp8_detail::wait_barrier(&ctl->full[stage], phase);
       int4 const tile = ctl->tile[stage];
       if (tile.x < 0) break;
+      int const tag = Deps::kActive || num_gemms > 1 ? ctl->tile_tag[stage] : 0;
+      // The tile, on its GEMM's parameter: one copy of the loop per GEMM, each addressing its
+      // kernel parameter directly (a pointer chosen at run time cost ptxas a spill).
+      auto run_tile = [&](Sm90Fp8KernelParams const& p) {
+      bool const gate_up = p.epilogue != static_cast<int32_t>(Fp8Epilogue::kPlain);
       int const e = tile.x;
       int const row0 = tile.y;
       int const rows = tile.z;
@@ -1116,6 +1178,11 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
 #pragma unroll
         for (int v = 0; v < 64; ++v) total[h][v] = 0.0f;
       }
+      // The first wgmma of each K block overwrites the accumulator (ScaleOut::Zero), but the
+      // operand fences read it: defined here, the previous tile's values are dead from their
+      // last promotion on, which frees 64 registers for the epilogue and deps.item_done.
+#pragma unroll
+      for (int v = 0; v < size(acc); ++v) acc(v) = 0.0f;
 
       for (int kb = 0; kb < p.num_kb; ++kb) {
         float s_lo = 1.0f;
@@ -1159,13 +1226,21 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
           phase ^= 1;
         }
       }
-      if (!active) continue;
+      if (active) {
 #pragma unroll
-      for (int h = 0; h < kHalves; ++h) {
-        if (h < halves) {
-          sm90_fp8_detail::pipe_epilogue(p, total[h], e, row0, rows, 64 * h, chunk128, warp,
-                                         lane, gate_up);
+        for (int h = 0; h < kHalves; ++h) {
+          if (h < halves) {
+            sm90_fp8_detail::pipe_epilogue(p, total[h], e, row0, rows, 64 * h, chunk128, warp,
+                                           lane, gate_up);
+          }
         }
+      }
+      if constexpr (Deps::kActive) deps.item_done(tag & 1, tag >> 1, row0, rows, mt, &ctl->deps_word);
+      };
+      if (tag & 1) {
+        run_tile(p1);
+      } else {
+        run_tile(p0);
       }
     }
     math_done();
@@ -1178,7 +1253,7 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     sm90_fp8_pipelined_kernel(__grid_constant__ Sm90Fp8KernelParams const p) {
-  sm90_fp8_pipelined_body<Cfg>(p, sm90_fp8_detail::NoMathEpilogue{});
+  sm90_fp8_pipelined_body<Cfg>(p, p, 1, sm90_fp8_detail::NoMathEpilogue{});
 }
 
 

@@ -69,19 +69,29 @@ __device__ __forceinline__ void quantize16(uint4 const& v, float inv, uint8_t* o
 
 /// One warp (lane 0..31) quantizes one row of `cols` values: *scale and q[0, cols). vec16: x and
 /// q allow 16-byte loads (x % 16 == 0, cols * sizeof(T) % 16 == 0). The row is read twice, the
-/// second time from L1/L2.
-template <typename T>
+/// second time from L1/L2. kL2: the 16-byte loads go through L2 only (ld.global.cg), for rows
+/// that other SMs wrote during the same launch (the fused kernel's hidden rows, always vec16);
+/// the default non-coherent loads suit inputs. kUnroll: 16-byte loads in flight per lane.
+template <typename T, bool kL2 = false, int kUnroll = 8>
 __device__ __forceinline__ void quantize_row_warp(T const* __restrict__ xr, int64_t cols,
                                                   bool vec16, int lane, float* scale,
                                                   uint8_t* __restrict__ qr) {
+  auto load16 = [](T const* p) {
+    uint4 const* q = reinterpret_cast<uint4 const*>(p);
+    if constexpr (kL2) {
+      return __ldcg(q);
+    } else {
+      return __ldg(q);
+    }
+  };
   constexpr int kPer = 16 / sizeof(T);
   float m = 0.0f;
   if (vec16) {
     // Unrolled so that several 16-byte loads are in flight: at decode one row is the whole
     // pre-pass, and its loads' latency is the cost.
-#pragma unroll 8
+#pragma unroll kUnroll
     for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
-      m = fmaxf(m, amax16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c))));
+      m = fmaxf(m, amax16<T>(load16(xr + c)));
     }
   } else {
     for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, fabsf(to_float(xr[c])));
@@ -92,9 +102,9 @@ __device__ __forceinline__ void quantize_row_warp(T const* __restrict__ xr, int6
   if (lane == 0) *scale = s;
   float const inv = 1.0f / s;  // IEEE division, as the GEMM's gather
   if (vec16) {
-#pragma unroll 8
+#pragma unroll kUnroll
     for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
-      quantize16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c)), inv, qr + c);
+      quantize16<T>(load16(xr + c), inv, qr + c);
     }
   } else {
     for (int64_t c = lane; c < cols; c += 32) {

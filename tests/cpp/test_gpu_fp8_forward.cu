@@ -1,6 +1,6 @@
 // The FP8 forward on Hopper through the host API: prepare_experts_fp8() once, then
-// fused_moe_run() with precision kFP8, against the CPU. Linear experts with dropless routing run
-// the fused kernel (KernelPath::kFusedSm90Fp8), the rest the multi-kernel path
+// fused_moe_run() with precision kFP8, against the CPU. Dropless routing (linear and gated-FFN
+// experts) runs the fused kernel (KernelPath::kFusedSm90Fp8), capacity the multi-kernel path
 // (kMultiKernelSm90Fp8); every case also runs the multi-kernel path (FLASHMOE_FUSED=0), with
 // both places of the activation quantization, and asserts the same bits.
 //
@@ -346,8 +346,8 @@ void expect_routing_equal(MoeProblem const& p, Result const& gpu, Result const& 
 
 /// Whether the default FP8 run of `raw` is the fused kernel (fused_sm90_fp8.h's conditions).
 bool fused_expected(MoeProblem const& raw) {
-  return raw.kind == ExpertKind::kLinear && raw.routing.capacity_factor <= 0.0 &&
-         raw.num_experts <= 256 && raw.num_local_experts <= 256;
+  return raw.routing.capacity_factor <= 0.0 && raw.num_experts <= 256 &&
+         raw.num_local_experts <= 256;
 }
 
 /// The whole protocol for one problem (the raw problem `raw`: bf16/fp16 weights and tokens).
@@ -704,7 +704,7 @@ void check_graph_replay(MoeProblem const& raw, uint32_t seed, KernelPath expecte
 TEST(GpuSmallFp8Fwd, GraphCaptureReplaysBitwise) {
   FLASHMOE_REQUIRE_SM90();
   check_graph_replay(ffn_problem(40, 8, 2, 128, 64, Activation::kSilu), 1081,
-                     KernelPath::kMultiKernelSm90Fp8);
+                     KernelPath::kFusedSm90Fp8);
   // The fused kernel: a memset node and one cooperative kernel node.
   check_graph_replay(linear_problem(8, 8, 2, 128, 64), 1082, KernelPath::kFusedSm90Fp8);
 }

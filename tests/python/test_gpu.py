@@ -298,11 +298,10 @@ def fp8_compare(tokens, weights, logits, k, scale, **opts):
         fp8_scale=scale, **opts
     )
     assert bool(torch.isfinite(got).all()), "NaN/inf in the GPU output (poisoned rows unwritten?)"
-    # Linear experts with dropless routing (E <= 256) run the fused kernel; the rest the
-    # multi-kernel path.
+    # Dropless routing (E <= 256) runs the fused kernel, linear or gated-FFN experts; capacity
+    # the multi-kernel path.
     n_exp = logits.shape[-1] if logits is not None else None
-    fused = (kind == "linear" and not opts.get("capacity_factor") and n_exp is not None
-             and n_exp <= 256)
+    fused = not opts.get("capacity_factor") and n_exp is not None and n_exp <= 256
     assert stats.kernel_path == ("fused-sm90-fp8" if fused else "multikernel-sm90-fp8")
     exact, ref_stats = reference(tokens, ref_weights, logits, k, **opts)
     np.testing.assert_array_equal(stats.topk_ids.cpu().numpy(), ref_stats.topk_ids.numpy())
@@ -405,13 +404,14 @@ def test_gpu_fp8_graph_capture_with_prepared_weights():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, eager)
-    assert stats.kernel_path == "multikernel-sm90-fp8"  # gated-FFN experts: not fused
+    assert stats.kernel_path == "fused-sm90-fp8"  # gated-FFN experts, dropless: one kernel
     assert int(stats.dropped) == 0 and stats.dropped.is_cuda
 
 
 @needs_sm90
-def test_gpu_fp8_fused_kernel_matches_the_multikernel_path(monkeypatch):
-    tokens, w, logits = case(41, 6, 256, 32, 128, "linear", torch.bfloat16)
+@pytest.mark.parametrize("kind", ["linear", "ffn"])
+def test_gpu_fp8_fused_kernel_matches_the_multikernel_path(monkeypatch, kind):
+    tokens, w, logits = case(41, 6, 256, 32, 128, kind, torch.bfloat16)
     prepared = prepare_experts(w, precision="fp8")
     fused, s1 = fused_moe(tokens, prepared, logits, 4, precision="fp8", return_stats=True)
     assert s1.kernel_path == "fused-sm90-fp8"
