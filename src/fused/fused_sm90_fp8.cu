@@ -531,8 +531,10 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
     int smem2 = 0;
     FLASHMOE_RETURN_IF_ERROR(gemm::sm90_fp8_prequant_m128_params(
         down_gemm_params(problem, args, config, ws, true), &fp.gemm2, &smem2));
-    // One pipeline runs both: the same ring (stages, carve-up) and A mode.
-    if (smem2 != smem_bytes || fp.gemm2.num_stages != fp.gemm.num_stages ||
+    // One pipeline runs both: the same ring (stages, carve-up) and A mode; only the first GEMM
+    // may split K (the body compiles the split-K sum into its first GEMM's tiles only).
+    if (fp.gemm2.k_splits != 1 || smem2 != smem_bytes ||
+        fp.gemm2.num_stages != fp.gemm.num_stages ||
         fp.gemm2.control_offset != fp.gemm.control_offset || fp.gemm2.a_mode != fp.gemm.a_mode) {
       return Status(StatusCode::kInternal, "fused fp8: the FFN's two GEMMs plan different rings");
     }

@@ -20,6 +20,10 @@ struct MoeConfig {
   // (the kernel reads bf16/fp16 rows and per-row scales); true: one pass quantizes the rows to
   // E4M3 first (the tokens' [T, H], the FFN's hidden rows) and the GEMM copies those bytes.
   bool fp8_prequant = false;
+  // FP8, the first GEMM (on the tokens): K ranges per work item (split-K; 1 = none) and the tile
+  // slots that its partial sums and counts cover (choose_fp8_config).
+  int32_t fp8_k_splits = 1;
+  int64_t fp8_split_tile_slots = 0;
   int32_t bm = 0;               // rows of an M tile
   int32_t bn = 0;               // weight columns of an N tile
   int64_t num_assignments = 0;  // T * k

@@ -130,7 +130,26 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
   static_assert(gemm::kSm90Fp8SchedulerBytes == kGemmSchedulerInts * sizeof(int32_t) &&
                     gemm::kSm90GemmSchedulerBytes == kGemmSchedulerInts * sizeof(int32_t),
                 "one queue layout for both sm_90a GEMMs");
-  ws->gemm_scheduler = c.take<int32_t>(2 * kGemmSchedulerInts + kFusedSyncInts);
+  // Split-K counts follow the queues with no gap (int32 alignment: c.take aligns to 256, so
+  // they are carved as one slice), zeroed by the same memset.
+  ws->split_count_ints = 0;
+  if (fp8 && config.fp8_k_splits > 1) {
+    bool const gate_up = ffn;
+    int64_t const n_cols = gate_up ? 2 * problem.inter_dim : problem.out_dim;
+    int64_t const n_tiles =
+        (gemm::fp8_prepared_rows(n_cols, gate_up) + gemm::kSm90Fp8BlockN - 1) /
+        gemm::kSm90Fp8BlockN;
+    ws->split_count_ints = config.fp8_split_tile_slots * n_tiles;
+    ws->split_partial = c.take<float>(static_cast<std::size_t>(ws->split_count_ints) *
+                                      config.fp8_k_splits * gemm::kSm90Fp8SplitPartialFloats);
+  } else {
+    ws->split_partial = nullptr;
+  }
+  ws->gemm_scheduler = c.take<int32_t>(2 * kGemmSchedulerInts + kFusedSyncInts +
+                                       static_cast<std::size_t>(ws->split_count_ints));
+  ws->split_count = ws->split_count_ints > 0
+                        ? ws->gemm_scheduler + 2 * kGemmSchedulerInts + kFusedSyncInts
+                        : nullptr;
   ws->bytes = c.bytes();
   return Status::Ok();
 }
@@ -141,7 +160,9 @@ Status zero_gemm_queues(MoeWorkspace const& ws, cudaStream_t stream) {
   }
   FLASHMOE_CUDA_CHECK(
       cudaMemsetAsync(ws.gemm_scheduler, 0,
-                      (2 * kGemmSchedulerInts + kFusedSyncInts) * sizeof(int32_t), stream));
+                      (2 * kGemmSchedulerInts + kFusedSyncInts + ws.split_count_ints) *
+                          sizeof(int32_t),
+                      stream));
   return Status::Ok();
 }
 

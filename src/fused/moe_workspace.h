@@ -24,6 +24,8 @@
 //                                      finished gate/up items (FP8 FFN only; zeroed in-kernel)
 //   gemm_scheduler  2 x 8 bytes: the two sm_90a GEMMs' work queues (FP8 or bf16/fp16), then 8
 //                   bytes of the fused kernel's grid barrier; zeroed by every run that uses them
+//   split_count    [split slots x N tiles] right after it (FP8 split-K only; zeroed with it)
+//   split_partial  [split slots x N tiles x k_splits x 128 x 256] fp32 (FP8 split-K only)
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -56,6 +58,11 @@ struct MoeWorkspace {
   uint64_t* fused_timeline = nullptr;  // FP8: [kFusedMaxCtas, kFusedTimelineSlots] (profiling)
   int32_t* fused_tile_done = nullptr;  // FP8 gated FFN: [num_tile_slots]
   int32_t* gemm_scheduler = nullptr;  // two queues of kGemmSchedulerInts int32
+  // FP8 split-K of the first GEMM (MoeConfig::fp8_k_splits > 1, else null / 0): the per-item
+  // range counts (right after gemm_scheduler: one memset zeroes both) and the fp32 partials.
+  int32_t* split_count = nullptr;
+  int64_t split_count_ints = 0;
+  float* split_partial = nullptr;
   std::size_t bytes = 0;  // total bytes the carve needs (including alignment of the base)
 };
 

@@ -38,6 +38,8 @@ char const* scale_name(WeightScale s) {
   }
 }
 
+constexpr int kSplitTargetCtas = 132;
+
 // FLASHMOE_FP8_ACT=gather|prepass overrides the heuristic's choice (for comparisons); any other
 // value is ignored.
 bool fp8_prequant_env_or(bool chosen) {
@@ -125,6 +127,28 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
   // seed's weight bytes). So the pass is the default; FLASHMOE_FP8_ACT=gather runs the in-gather
   // quantization (m128c / m128 below), which computes the same bits.
   c.fp8_prequant = fp8_prequant_env_or(true);
+  // Split-K of the first GEMM (on E4M3 rows only): at decode its items are (tiles <= T*k) x (N
+  // tiles), e.g. dsv3-tp8 at T = 1: 8 tiles x 2 (2I = 512 columns) = 16 items of 56 K blocks,
+  // each streamed by one SM while 116 idle -- cut into K ranges they fill the GPU. The CTA
+  // count assumed is an H100's / H200's 132 SMs (the launch uses the device's; a mismatch only
+  // moves the split off its best).
+  if (c.fp8_prequant) {
+    bool const gate_up = problem.kind == ExpertKind::kGatedFFN;
+    int64_t const n_cols = gate_up ? 2 * problem.inter_dim : problem.out_dim;
+    int64_t const n_tiles = (gemm::fp8_prepared_rows(n_cols, gate_up) + gemm::kSm90Fp8BlockN - 1) /
+                            gemm::kSm90Fp8BlockN;
+    c.fp8_split_tile_slots = std::min(c.num_tile_slots, c.num_assignments);
+    c.fp8_k_splits = gemm::sm90_fp8_k_splits(c.fp8_split_tile_slots * n_tiles, problem.hidden,
+                                             kSplitTargetCtas);
+    // FLASHMOE_FP8_SPLITK=n (for comparisons): n K ranges when every range stays non-empty.
+    if (char const* v = std::getenv("FLASHMOE_FP8_SPLITK")) {
+      int64_t const want = std::atoll(v);
+      int64_t const kb = (problem.hidden + 127) / 128;
+      if (want >= 1 && want <= 127 && (want - 1) * ((kb + want - 1) / want) < kb) {
+        c.fp8_k_splits = static_cast<int32_t>(want);
+      }
+    }
+  }
   if (c.fp8_prequant) {
     c.fp8_variant = static_cast<int32_t>(gemm::Sm90Fp8Variant::kM128);
     c.reason = "sm_90a FP8 grouped GEMM, variant m128 on E4M3 rows quantized by a pass "
@@ -151,6 +175,8 @@ std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& conf
                      " weight_scale=",
                      scale_name(problem.weight_scale),
                      config.fp8_prequant ? " act=prepass" : " act=gather",
+                     " k_splits=",
+                     config.fp8_k_splits,
                      " tile_slots=",
                      config.num_tile_slots,
                      " (",
@@ -180,6 +206,13 @@ gemm::Sm90Fp8GemmParams token_gemm_params(MoeProblem const& problem, MoeArgs con
   g.scheduler = ws.gemm_scheduler;
   g.max_ctas = 0;
   g.variant = gemm::sm90_fp8_env_variant_or(static_cast<gemm::Sm90Fp8Variant>(config.fp8_variant));
+  if (prequant && config.fp8_k_splits > 1 &&
+      gemm::sm90_fp8_resolve_variant(g.variant) != gemm::Sm90Fp8Variant::kBase) {
+    g.k_splits = config.fp8_k_splits;
+    g.split_tile_slots = static_cast<int32_t>(config.fp8_split_tile_slots);
+    g.split_partial = ws.split_partial;
+    g.split_count = ws.split_count;
+  }
   if (problem.kind == ExpertKind::kLinear) {
     // y[row] = x[token(row)] @ W8[expert(row)], in the tokens' dtype for the combine.
     g.n = problem.out_dim;
@@ -224,6 +257,10 @@ gemm::Sm90Fp8GemmParams down_gemm_params(MoeProblem const& problem, MoeArgs cons
   g.out_row_stride = H;
   // Its own queue (the first one is reset by its GEMM, but the two need not share).
   g.scheduler = ws.gemm_scheduler + kGemmSchedulerInts;
+  g.k_splits = 1;  // K = I: never split (the first GEMM's choice is for K = H)
+  g.split_tile_slots = 0;
+  g.split_partial = nullptr;
+  g.split_count = nullptr;
   return g;
 }
 

@@ -97,7 +97,8 @@ __device__ __forceinline__ void conv_producer(Sm90Fp8KernelParams const& p, uint
   auto resolve_next = [&](int slot) {
     if (pt == 0) {
       int slot_unused = 0;
-      int4 const next = resolve_item<Cfg>(p, cand, slot_unused);
+      int split_unused = 0;
+      int4 const next = resolve_item<Cfg>(p, cand, slot_unused, split_unused);
       if (next.z > Cfg::kBlockM) fatal_protocol_error();
       ctl->next[slot] = next;
       if (next.x >= 0) cand = atomicAdd(p.scheduler, 1);

@@ -156,11 +156,46 @@ Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p) {
   if (scale_entries > INT32_MAX / 2) {
     return Status::Unsupported("sm90 fp8 gemm: too many weight scales for 32-bit indices");
   }
+  if (p.k_splits < 1 || p.k_splits > 127) {
+    return Status::Invalid("sm90 fp8 gemm: k_splits must be in [1, 127], got " +
+                           str(p.k_splits));
+  }
   if (p.k > INT32_MAX / 2 || n_prep > INT32_MAX / 2 ||
-      static_cast<int64_t>(p.num_tile_slots) * n_tiles > INT32_MAX / 2) {
+      static_cast<int64_t>(p.num_tile_slots) * n_tiles * p.k_splits > INT32_MAX / 2 ||
+      static_cast<int64_t>(p.num_tile_slots) >= (1 << 22)) {
     return Status::Unsupported("sm90 fp8 gemm: problem too large for 32-bit tile indices");
   }
+  if (p.k_splits > 1) {
+    bool const pipelined = variant == Sm90Fp8Variant::kM64 || variant == Sm90Fp8Variant::kM128 ||
+                           variant == Sm90Fp8Variant::kM128Hint ||
+                           variant == Sm90Fp8Variant::kM128Convert;
+    if (p.a_fp8 == nullptr || !pipelined) {
+      return Status::Unsupported("sm90 fp8 gemm: split-K (k_splits > 1) runs in the pipelined "
+                                 "variants on pre-quantized rows (a_fp8) only");
+    }
+    int64_t const num_kb = (p.k + 127) / 128;
+    int64_t const per = (num_kb + p.k_splits - 1) / p.k_splits;
+    if ((p.k_splits - 1) * per >= num_kb) {
+      return Status::Invalid("sm90 fp8 gemm: k_splits = " + str(p.k_splits) + " leaves a K "
+                             "range empty (K blocks: " + str(num_kb) + ")");
+    }
+    if (p.split_partial == nullptr || p.split_count == nullptr || p.split_tile_slots <= 0) {
+      return Status::Invalid("sm90 fp8 gemm: split-K needs split_partial, split_count and "
+                             "split_tile_slots > 0");
+    }
+  }
   return Status::Ok();
+}
+
+int sm90_fp8_k_splits(int64_t items, int64_t k, int ctas) {
+  int64_t const num_kb = (k + 127) / 128;
+  if (items <= 0 || items * 4 > ctas || num_kb < 8) return 1;
+  int64_t want = std::min<int64_t>(ctas / items, num_kb / 4);
+  want = std::min<int64_t>(want, 127);
+  if (want <= 1) return 1;
+  // Ranges of ceil(num_kb / want) blocks; their count, so that none is empty.
+  int64_t const per = (num_kb + want - 1) / want;
+  return static_cast<int>((num_kb + per - 1) / per);
 }
 
 // Checked params (check_sm90_fp8_grouped_gemm) -> the kernel's: the weights' TMA map and every
@@ -224,6 +259,11 @@ static Status make_sm90_fp8_kernel_params(Sm90Fp8GemmParams const& p,
                     variant == Sm90Fp8Variant::kM128Convert)
                        ? 1
                        : 0;
+  kp.k_splits = p.k_splits;
+  kp.kb_per_split = (kp.num_kb + p.k_splits - 1) / p.k_splits;
+  kp.split_tile_slots = p.split_tile_slots;
+  kp.split_partial = p.split_partial;
+  kp.split_count = p.split_count;
 
   return Status::Ok();
 }
@@ -258,7 +298,7 @@ Status launch_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p, cudaStream_t str
   Sm90Fp8Variant const variant = sm90_fp8_resolve_variant(p.variant);
   bool const fp8_source = p.a_fp8 != nullptr && variant != Sm90Fp8Variant::kBase;
 
-  int64_t const work = static_cast<int64_t>(p.num_tile_slots) * kp.n_tiles;
+  int64_t const work = static_cast<int64_t>(p.num_tile_slots) * kp.n_tiles * kp.k_splits;
   int64_t ctas = p.max_ctas > 0 ? std::min<int64_t>(p.max_ctas, num_sms) : num_sms;
   ctas = std::max<int64_t>(1, std::min(ctas, work));
 

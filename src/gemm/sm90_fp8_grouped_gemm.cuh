@@ -136,6 +136,11 @@ struct Sm90Fp8KernelParams {
   int32_t num_stages;              // stages in use (<= Cfg::kMaxStages)
   uint32_t staging_offset;         // bytes from the 1024-aligned base: bf16/fp16 staging ring
   uint32_t control_offset;         // bytes from the 1024-aligned base: PipeControl
+  int32_t k_splits;                // K ranges per (tile, n-tile) item (1: none)
+  int32_t kb_per_split;            // K blocks per range
+  int32_t split_tile_slots;        // tile slots covered by split_partial / split_count
+  float* split_partial;
+  int32_t* split_count;
 };
 
 /// The parameters of the m128 pipelined kernel body on pre-quantized rows (p.a_fp8 set; the
@@ -603,8 +608,9 @@ struct PipeControl {
   uint64_t full[Cfg::kMaxStages];   // 128 (129: e4m3 rows) producer arrivals + the TMA's bytes
   uint64_t empty[Cfg::kMaxStages];  // one arrival per math warp
   int4 tile[Cfg::kMaxStages];       // (expert, row0, rows, n_tile) of the tile starting there
-  int32_t tile_tag[Cfg::kMaxStages];  // its GEMM (bit 0) and m slot (>> 1): see PipeDeps
-  int32_t next_slot[Cfg::kMetaSlots];  // thread 0 of the producer: the m slot of next[i]
+  int32_t tile_tag[Cfg::kMaxStages];  // its GEMM, K range and m slot: pipe_tag()
+  int32_t next_slot[Cfg::kMetaSlots];  // the m slot of next[i] (written by producer thread 0)
+  int32_t next_split[Cfg::kMetaSlots];  // its K range (split-K)
   int32_t deps_word;                // the math warpgroups' broadcast word (PipeDeps::item_done)
   int4 next[Cfg::kMetaSlots];       // thread 0 -> producer warpgroup: the next tile, in the
                                     // ring slot it will have (double-buffered: the slot just
@@ -612,6 +618,15 @@ struct PipeControl {
   int32_t src[Cfg::kMetaSlots][Cfg::kBlockM];  // source row of each row of a tile
   float inv[Cfg::kMetaSlots][Cfg::kBlockM];    // 1 / its scale (bf16/fp16 gather)
 };
+
+/// A tile's tag (PipeControl::tile_tag): its GEMM of the body (bit 0), its K range (bits 1-7,
+/// split-K) and its m slot (bits 8+).
+__device__ __forceinline__ int pipe_tag(int gemm, int split, int slot) {
+  return gemm | (split << 1) | (slot << 8);
+}
+__device__ __forceinline__ int tag_gemm(int tag) { return tag & 1; }
+__device__ __forceinline__ int tag_split(int tag) { return (tag >> 1) & 127; }
+__device__ __forceinline__ int tag_slot(int tag) { return tag >> 8; }
 
 /// Shared memory plan of one launch.
 struct PipeSmemPlan {
@@ -655,14 +670,17 @@ __device__ __forceinline__ bool pairable(int4 const& a, int4 const& b) {
 /// up to kScan tiles are paired completely.
 template <class Cfg>
 __device__ __forceinline__ int4 resolve_item(Sm90Fp8KernelParams const& p, int& cand,
-                                            int& slot_out) {
+                                            int& slot_out, int& split_out) {
   int4 const none = make_int4(-1, 0, 0, 0);
-  int const total = p.num_tile_slots * p.n_tiles;
+  int const per_slot = p.n_tiles * p.k_splits;  // items of a tile slot: (n tile, K range)
+  int const total = p.num_tile_slots * per_slot;
   for (;;) {
     if (cand >= total) return none;
-    int const slot = cand / p.n_tiles;
+    int const slot = cand / per_slot;
+    int const rem = cand - slot * per_slot;
+    int const n_tile = rem / p.k_splits;
     slot_out = slot;
-    int const n_tile = cand - slot * p.n_tiles;
+    split_out = rem - n_tile * p.k_splits;
     int4 tile = __ldg(reinterpret_cast<int4 const*>(p.tiles + slot));
     if (tile.x < 0) return none;
     if constexpr (Cfg::kBlockM == 128) {
@@ -809,10 +827,12 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
   auto resolve_next = [&](int slot) {
     if (pt == 0) {
       int m_slot = 0;
-      int4 const next = resolve_item<Cfg>(p, cand, m_slot);
+      int split = 0;
+      int4 const next = resolve_item<Cfg>(p, cand, m_slot, split);
       if (next.z > Cfg::kBlockM) fatal_protocol_error();  // a tile list with tile_m != 64
       ctl->next[slot] = next;
       ctl->next_slot[slot] = m_slot;
+      ctl->next_split[slot] = split;
       if (next.x >= 0) cand = atomicAdd(p.scheduler, 1);
     }
   };
@@ -840,12 +860,15 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
   constexpr int kResolveAt = 1;
   while (tile.x >= 0) {
     int const rows = tile.z;
-    for (int kb = 0; kb < p.num_kb; ++kb) {
+    // The tile's K blocks: all of them, or its range (split-K).
+    int const kb0 = ctl->next_split[meta] * p.kb_per_split;
+    int const kb1 = min(p.num_kb, kb0 + p.kb_per_split);
+    for (int kb = kb0; kb < kb1; ++kb) {
       wait_barrier(&ctl->empty[stage], phase ^ 1);
       if (pt == 0) {
-        if (kb == 0) {  // published by this thread's (release) arrival
+        if (kb == kb0) {  // published by this thread's (release) arrival
           ctl->tile[stage] = tile;
-          ctl->tile_tag[stage] = gemm | (ctl->next_slot[meta] << 1);
+          ctl->tile_tag[stage] = pipe_tag(gemm, ctl->next_split[meta], ctl->next_slot[meta]);
         }
         if constexpr (kFp8) {
           // The copies' arrivals are asynchronous: this plain arrival (the 129th) releases the
@@ -914,14 +937,14 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
         stage = 0;
         phase ^= 1;
       }
-      if (kb == kResolveAt) resolve_next(meta ^ 1);
-      if (kb == kResolveAt + 1) {
+      if (kb - kb0 == kResolveAt) resolve_next(meta ^ 1);
+      if (kb - kb0 == kResolveAt + 1) {
         producer_sync();  // ctl->next[meta ^ 1] written
         load_rows(ctl->next[meta ^ 1], meta ^ 1);
       }
     }
-    if (p.num_kb <= kResolveAt + 1) {  // short K: the same at the boundary
-      if (p.num_kb <= kResolveAt) resolve_next(meta ^ 1);
+    if (kb1 - kb0 <= kResolveAt + 1) {  // short K: the same at the boundary
+      if (kb1 - kb0 <= kResolveAt) resolve_next(meta ^ 1);
       producer_sync();
       load_rows(ctl->next[meta ^ 1], meta ^ 1);
     }
@@ -1023,6 +1046,90 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
       }
     }
   }
+}
+
+/// Split-K, run by the 256 math threads after their K range of an item: stores this range's
+/// sums (rows < `rows` only) in a register-image layout [half][value][thread], counts the range,
+/// and -- in the CTA whose range is the item's last -- replaces `total` by the sum of all ranges
+/// in range order (fixed: the result does not depend on which CTA finishes last). Returns
+/// whether this CTA finishes the item. Partials go through L2 only (other SMs wrote them during
+/// the launch). The sum is formed in two steps so that no thread holds more than its 128 sums
+/// plus a few loads: (a) the 256 threads add the ranges of the valid (row, column) elements, a
+/// column per thread, into range 0's partial; (b) each thread loads its own sums from there.
+template <int kHalves>
+__device__ __forceinline__ int split_image_index(int row, int col) {
+  // The m64n128 wgmma C fragment: thread 128 wg + 32 warp + lane, value v (sm90 layout).
+  int const wg = col >> 7;
+  int const c = col & 127;
+  int const r = row & 63;
+  int const t = 128 * wg + 32 * (r >> 4) + 4 * (r & 7) + ((c & 7) >> 1);
+  int const v = 4 * (c >> 3) + 2 * ((r >> 3) & 1) + (c & 1);
+  return ((row >> 6) * 64 + v) * 256 + t;
+}
+
+template <int kHalves>
+__device__ __forceinline__ bool split_k_reduce(Sm90Fp8KernelParams const& p,
+                                               float (&total)[kHalves][64], int tag, int n_tile,
+                                               int rows, bool active, int mt, int32_t* word) {
+  int const slot = tag_slot(tag);
+  int const split = tag_split(tag);
+  int const halves = (kHalves == 2 && rows > 64) ? 2 : 1;
+  if (slot >= p.split_tile_slots) fatal_protocol_error();  // the host's slot bound is wrong
+  int const warp = (mt >> 5) & 3;
+  int const lane = mt & 31;
+  int const r0 = 16 * warp + (lane >> 2);  // + 8 * ((v >> 1) & 1) + 64 * h: the C fragment's row
+  int64_t const item = static_cast<int64_t>(slot) * p.n_tiles + n_tile;
+  float* const base = p.split_partial + item * p.k_splits * kSm90Fp8SplitPartialFloats;
+  if (active) {
+    float* const mine = base + static_cast<int64_t>(split) * kSm90Fp8SplitPartialFloats;
+#pragma unroll
+    for (int h = 0; h < kHalves; ++h) {
+      if (h < halves) {
+        bool const ok0 = 64 * h + r0 < rows;
+        bool const ok1 = 64 * h + r0 + 8 < rows;
+#pragma unroll
+        for (int v = 0; v < 64; ++v) {
+          if ((v & 2) ? ok1 : ok0) __stcg(mine + (h * 64 + v) * 256 + mt, total[h][v]);
+        }
+      }
+    }
+  }
+  cutlass::arch::NamedBarrier::sync(256, 2);  // the item's partial stores
+  if (mt == 0) {
+    __threadfence();
+    *word = atomicAdd(p.split_count + item, 1) == p.k_splits - 1;
+  }
+  cutlass::arch::NamedBarrier::sync(256, 2);
+  if (*word == 0) return false;  // the same for all 256 threads
+  __threadfence();  // every range's partial was stored before its count
+  // (a) column mt of every valid row: the ranges in order, into range 0's partial. Columns of an
+  // inactive warpgroup (past N) hold nothing and are skipped.
+  int const cols = min(256, p.n_prep - n_tile * 256);
+  if (mt < cols) {
+    for (int row = 0; row < rows; ++row) {
+      int const idx = split_image_index<kHalves>(row, mt);
+      float sum = 0.0f;
+#pragma unroll 4
+      for (int s = 0; s < p.k_splits; ++s) {
+        sum += __ldcg(base + static_cast<int64_t>(s) * kSm90Fp8SplitPartialFloats + idx);
+      }
+      __stcg(base + idx, sum);
+    }
+  }
+  cutlass::arch::NamedBarrier::sync(256, 2);  // range 0's partial now holds the sums
+  // (b) this thread's own sums. Every value is redefined (0 for rows past `rows`, which the
+  // epilogue never stores, and for an inactive warpgroup): the range's own sums are then dead
+  // from their stores on instead of live across (a) (ptxas spilled).
+#pragma unroll
+  for (int h = 0; h < kHalves; ++h) {
+    bool const ok0 = active && 64 * h + r0 < rows;
+    bool const ok1 = active && 64 * h + r0 + 8 < rows;
+#pragma unroll
+    for (int v = 0; v < 64; ++v) {
+      total[h][v] = ((v & 2) ? ok1 : ok0) ? __ldcg(base + (h * 64 + v) * 256 + mt) : 0.0f;
+    }
+  }
+  return true;
 }
 
 }  // namespace sm90_fp8_detail
@@ -1158,10 +1265,12 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
       sm90_fp8_detail::wait_barrier(&ctl->full[stage], phase);
       int4 const tile = ctl->tile[stage];
       if (tile.x < 0) break;
-      int const tag = Deps::kActive || num_gemms > 1 ? ctl->tile_tag[stage] : 0;
+      int const tag = ctl->tile_tag[stage];
       // The tile, on its GEMM's parameter: one copy of the loop per GEMM, each addressing its
       // kernel parameter directly (a pointer chosen at run time cost ptxas a spill).
-      auto run_tile = [&](Sm90Fp8KernelParams const& p) {
+      // kGemm: which GEMM, known at compile time in each copy (only the first splits K).
+      auto run_tile = [&](Sm90Fp8KernelParams const& p, auto gemm_constant) {
+      constexpr int kGemm = decltype(gemm_constant)::value;
       bool const gate_up = p.epilogue != static_cast<int32_t>(Fp8Epilogue::kPlain);
       int const e = tile.x;
       int const row0 = tile.y;
@@ -1171,8 +1280,13 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
       int const chunk128 = n_tile * Cfg::kNumMathWG + wg;
       bool const active = chunk128 * 128 < p.n_prep;
       int2 const scale_rows = sm90_fp8_detail::block_scale_rows(p, e, chunk128, gate_up);
-      int32_t const scale_lo = scale_rows.x;
-      int32_t const scale_hi = scale_rows.y;
+      // The tile's K blocks: all, or its range (split-K) -- as a count down and block-scale
+      // indices that move along (no extra live register in the K loop: the 224-register math
+      // warpgroups spilled with a [kb0, kb1) loop).
+      int const kb0 = sm90_fp8_detail::tag_split(tag) * p.kb_per_split;
+      int left = min(p.num_kb - kb0, p.kb_per_split);
+      int32_t scale_lo = scale_rows.x + kb0;
+      int32_t scale_hi = scale_rows.y + kb0;
 #pragma unroll
       for (int h = 0; h < kHalves; ++h) {
 #pragma unroll
@@ -1184,14 +1298,13 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
 #pragma unroll
       for (int v = 0; v < size(acc); ++v) acc(v) = 0.0f;
 
-      for (int kb = 0; kb < p.num_kb; ++kb) {
+      for (;;) {  // the first stage's barrier was waited on with the tile
         float s_lo = 1.0f;
         float s_hi = 1.0f;
         if (p.scale_block && active) {
-          s_lo = __ldg(p.w_scales + scale_lo + kb);
-          s_hi = __ldg(p.w_scales + scale_hi + kb);
+          s_lo = __ldg(p.w_scales + scale_lo);
+          s_hi = __ldg(p.w_scales + scale_hi);
         }
-        if (kb > 0) sm90_fp8_detail::wait_barrier(&ctl->full[stage], phase);
         if (copy_filled) cutlass::arch::fence_view_async_shared();
         if (active) {
 #pragma unroll
@@ -1225,6 +1338,16 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
           stage = 0;
           phase ^= 1;
         }
+        if (--left == 0) break;
+        ++scale_lo;
+        ++scale_hi;
+        sm90_fp8_detail::wait_barrier(&ctl->full[stage], phase);
+      }
+      // Split-K: only the CTA that completes the item's last K range goes on, with the sum.
+      if (kGemm == 0 && p.k_splits > 1 &&
+          !sm90_fp8_detail::split_k_reduce<kHalves>(p, total, tag, n_tile, rows, active, mt,
+                                                    &ctl->deps_word)) {
+        return;
       }
       if (active) {
 #pragma unroll
@@ -1235,12 +1358,15 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
           }
         }
       }
-      if constexpr (Deps::kActive) deps.item_done(tag & 1, tag >> 1, row0, rows, mt, &ctl->deps_word);
+      if constexpr (Deps::kActive) {
+        deps.item_done(kGemm, sm90_fp8_detail::tag_slot(tag), row0, rows, mt,
+                       &ctl->deps_word);
+      }
       };
-      if (tag & 1) {
-        run_tile(p1);
+      if (sm90_fp8_detail::tag_gemm(tag)) {
+        run_tile(p1, cute::Int<1>{});
       } else {
-        run_tile(p0);
+        run_tile(p0, cute::Int<0>{});
       }
     }
     math_done();

@@ -131,7 +131,33 @@ struct Sm90Fp8GemmParams {
 
   // Which kernel runs (kAuto: FLASHMOE_SM90_VARIANT, else the default).
   Sm90Fp8Variant variant = Sm90Fp8Variant::kAuto;
+
+  // Split-K (decode shapes whose few (tile, n-tile) items would leave most SMs idle): each item
+  // is cut into k_splits ranges of ceil(K blocks / k_splits) 128-wide K blocks, none of them
+  // empty (sm90_fp8_k_splits() chooses such a count; kInvalid otherwise). Each range's
+  // fp32 sums go to split_partial; the CTA that finishes an item's last range (a count per item
+  // in split_count) adds the ranges in order 0, 1, ... and runs the epilogue: deterministic.
+  // Only the pipelined variants on pre-quantized rows (a_fp8; m64, m128, m128h, and m128c which
+  // then runs m128) split; k_splits > 1 with another is kNotSupported.
+  //   split_partial  [split_tile_slots * n_tiles * k_splits * 128 * 256] float32
+  //   split_count    [split_tile_slots * n_tiles] int32, zero before the launch (left non-zero)
+  // split_tile_slots bounds the tile slots in use (<= the dense rows: every tile has a row).
+  int32_t k_splits = 1;
+  int32_t split_tile_slots = 0;
+  float* split_partial = nullptr;
+  int32_t* split_count = nullptr;
 };
+
+/// Floats of split_partial per (tile slot, n tile, K range): one 128 x 256 fp32 tile.
+inline constexpr int64_t kSm90Fp8SplitPartialFloats = 128 * 256;
+/// The N tile of the sm_90a FP8 kernels (two math warpgroups of 128 columns).
+inline constexpr int64_t kSm90Fp8BlockN = 256;
+
+/// K ranges for split-K of a GEMM with `items` (tile, n-tile) work items (an upper bound) and K
+/// blocks of 128 on `ctas` persistent CTAs: 1 unless the items fill at most a quarter of the CTAs
+/// and K has at least 8 blocks; then as many ranges (of at least 4 blocks) as fill the CTAs,
+/// every range non-empty.
+int sm90_fp8_k_splits(int64_t items, int64_t k, int ctas);
 
 /// Bytes of the `scheduler` slice.
 inline constexpr std::size_t kSm90Fp8SchedulerBytes = 2 * sizeof(int32_t);

@@ -610,6 +610,25 @@ TEST(GpuSmallFp8Fwd, FusedManyCtasAndRoutingOptions) {
   check_fp8(r, WeightScale::kChannel, 1115);
 }
 
+// Split-K of the first GEMM (decode shapes whose few work items would leave SMs idle): both
+// paths cut each item's K blocks into ranges and add the ranges' fp32 sums in range order, so
+// they still agree bit for bit; the mirror and reference checks hold as without the split.
+TEST(GpuSmallFp8Fwd, SplitKDecode) {
+  FLASHMOE_REQUIRE_SM90();
+  MoeProblem const f = ffn_problem(2, 8, 2, 1024, 64, Activation::kSilu);
+  EXPECT_EQ(fused::choose_fp8_config(f).fp8_k_splits, 2);
+  check_fp8(f, WeightScale::kBlock128, 1201);
+  check_fp8(f, WeightScale::kChannel, 1202);
+  MoeProblem const l = linear_problem(1, 16, 4, 2048, 256);
+  EXPECT_EQ(fused::choose_fp8_config(l).fp8_k_splits, 4);
+  check_fp8(l, WeightScale::kChannel, 1203);
+  check_fp8(l, WeightScale::kBlock128, 1204);
+  // One expert with 100 rows: a 128-row item (both 64-row halves) split in two.
+  MoeProblem const one = linear_problem(100, 1, 1, 1024, 128);
+  EXPECT_EQ(fused::choose_fp8_config(one).fp8_k_splits, 2);
+  check_fp8(one, WeightScale::kChannel, 1205);
+}
+
 // An expert map that sends two global experts to the same local expert (nothing forbids it):
 // their rows share that expert's weights, in (token, slot) order, on both paths.
 TEST(GpuSmallFp8Fwd, ExpertMapTwoGlobalsOneLocal) {
@@ -767,6 +786,31 @@ TEST(GpuFp8Fwd, FfnLarger) {
 }
 
 // ------------------------------------------------------------------------- host-only checks
+
+// The split-K choice: only when the items fill at most a quarter of the CTAs and K has at least
+// 8 blocks; every K range non-empty; dsv3-tp8 at T = 1 (16 items, K = 7168) in 8 ranges.
+TEST(Fp8FwdHost, SplitKChoice) {
+  EXPECT_EQ(gemm::sm90_fp8_k_splits(16, 7168, 132), 8);
+  EXPECT_EQ(gemm::sm90_fp8_k_splits(128, 4096, 132), 1);  // decode-1 linear: 8 x 16 items
+  EXPECT_EQ(gemm::sm90_fp8_k_splits(4, 896, 132), 1);     // 7 K blocks
+  EXPECT_EQ(gemm::sm90_fp8_k_splits(0, 4096, 132), 1);
+  for (int64_t items = 1; items <= 40; ++items) {
+    for (int64_t k = 128; k <= 16384; k += 640) {
+      int const s = gemm::sm90_fp8_k_splits(items, k, 132);
+      int64_t const kb = (k + 127) / 128;
+      int64_t const per = (kb + s - 1) / s;
+      ASSERT_GE(s, 1);
+      ASSERT_LT((s - 1) * per, kb) << "an empty K range: items " << items << " k " << k;
+      ASSERT_LE(items * s, 132);
+      if (s > 1) ASSERT_GE(per, 4);
+    }
+  }
+  // The forward's configuration: dsv3-tp8 at T = 1 splits, at T = 16 it does not.
+  MoeProblem tp8 = ffn_problem(1, 256, 8, 7168, 256, Activation::kSilu);
+  EXPECT_EQ(fused::choose_fp8_config(tp8).fp8_k_splits, 8);
+  tp8.num_tokens = 16;
+  EXPECT_EQ(fused::choose_fp8_config(tp8).fp8_k_splits, 1);
+}
 
 TEST(Fp8FwdHost, PreparedLayoutSizes) {
   MoeProblem lin = linear_problem(4, 8, 2, 256, 200);
