@@ -546,6 +546,21 @@ TEST(GpuSmallFp8Fwd, SingleToken) {
   check_fp8(ffn_problem(1, 8, 2, 256, 128, Activation::kSilu), WeightScale::kChannel, 1023);
 }
 
+// Two and three tokens (one per CTA in the fused kernel's routing), also pre-routed and with an
+// expert map.
+TEST(GpuSmallFp8Fwd, TwoAndThreeTokens) {
+  FLASHMOE_REQUIRE_SM90();
+  check_fp8(linear_problem(2, 16, 4, 256, 128), WeightScale::kChannel, 1031);
+  check_fp8(ffn_problem(3, 16, 4, 256, 128, Activation::kGelu), WeightScale::kBlock128, 1032);
+  MoeProblem r = linear_problem(3, 16, 4, 128, 64);
+  r.prerouted = true;
+  check_fp8(r, WeightScale::kChannel, 1033);
+  MoeProblem m = linear_problem(3, 16, 4, 128, 64);
+  m.has_expert_map = true;
+  m.num_local_experts = 6;
+  check_fp8(m, WeightScale::kChannel, 1034);
+}
+
 TEST(GpuSmallFp8Fwd, RaggedTwelveExperts) {
   FLASHMOE_REQUIRE_SM90();
   // E = 12 (not a power of two), T = 37, H = 208 and D = 136 (not multiples of 64 or 128):
