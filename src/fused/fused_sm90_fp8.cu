@@ -433,6 +433,7 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
       info.expert = le;
       info.row0 = sm.row0[le] + first;
       info.rows = min(bm, sm.lcount[le] - first);
+      info.index = m - sm.tile0[le];
     }
     rb.tiles[m] = info;
   }

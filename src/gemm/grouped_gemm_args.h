@@ -22,7 +22,8 @@ struct alignas(16) TileInfo {
   int32_t expert;  // local expert whose weights the tile multiplies; < 0: no tile here
   int32_t row0;    // first row of the tile in the dense assignment list
   int32_t rows;    // valid rows, 1..BM
-  int32_t pad;
+  int32_t index;   // position among the expert's tiles (0, 1, ...): the sm_90a FP8 body pairs
+                   // tiles 2i and 2i + 1 of an expert into one 128-row work item
 };
 
 /// Operands of C[r, :] = epilogue(A[src(r), :] @ B[expert(r)]) for every row r of every tile.

@@ -198,7 +198,7 @@ __device__ __forceinline__ bool decode_item(Sm90Fp8KernelParams const& p, int it
   int const m_slot = item / p.n_tiles;
   int const n_tile = item - m_slot * p.n_tiles;
   if (m_slot >= p.num_tile_slots) return false;
-  tile = __ldg(reinterpret_cast<int4 const*>(p.tiles + m_slot));  // {expert, row0, rows, pad}
+  tile = __ldg(reinterpret_cast<int4 const*>(p.tiles + m_slot));  // {expert, row0, rows, index}
   tile.w = n_tile;
   return tile.x >= 0;
 }
@@ -661,13 +661,10 @@ __device__ __forceinline__ bool pairable(int4 const& a, int4 const& b) {
 /// Thread 0 of the producer: the tile of work item `cand`, taking further items while `cand` is a
 /// 64-row tile that its predecessor's item runs (BlockM 128). expert -1: no work left.
 ///
-/// Pairing (merge_pairs): within an expert's run of 64-row tiles, count from the END: with d =
-/// the number of tiles after this one in the run, (d = 1, d = 0), (3, 2), ... are pairs: the tile
-/// with odd d leads (runs 64 + the next tile's rows), the one with even d (and a pairable
-/// predecessor) is absorbed. d is read from the next kScan slots, the same for every CTA, so the
-/// decisions of neighbours agree; a tile with kScan or more followers (d unknown) runs alone, as
-/// does the first tile of a run of odd length. The seed shape (<= 2 tiles per expert) and runs of
-/// up to kScan tiles are paired completely.
+/// Pairing (merge_pairs): an expert's tiles 2i and 2i + 1 (TileInfo::index, written by the tile
+/// list's builders) form one item -- the even one leads (runs its 64 rows + the next tile's),
+/// the odd one is absorbed; an expert's last tile of an odd count runs alone. Every CTA decides
+/// from the tile itself, so the decisions agree, and runs of any length are paired completely.
 template <class Cfg>
 __device__ __forceinline__ int4 resolve_item(Sm90Fp8KernelParams const& p, int& cand,
                                             int& slot_out, int& split_out) {
@@ -685,29 +682,14 @@ __device__ __forceinline__ int4 resolve_item(Sm90Fp8KernelParams const& p, int& 
     if (tile.x < 0) return none;
     if constexpr (Cfg::kBlockM == 128) {
       if (p.merge_pairs) {
-        constexpr int kScan = 8;
-        int4 const prev =
-            slot > 0 ? __ldg(reinterpret_cast<int4 const*>(p.tiles + slot - 1)) : none;
-        int4 const next = slot + 1 < p.num_tile_slots
-                              ? __ldg(reinterpret_cast<int4 const*>(p.tiles + slot + 1))
-                              : none;
-        // d = the expert's tiles after this one, counted up to kScan - 1 (one load at a time and
-        // only while the run continues: few registers -- the producer of the convert variant
-        // has 40 -- and one or two loads at the seed shape).
-        int d = next.x == tile.x ? 1 : 0;
-#pragma unroll 1
-        for (int i = 0; i < kScan - 1 && d == i + 1; ++i) {
-          int const s2 = slot + 2 + i;
-          if (s2 < p.num_tile_slots && __ldg(&p.tiles[s2].expert) == tile.x) d = i + 2;
-        }
-        bool const known = d < kScan;
-        bool const leader = known && (d & 1) && pairable(tile, next);
-        bool const absorbed = known && !(d & 1) && d + 1 < kScan && pairable(prev, tile);
-        if (absorbed) {
+        if (tile.w & 1) {  // absorbed: tile index - 1 of its expert (64 rows) runs it
           cand = atomicAdd(p.scheduler, 1);
           continue;
         }
-        if (leader) tile.z += next.z;
+        int4 const next = slot + 1 < p.num_tile_slots
+                              ? __ldg(reinterpret_cast<int4 const*>(p.tiles + slot + 1))
+                              : none;
+        if (pairable(tile, next)) tile.z += next.z;  // else its expert's last tile
       }
     }
     tile.w = n_tile;

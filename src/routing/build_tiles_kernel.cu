@@ -66,6 +66,7 @@ __global__ void __launch_bounds__(kThreads)
       info.expert = e;
       info.row0 = rb.local_offsets[e] + first;
       info.rows = min(bm, rb.local_counts[e] - first);
+      info.index = m - tile_starts[e];
     }
     rb.tiles[m] = info;
   }

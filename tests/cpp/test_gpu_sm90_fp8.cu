@@ -215,7 +215,7 @@ Dispatch make_dispatch(std::vector<int> const& counts, int num_tokens, std::mt19
     }
     d.total += counts[e];
     for (int m = 0; m * bm < counts[e]; ++m) {
-      d.tiles.push_back(TileInfo{e, first + m * bm, std::min(bm, counts[e] - m * bm), 0});
+      d.tiles.push_back(TileInfo{e, first + m * bm, std::min(bm, counts[e] - m * bm), m});
     }
   }
   d.num_slots = static_cast<int32_t>(
@@ -929,7 +929,7 @@ Dispatch perf_route(int E, int T, int top_k, uint64_t seed, int* touched) {
     }
     d.total += count;
     for (int m = 0; m * bm < count; ++m) {
-      d.tiles.push_back(TileInfo{e, first + m * bm, std::min(bm, count - m * bm), 0});
+      d.tiles.push_back(TileInfo{e, first + m * bm, std::min(bm, count - m * bm), m});
     }
   }
   d.num_slots = static_cast<int32_t>(flashmoe::gemm::sm90_fp8_max_tiles(d.total, E));
