@@ -24,6 +24,7 @@ struct MoeConfig {
   // slots that its partial sums and counts cover (choose_fp8_config).
   int32_t fp8_k_splits = 1;
   int64_t fp8_split_tile_slots = 0;
+  int64_t fp8_split_items = 0;  // fp8_split_tile_slots x N tiles: the split-K counts
   int32_t bm = 0;               // rows of an M tile
   int32_t bn = 0;               // weight columns of an N tile
   int64_t num_assignments = 0;  // T * k

@@ -134,12 +134,7 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
   // they are carved as one slice), zeroed by the same memset.
   ws->split_count_ints = 0;
   if (fp8 && config.fp8_k_splits > 1) {
-    bool const gate_up = ffn;
-    int64_t const n_cols = gate_up ? 2 * problem.inter_dim : problem.out_dim;
-    int64_t const n_tiles =
-        (gemm::fp8_prepared_rows(n_cols, gate_up) + gemm::kSm90Fp8BlockN - 1) /
-        gemm::kSm90Fp8BlockN;
-    ws->split_count_ints = config.fp8_split_tile_slots * n_tiles;
+    ws->split_count_ints = config.fp8_split_items;
     ws->split_partial = c.take<float>(static_cast<std::size_t>(ws->split_count_ints) *
                                       config.fp8_k_splits * gemm::kSm90Fp8SplitPartialFloats);
   } else {

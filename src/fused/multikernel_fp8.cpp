@@ -134,11 +134,11 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
   // moves the split off its best).
   if (c.fp8_prequant) {
     bool const gate_up = problem.kind == ExpertKind::kGatedFFN;
-    int64_t const n_cols = gate_up ? 2 * problem.inter_dim : problem.out_dim;
-    int64_t const n_tiles = (gemm::fp8_prepared_rows(n_cols, gate_up) + gemm::kSm90Fp8BlockN - 1) /
-                            gemm::kSm90Fp8BlockN;
+    int64_t const n_tiles =
+        gemm::sm90_fp8_n_tiles(gate_up ? problem.inter_dim : problem.out_dim, gate_up);
     c.fp8_split_tile_slots = std::min(c.num_tile_slots, c.num_assignments);
-    c.fp8_k_splits = gemm::sm90_fp8_k_splits(c.fp8_split_tile_slots * n_tiles, problem.hidden,
+    c.fp8_split_items = c.fp8_split_tile_slots * n_tiles;
+    c.fp8_k_splits = gemm::sm90_fp8_k_splits(c.fp8_split_items, problem.hidden,
                                              kSplitTargetCtas);
     // FLASHMOE_FP8_SPLITK=n (for comparisons): n K ranges when every range stays non-empty.
     if (char const* v = std::getenv("FLASHMOE_FP8_SPLITK")) {
@@ -293,14 +293,8 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
   FLASHMOE_RETURN_IF_ERROR(zero_gemm_queues(ws, stream));
 
   // config.bm is kSm90Fp8BlockM: the FP8 GEMM traps on a tile of more rows.
-  routing::RoutingParams const rp = make_routing_params(problem, args, config);
-  routing::RoutingOutputs out;
-  out.topk_ids = args.topk_ids_out;
-  out.topk_weights = args.topk_weights_out;
-  out.expert_load = args.expert_load;
-  out.drop_reroute_counts = args.drop_reroute_counts;
+  FLASHMOE_RETURN_IF_ERROR(enqueue_forward_routing(problem, args, config, ws, stream));
   routing::RoutingBuffers const& rb = ws.routing;
-  FLASHMOE_RETURN_IF_ERROR(routing::enqueue_routing(rp, rb, out, stream));
 
   // Per-token scales of every token (the gather reads those of the routed ones); with
   // fp8_prequant also the E4M3 tokens, in the same pass.

@@ -59,20 +59,24 @@ Status launch_gemm(gemm::GroupedGemmArgs const& g, MoeProblem const& problem,
 
 }  // namespace
 
-Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
-                           MoeConfig const& config, MoeWorkspace const& ws,
-                           cudaStream_t stream) {
-  if (config.sm90) FLASHMOE_RETURN_IF_ERROR(zero_gemm_queues(ws, stream));
-  routing::RoutingParams const rp = make_routing_params(problem, args, config);
-
+Status enqueue_forward_routing(MoeProblem const& problem, MoeArgs const& args,
+                               MoeConfig const& config, MoeWorkspace const& ws,
+                               cudaStream_t stream) {
   routing::RoutingOutputs out;
   out.topk_ids = args.topk_ids_out;
   out.topk_weights = args.topk_weights_out;
   out.expert_load = args.expert_load;
   out.drop_reroute_counts = args.drop_reroute_counts;
+  return routing::enqueue_routing(make_routing_params(problem, args, config), ws.routing, out,
+                                  stream);
+}
 
+Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
+                           MoeConfig const& config, MoeWorkspace const& ws,
+                           cudaStream_t stream) {
+  if (config.sm90) FLASHMOE_RETURN_IF_ERROR(zero_gemm_queues(ws, stream));
+  FLASHMOE_RETURN_IF_ERROR(enqueue_forward_routing(problem, args, config, ws, stream));
   routing::RoutingBuffers const& rb = ws.routing;
-  FLASHMOE_RETURN_IF_ERROR(routing::enqueue_routing(rp, rb, out, stream));
 
   gemm::GroupedGemmArgs g;
   g.tiles = rb.tiles;

@@ -18,6 +18,13 @@ namespace flashmoe::fused {
 routing::RoutingParams make_routing_params(MoeProblem const& problem, MoeArgs const& args,
                                            MoeConfig const& config);
 
+/// Enqueues the routing kernels of the multi-kernel forwards (bf16/fp16 and FP8): ids, weights,
+/// the dense rows and the tile list into ws.routing, the caller's optional routing outputs (args)
+/// written as well.
+Status enqueue_forward_routing(MoeProblem const& problem, MoeArgs const& args,
+                               MoeConfig const& config, MoeWorkspace const& ws,
+                               cudaStream_t stream);
+
 /// Enqueues the forward. The problem is validated and supported (fused_moe_can_implement),
 /// T > 0, and `ws` was carved for (problem, config) from the caller's workspace.
 Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,

@@ -25,6 +25,9 @@ namespace {
 using Cfg = Sm90Fp8TileDefault;  // the base kernel
 using Pipe64 = Sm90Fp8PipeTile<64>;
 using Pipe128 = Sm90Fp8PipeTile<128>;
+static_assert(Cfg::kBlockN == kSm90Fp8BlockN && Pipe64::kBlockN == kSm90Fp8BlockN &&
+                  Pipe128::kBlockN == kSm90Fp8BlockN,
+              "sm90_fp8_n_tiles counts the kernels' N tiles");
 
 struct VariantName {
   Sm90Fp8Variant variant;
@@ -150,7 +153,7 @@ Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p) {
   }
   int64_t const n_raw = gate_up ? 2 * p.n : p.n;
   int64_t const n_prep = fp8_prepared_rows(n_raw, gate_up);
-  int64_t const n_tiles = (n_prep + Cfg::kBlockN - 1) / Cfg::kBlockN;
+  int64_t const n_tiles = sm90_fp8_n_tiles(p.n, gate_up);
   // Block-scale indices are 32-bit in the kernels (block_scale_rows): E * blocks * K blocks < 2^30.
   int64_t const scale_entries = p.num_experts * ((n_raw + 127) / 128) * ((p.k + 127) / 128);
   if (scale_entries > INT32_MAX / 2) {
@@ -234,7 +237,7 @@ static Status make_sm90_fp8_kernel_params(Sm90Fp8GemmParams const& p,
   kp.a_row_stride = p.a_row_stride;
   kp.out_row_stride = p.out_row_stride;
   kp.num_tile_slots = p.num_tile_slots;
-  kp.n_tiles = static_cast<int32_t>((n_prep + Cfg::kBlockN - 1) / Cfg::kBlockN);
+  kp.n_tiles = static_cast<int32_t>(sm90_fp8_n_tiles(p.n, gate_up));
   kp.k = static_cast<int32_t>(p.k);
   kp.num_kb = static_cast<int32_t>((p.k + Cfg::kBlockK - 1) / Cfg::kBlockK);
   kp.n_out = static_cast<int32_t>(p.n);

@@ -148,10 +148,17 @@ struct Sm90Fp8GemmParams {
   int32_t* split_count = nullptr;
 };
 
-/// Floats of split_partial per (tile slot, n tile, K range): one 128 x 256 fp32 tile.
-inline constexpr int64_t kSm90Fp8SplitPartialFloats = 128 * 256;
 /// The N tile of the sm_90a FP8 kernels (two math warpgroups of 128 columns).
 inline constexpr int64_t kSm90Fp8BlockN = 256;
+
+/// N tiles of the kernels for `n` output columns (n = I for the gate-up epilogue, whose
+/// prepared weights interleave 2I rows): ceil(prepared rows / kSm90Fp8BlockN).
+inline constexpr int64_t sm90_fp8_n_tiles(int64_t n, bool gate_up) {
+  return (fp8_prepared_rows(gate_up ? 2 * n : n, gate_up) + kSm90Fp8BlockN - 1) / kSm90Fp8BlockN;
+}
+
+/// Floats of split_partial per (tile slot, n tile, K range): one 128 x 256 fp32 tile.
+inline constexpr int64_t kSm90Fp8SplitPartialFloats = 128 * 256;
 
 /// K ranges for split-K of a GEMM with `items` (tile, n-tile) work items (an upper bound) and K
 /// blocks of 128 on `ctas` persistent CTAs: 1 unless the items fill at most a quarter of the CTAs
