@@ -62,6 +62,8 @@ struct Opts {
   std::string json;
   WeightScale fp8 = WeightScale::kNone;  // kChannel / kBlock128: prepared FP8 weights
   double zipf = 0.0;  // > 0: pre-routed slots, k distinct experts per token drawn from Zipf(s)
+  double capacity = 0.0;  // > 0: capacity_factor (routing.h step 6)
+  bool reroute = false;   // overflow "reroute" instead of "drop"
 };
 struct Ctx {
   std::string gpu;
@@ -187,6 +189,8 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   p.token_dtype = p.weight_dtype = DType::kBFloat16, p.score_dtype = DType::kFloat32;
   p.routing.top_k = int(s.k), p.routing.scoring = Scoring::kSoftmax, p.routing.renormalize = true;
   p.prerouted = o.zipf > 0.0;
+  p.routing.capacity_factor = o.capacity;
+  p.routing.overflow = o.reroute ? Overflow::kReroute : Overflow::kDrop;
   MoeProblem const raw = p;  // the bf16 weights as filled below (prepare_experts_fp8's input)
   bool const fp8 = o.fp8 != WeightScale::kNone;
   if (fp8) {
@@ -521,11 +525,11 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   std::snprintf(b, sizeof b, "{\"gpu\": %s, \"config\": \"%s\", \"tokens\": %lld, "
                 "\"median_ms\": %.5f, \"min_ms\": %.5f, \"max_ms\": %.5f, \"copy_gbps\": %.2f, "
                 "\"touched_experts\": %.2f, \"touched_weight_bytes\": %.0f, \"weight_gbps\": %.2f, "
-                "\"tflops\": %.3f, \"weights\": \"%s\", \"zipf\": %.2f, \"path\": \"%s\", \"token_sets\": %lld, \"weight_sets\": %lld, "
+                "\"tflops\": %.3f, \"weights\": \"%s\", \"zipf\": %.2f, \"capacity\": %.2f, \"overflow\": \"%s\", \"path\": \"%s\", \"token_sets\": %lld, \"weight_sets\": %lld, "
                 "\"stages_ms\": %s, ", json_str(ctx.gpu).c_str(), s.name, (long long)T, med, lo,
                 hi, ctx.copy_gbps, touched, touched_bytes, gbps, tflops,
                 !fp8 ? "bf16" : o.fp8 == WeightScale::kChannel ? "fp8-channel" : "fp8-block128",
-                o.zipf, kernel_path_name(path),
+                o.zipf, o.capacity, o.reroute ? "reroute" : "drop", kernel_path_name(path),
                 (long long)nsets, (long long)nw, stages_json.c_str());
   return std::string(b) + "\"tile\": " + json_str(tile) + ", \"samples_ms\": " + json_list(ms) +
          "}";
@@ -569,6 +573,12 @@ int main(int argc, char** argv) {
     else if (a == "--warmup" && has) o.warmup = std::max(0, std::atoi(argv[++i]));
     else if (a == "--json" && has) o.json = argv[++i];
     else if (a == "--zipf" && has) o.zipf = std::atof(argv[++i]);
+    else if (a == "--capacity" && has) o.capacity = std::atof(argv[++i]);
+    else if (a == "--overflow" && has) {
+      std::string const v = argv[++i];
+      if (v != "drop" && v != "reroute") die(__FILE__, __LINE__, "--overflow", "drop|reroute");
+      o.reroute = v == "reroute";
+    }
     else if (a == "--fp8" && has) {
       std::string const v = argv[++i];
       if (v != "channel" && v != "block128") die(__FILE__, __LINE__, "--fp8", "channel|block128");
@@ -576,7 +586,8 @@ int main(int argc, char** argv) {
     }
     else {
       std::fprintf(stderr, "usage: %s [--config NAME]... [--tokens T] [--reps N] [--warmup N] "
-                   "[--fp8 channel|block128] [--zipf S] [--json PATH]\nconfigs: all", argv[0]);
+                   "[--fp8 channel|block128] [--zipf S] [--capacity C] [--overflow drop|reroute] "
+                   "[--json PATH]\nconfigs: all", argv[0]);
       for (auto const& s : kShapes) std::fprintf(stderr, " %s", s.name);
       std::fprintf(stderr, "\n");
       return 2;

@@ -37,10 +37,10 @@ enum class KernelPath : int {
   // FLASHMOE_GEMM=sm80): routing kernels + sm_80 mma.sync GEMMs that dequantize the E4M3 weights
   // to the tokens' type inside the kernel (W8A16: activations stay bf16/fp16) + combine kernel.
   kMultiKernelSm80W8A16 = 4,
-  // precision kFP8 with prepared weights, linear experts, dropless routing, E <= 256, on a
-  // compute capability 9.0 device: ONE persistent kernel (routing, activation quantization,
-  // the sm_90a FP8 GEMM and the combine; launched cooperatively after one 24-byte memset of its
-  // counters), bit for bit the kMultiKernelSm90Fp8 output. FLASHMOE_FUSED=0 selects
+  // precision kFP8 with prepared weights, linear or gated-FFN experts, any routing option
+  // (capacity included), E <= 256, on a compute capability 9.0 device: ONE persistent kernel
+  // (routing, activation quantization, the sm_90a FP8 GEMM(s) and the combine; launched
+  // cooperatively after one memset of its counters), bit for bit the kMultiKernelSm90Fp8 output. FLASHMOE_FUSED=0 selects
   // kMultiKernelSm90Fp8 instead.
   kFusedSm90Fp8 = 5,
 };

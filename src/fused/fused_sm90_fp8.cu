@@ -8,6 +8,9 @@
 //      barrier per warpgroup); then its twelve warps quantize the owned token rows to E4M3
 //      (quantize_row_warp, the pre-pass kernel's code). The CTA counts its final ids per expert
 //      into its row of the [CTAs, E] table.                                       -- barrier --
+//   1b. capacity only (capacity_phases): each expert's slots listed in (token, slot) order, the
+//      experts over capacity cut by one CTA each (a radix select of the cap-th priority key),
+//      the reroute rounds by CTA 0, the final ids counted again.            -- 3 or 4 barriers --
 //   2. dispatch: every CTA sums the table (totals, and its own base per expert = the counts of
 //      the CTAs before it), scans the local experts' rows and 64-row tiles, writes its share of
 //      the tile list, and warp 0 gives each owned assignment, in (token, slot) order, its dense
@@ -41,6 +44,7 @@
 #include <mutex>
 #include <string>
 
+#include <cub/block/block_scan.cuh>
 #include <cub/warp/warp_scan.cuh>
 
 #include "common/str_cat.h"
@@ -54,6 +58,8 @@
 #include "gemm/sm90_fp8_grouped_gemm.h"
 #include "gemm/sm90_grouped_gemm.h"
 #include "gemm/token_quantize.cuh"
+#include "routing/capacity_cut_block.cuh"
+#include "routing/reroute_block.cuh"
 #include "routing/routing_device.cuh"
 #include "routing/topk_token.cuh"
 
@@ -70,6 +76,7 @@ using TopkSmemWg = routing::TopkSmem<128, 2>;
 using TopkSmemWarp = routing::TopkSmem<32, 8>;
 constexpr int kWarpgroupTopkMaxChunk = 3;
 using WarpScan = cub::WarpScan<int>;
+using BlockScan = cub::BlockScan<int, kThreads>;
 static_assert(TopkSmemWg::kMaxE >= kFusedMaxExperts && TopkSmemWarp::kMaxE >= kFusedMaxExperts,
               "the top-k shared memory covers E");
 static_assert(kFusedMaxExperts % 32 == 0, "whole lanes of local experts in warp 0's scans");
@@ -125,6 +132,14 @@ struct RoutingSmem {
   int32_t row0[kFusedMaxExperts];       //                   its first dense row
   int32_t run[kFusedMaxExperts];        //                   this CTA's next dense row of it
   int32_t tile0[kFusedMaxExperts + 1];  //                   its first tile; [EL]: the count
+  // Capacity (capacity_phases), per expert of the routing space: the first position of its list
+  // of assignments, this CTA's next position in it; the cut's and the reroute's scratch.
+  int32_t estart[kFusedMaxExperts];
+  int32_t erun[kFusedMaxExperts];
+  routing::CapacityCutSmem cut;
+  typename BlockScan::TempStorage block_scan;
+  int32_t dropped;
+  int32_t rerouted;
 };
 
 __device__ __forceinline__ uint32_t ld_acquire(uint32_t const* p) {
@@ -248,6 +263,149 @@ struct FfnDeps {
   }
 };
 
+// This CTA's final ids per expert (its owned slots [a0, a1)) into column cta of the [E,
+// kFusedMaxCtas] table. After capacity (tally): also its dropped and rerouted slots, added to the
+// user's two counts. final_ids is read through L2: the capacity cut marks other CTAs' slots.
+__device__ __forceinline__ void count_owned(FusedParams const& fp, RoutingSmem& sm, int64_t a0,
+                                            int64_t a1, bool tally) {
+  routing::RoutingBuffers const& rb = fp.rb;
+  int const tid = static_cast<int>(threadIdx.x);
+  int const E = fp.rp.num_experts;
+  for (int e = tid; e < E; e += kThreads) sm.count[e] = 0;
+  if (tid == 0) {
+    sm.dropped = 0;
+    sm.rerouted = 0;
+  }
+  __syncthreads();
+  int dropped = 0;
+  int rerouted = 0;
+  for (int64_t a = a0 + tid; a < a1; a += kThreads) {
+    int32_t const e = __ldcg(rb.final_ids + a);
+    if (e >= 0) atomicAdd(&sm.count[e], 1);  // a count: the order of the adds does not matter
+    if (tally) {
+      int32_t const o = rb.orig_ids[a];  // written by this CTA
+      dropped += (o >= 0 && e < 0) ? 1 : 0;
+      rerouted += (e >= 0 && e != o) ? 1 : 0;
+    }
+  }
+  if (tally && fp.drop_reroute_out != nullptr && (dropped | rerouted) != 0) {
+    atomicAdd(&sm.dropped, dropped);
+    atomicAdd(&sm.rerouted, rerouted);
+  }
+  __syncthreads();
+  int const cta = static_cast<int>(blockIdx.x);
+  if (cta < fp.active_ctas) {
+    for (int e = tid; e < E; e += kThreads) fp.cta_counts[e * kFusedMaxCtas + cta] = sm.count[e];
+  }
+  if (tally && tid == 0 && fp.drop_reroute_out != nullptr && (sm.dropped | sm.rerouted) != 0) {
+    // Integer sums (zeroed by CTA 0 before the capacity phases): any order gives the same totals.
+    auto* counts = reinterpret_cast<unsigned long long*>(fp.drop_reroute_out);
+    atomicAdd(&counts[0], static_cast<unsigned long long>(sm.dropped));
+    atomicAdd(&counts[1], static_cast<unsigned long long>(sm.rerouted));
+  }
+}
+
+// Every expert's total over the table and this CTA's base in it (the CTAs before this one), one
+// thread per expert reading its row, four CTAs per (independent) load.
+__device__ __forceinline__ void read_count_table(FusedParams const& fp, RoutingSmem& sm) {
+  int const cta = static_cast<int>(blockIdx.x);
+  for (int e = static_cast<int>(threadIdx.x); e < fp.rp.num_experts; e += kThreads) {
+    int4 const* row = reinterpret_cast<int4 const*>(fp.cta_counts + e * kFusedMaxCtas);
+    int total = 0;
+    int before = 0;
+#pragma unroll 8
+    for (int c4 = 0; c4 < (fp.active_ctas + 3) / 4; ++c4) {
+      int4 const v = __ldcg(row + c4);
+      int const vals[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        int const c = 4 * c4 + i;
+        int const x = c < fp.active_ctas ? vals[i] : 0;  // columns past the active CTAs: unset
+        total += x;
+        before += c < cta ? x : 0;
+      }
+    }
+    sm.total[e] = total;
+    sm.before[e] = before;
+  }
+}
+
+// Capacity (routing.h step 6), between the top-k and the dispatch, with sm.total / sm.before
+// holding the original ids' counts: (1) every CTA lists its owned slots under their expert, in
+// (token, slot) order, with their priority keys (positions: the expert's start + the CTAs before
+// + the rank among this CTA's); (2) each expert over capacity is cut by one CTA
+// (capacity_cut_block: final_ids = -1, pending = 1); (3) reroute: CTA 0 runs the rounds
+// (reroute_block.cuh) while the others wait; (4) the final ids are counted again. Five grid
+// barriers; ends with sm.total / sm.before of the final ids, as the dropless path has them.
+__device__ __noinline__ void capacity_phases(FusedParams const& fp, RoutingSmem& sm, int64_t a0,
+                                             int64_t a1) {
+  routing::RoutingParams const& rp = fp.rp;
+  routing::RoutingBuffers const& rb = fp.rb;
+  int const tid = static_cast<int>(threadIdx.x);
+  int const cta = static_cast<int>(blockIdx.x);
+  int const E = rp.num_experts;
+  if (tid < 32) {  // exclusive scan of the totals over the experts (eight per lane, in order)
+    constexpr int kPer = kFusedMaxExperts / 32;
+    int sum = 0;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      int const e = tid * kPer + i;
+      sum += e < E ? sm.total[e] : 0;
+    }
+    int off = 0;
+    WarpScan(sm.warp_scan[0]).ExclusiveSum(sum, off);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      int const e = tid * kPer + i;
+      if (e < E) {
+        sm.estart[e] = off;
+        sm.erun[e] = off + sm.before[e];
+        if (cta == 0) rb.expert_counts[e] = sm.total[e];  // the reroute's original loads
+        off += sm.total[e];
+      }
+    }
+  }
+  if (rp.reroute) {
+    for (int64_t a = a0 + tid; a < a1; a += kThreads) rb.pending[a] = 0;
+  }
+  if (cta == 0 && tid < 2 && fp.drop_reroute_out != nullptr) fp.drop_reroute_out[tid] = 0;
+  __syncthreads();
+  if (tid < 32) {  // the owned slots into their experts' lists, in (token, slot) order
+    int const lane = tid;
+    unsigned const lower = (1u << lane) - 1u;
+    for (int64_t base = a0; base < a1; base += 32) {
+      int64_t const a = base + lane;
+      int32_t const e = a < a1 ? rb.orig_ids[a] : -1;  // written by this CTA
+      unsigned const group = __match_any_sync(0xffffffffu, e >= 0 ? e : E + lane);
+      if (e >= 0) {
+        int const pos = sm.erun[e] + __popc(group & lower);
+        rb.perm_expert[pos] = static_cast<int32_t>(a);
+        rb.prio_keys_sorted[pos] = rb.prio_keys[a];
+      }
+      __syncwarp();
+      if (e >= 0 && lane == 31 - __clz(group)) sm.erun[e] += __popc(group);
+      __syncwarp();
+    }
+  }
+  cta_grid_sync(fp.grid_sync);
+  int const cap = static_cast<int>(rp.capacity);
+  for (int e = cta; e < E; e += static_cast<int>(gridDim.x)) {
+    if (sm.total[e] > cap) {
+      routing::capacity_cut_block<kThreads>(rp, rb, rb.prio_keys_sorted + sm.estart[e],
+                                            rb.perm_expert + sm.estart[e], sm.total[e], sm.cut,
+                                            sm.block_scan);
+    }
+  }
+  cta_grid_sync(fp.grid_sync);
+  if (rp.reroute) {
+    if (cta == 0) routing::reroute_rounds<kThreads>(rp, rb, sm.block_scan);
+    cta_grid_sync(fp.grid_sync);
+  }
+  count_owned(fp, sm, a0, a1, true);
+  cta_grid_sync(fp.grid_sync);
+  read_count_table(fp, sm);
+}
+
 // Phases 1 and 2 (everything before the GEMM), not inlined: compiled apart from the GEMM body,
 // whose warpgroups run at 56 and 224 registers (setmaxnreg), so that neither allocation
 // constrains the other (inlined, ptxas spilled a few bytes).
@@ -306,40 +464,17 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
     }
   }
   if (tid == 0) stamp(fp, 9);
-  for (int e = tid; e < E; e += kThreads) sm.count[e] = 0;
-  __syncthreads();  // final ids of the owned slots (written by this CTA) and the zeroed counts
-  for (int64_t a = a0 + tid; a < a1; a += kThreads) {
-    int32_t const e = rb.final_ids[a];
-    if (e >= 0) atomicAdd(&sm.count[e], 1);  // a count: the order of the adds does not matter
-  }
-  __syncthreads();
-  if (cta < fp.active_ctas) {  // column cta of the [E, kFusedMaxCtas] table
-    for (int e = tid; e < E; e += kThreads) fp.cta_counts[e * kFusedMaxCtas + cta] = sm.count[e];
-  }
+  // The owned slots' ids per expert (the final ids: before capacity, the top-k's).
+  count_owned(fp, sm, a0, a1, false);
   if (tid == 0) stamp(fp, 1);
   cta_grid_sync(fp.grid_sync);
   if (tid == 0) stamp(fp, 2);
 
   // ---- phase 2: totals, this CTA's bases, row and tile scans of the local experts.
-  // One thread per expert reads its row of the table, four CTAs per (independent) load.
-  for (int e = tid; e < E; e += kThreads) {
-    int4 const* row = reinterpret_cast<int4 const*>(fp.cta_counts + e * kFusedMaxCtas);
-    int total = 0;
-    int before = 0;
-#pragma unroll 8
-    for (int c4 = 0; c4 < (fp.active_ctas + 3) / 4; ++c4) {
-      int4 const v = __ldcg(row + c4);
-      int const vals[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        int const c = 4 * c4 + i;
-        int const x = c < fp.active_ctas ? vals[i] : 0;  // columns past the active CTAs: unset
-        total += x;
-        before += c < cta ? x : 0;
-      }
-    }
-    sm.total[e] = total;
-    sm.before[e] = before;
+  read_count_table(fp, sm);
+  if (rp.capacity > 0) {
+    __syncthreads();
+    capacity_phases(fp, sm, a0, a1);
   }
   for (int le = tid; le < EL; le += kThreads) {
     sm.lcount[le] = 0;
@@ -406,7 +541,9 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
     if (fp.expert_load_out != nullptr) {
       for (int e = tid; e < E; e += kThreads) fp.expert_load_out[e] = sm.total[e];
     }
-    if (tid < 2 && fp.drop_reroute_out != nullptr) fp.drop_reroute_out[tid] = 0;  // dropless
+    if (tid < 2 && fp.drop_reroute_out != nullptr && rp.capacity == 0) {
+      fp.drop_reroute_out[tid] = 0;  // dropless (capacity_phases counts them otherwise)
+    }
   }
   __syncthreads();
   int const tiles_total = sm.tile0[EL];
@@ -445,7 +582,7 @@ __device__ __noinline__ void routing_phases(FusedParams const& fp) {
     for (int64_t base = a0; base < a1; base += 32) {
       int64_t const a = base + lane;
       bool const valid = a < a1;
-      int32_t const e = valid ? rb.final_ids[a] : -1;
+      int32_t const e = valid ? __ldcg(rb.final_ids + a) : -1;  // capacity: other CTAs' marks
       int32_t le = -1;
       if (e >= 0) le = rp.expert_map != nullptr ? rp.expert_map[e] : e;
       bool const computed = le >= 0 && le < EL;
@@ -485,7 +622,6 @@ __global__ void __launch_bounds__(kThreads, 1) fused_sm90_fp8_kernel(
 }  // namespace
 
 std::string fused_fp8_unsupported_reason(MoeProblem const& p) {
-  if (p.routing.capacity_factor > 0.0) return "capacity (the fused kernel routes dropless)";
   if (p.num_experts > kFusedMaxExperts || p.num_local_experts > kFusedMaxExperts) {
     return cat("more than ", kFusedMaxExperts, " experts");
   }

@@ -3,9 +3,9 @@
 // (fused_sm90_fp8.cu says how).
 //
 // What it runs (fused_fp8_unsupported_reason() says why not, and the multi-kernel FP8 path runs
-// instead, reported as such): prepared FP8 weights, linear and gated-FFN experts, dropless
-// routing (no capacity), at most 256 experts in the routing space and 256 local experts; every
-// scoring, bias, grouped top-k, pre-routed and expert_map option. FLASHMOE_FUSED=0 turns it off
+// instead, reported as such): prepared FP8 weights, linear and gated-FFN experts, at most 256
+// experts in the routing space and 256 local experts; every routing option (scoring, bias,
+// grouped top-k, pre-routed, expert_map, capacity with drop or reroute). FLASHMOE_FUSED=0 turns it off
 // (the multi-kernel path is then the one that runs, for comparisons). The output is bit for bit
 // the multi-kernel FP8 path's: the same routing arithmetic, the same dense row order (local
 // expert, token, slot), the same GEMM body (m128 on E4M3 rows quantized by the same rule; the

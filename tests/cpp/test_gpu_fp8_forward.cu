@@ -1,8 +1,8 @@
 // The FP8 forward on Hopper through the host API: prepare_experts_fp8() once, then
-// fused_moe_run() with precision kFP8, against the CPU. Dropless routing (linear and gated-FFN
-// experts) runs the fused kernel (KernelPath::kFusedSm90Fp8), capacity the multi-kernel path
-// (kMultiKernelSm90Fp8); every case also runs the multi-kernel path (FLASHMOE_FUSED=0), with
-// both places of the activation quantization, and asserts the same bits.
+// fused_moe_run() with precision kFP8, against the CPU. Every routing option (capacity included)
+// with linear and gated-FFN experts runs the fused kernel (KernelPath::kFusedSm90Fp8) when E <= 256;
+// every case also runs the multi-kernel path (kMultiKernelSm90Fp8, FLASHMOE_FUSED=0), with both
+// places of the activation quantization, and asserts the same bits.
 //
 //   GpuSmallFp8Fwd.*   small shapes on a compute capability 9.0 device (also the set for
 //                      compute-sanitizer --tool memcheck flashmoe_tests --gtest_filter='GpuSmallFp8Fwd.*')
@@ -346,8 +346,7 @@ void expect_routing_equal(MoeProblem const& p, Result const& gpu, Result const& 
 
 /// Whether the default FP8 run of `raw` is the fused kernel (fused_sm90_fp8.h's conditions).
 bool fused_expected(MoeProblem const& raw) {
-  return raw.routing.capacity_factor <= 0.0 && raw.num_experts <= 256 &&
-         raw.num_local_experts <= 256;
+  return raw.num_experts <= 256 && raw.num_local_experts <= 256;
 }
 
 /// The whole protocol for one problem (the raw problem `raw`: bf16/fp16 weights and tokens).
@@ -600,6 +599,43 @@ TEST(GpuSmallFp8Fwd, CapacityDrop) {
   check_fp8(f, WeightScale::kChannel, 1052, Logits::kSkewed);
   f.routing.overflow = Overflow::kReroute;
   check_fp8(f, WeightScale::kChannel, 1053, Logits::kSkewed);
+}
+
+// Capacity in the fused kernel over many CTAs: experts whose lists of assignments span several
+// CTAs' tokens and more than one 384-entry chunk of the cut, priorities with many exact ties
+// (integer logits: the cut's radix select ends on a key shared by kept and dropped slots, which
+// go by token then slot), pre-routed priorities, long reroute chains, an expert map. The
+// multi-kernel path (two stable radix sorts, the one-block reroute kernel) must give the same bits.
+TEST(GpuSmallFp8Fwd, FusedCapacityManyCtas) {
+  FLASHMOE_REQUIRE_SM90();
+  MoeProblem p = linear_problem(600, 16, 4, 128, 64);
+  p.routing.capacity_factor = 1.0;
+  check_fp8(p, WeightScale::kChannel, 1301, Logits::kSkewed);
+  check_fp8(p, WeightScale::kChannel, 1302, Logits::kCoarse);
+  p.routing.overflow = Overflow::kReroute;
+  check_fp8(p, WeightScale::kChannel, 1303, Logits::kSkewed);
+  check_fp8(p, WeightScale::kChannel, 1304, Logits::kCoarse);
+  MoeProblem one = linear_problem(300, 12, 1, 128, 64);  // everyone's first choice: one expert
+  one.routing.capacity_factor = 1.0;
+  one.routing.overflow = Overflow::kReroute;
+  check_fp8(one, WeightScale::kChannel, 1305, Logits::kOneExpert, 3);
+  MoeProblem r = linear_problem(400, 8, 2, 128, 64);
+  r.prerouted = true;
+  r.routing.capacity_factor = 1.0;
+  check_fp8(r, WeightScale::kChannel, 1306);
+  MoeProblem m = linear_problem(250, 24, 3, 128, 64);
+  m.has_expert_map = true;
+  m.num_local_experts = 7;
+  m.routing.capacity_factor = 1.0;
+  m.routing.overflow = Overflow::kReroute;
+  check_fp8(m, WeightScale::kBlock128, 1307, Logits::kSkewed);
+  MoeProblem f = ffn_problem(500, 16, 4, 128, 64, Activation::kSilu);
+  f.routing.capacity_factor = 1.2;
+  f.routing.scoring = Scoring::kSigmoid;
+  f.has_correction_bias = true;
+  f.routing.n_group = 4;
+  f.routing.topk_group = 2;
+  check_fp8(f, WeightScale::kChannel, 1308, Logits::kSkewed);
 }
 
 // The fused kernel's own cases: tokens spread over many CTAs (chunks of 1-5 tokens, 120+ active

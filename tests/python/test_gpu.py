@@ -298,10 +298,10 @@ def fp8_compare(tokens, weights, logits, k, scale, **opts):
         fp8_scale=scale, **opts
     )
     assert bool(torch.isfinite(got).all()), "NaN/inf in the GPU output (poisoned rows unwritten?)"
-    # Dropless routing (E <= 256) runs the fused kernel, linear or gated-FFN experts; capacity
-    # the multi-kernel path.
+    # Every routing option (capacity included) with E <= 256 runs the fused kernel, linear or
+    # gated-FFN experts.
     n_exp = logits.shape[-1] if logits is not None else None
-    fused = not opts.get("capacity_factor") and n_exp is not None and n_exp <= 256
+    fused = n_exp is not None and n_exp <= 256
     assert stats.kernel_path == ("fused-sm90-fp8" if fused else "multikernel-sm90-fp8")
     exact, ref_stats = reference(tokens, ref_weights, logits, k, **opts)
     np.testing.assert_array_equal(stats.topk_ids.cpu().numpy(), ref_stats.topk_ids.numpy())

@@ -195,16 +195,20 @@ def fp8_linear_case(seed):
 
 
 @needs_sm90
-def test_gpu_fp8_fused_kernel_cuda_graph_replay_matches_eager():
+@pytest.mark.parametrize("routing", ["softmax", "deepseek"])
+def test_gpu_fp8_fused_kernel_cuda_graph_replay_matches_eager(routing):
     g, prepared = fp8_linear_case(200)
     static_x, static_logits = randn(g, T, H), randn(g, T, E, dtype=torch.float32)
     static_out = torch.empty(T, H, dtype=BF16, device="cuda")
-    n = fused_moe_workspace_size(static_x, prepared, static_logits, TOP_K, precision="fp8")
+    opts = dict(ROUTINGS[routing], precision="fp8")  # deepseek: capacity with reroute
+    if routing == "deepseek":
+        opts["correction_bias"] = randn(g, E, scale=0.1, dtype=torch.float32)
+    n = fused_moe_workspace_size(static_x, prepared, static_logits, TOP_K, **opts)
     workspace = torch.empty(max(n, 1), dtype=torch.uint8, device="cuda")
 
     def step():
         fused_moe(static_x, prepared, static_logits, TOP_K, out=static_out, workspace=workspace,
-                  precision="fp8")
+                  **opts)
 
     graph, allocated_in_capture = capture(step)
     for i in range(3):
@@ -213,9 +217,11 @@ def test_gpu_fp8_fused_kernel_cuda_graph_replay_matches_eager():
         static_logits.copy_(logits)
         static_out.fill_(float("nan"))
         graph.replay()
-        want, stats = fused_moe(x, prepared, logits, TOP_K, precision="fp8", return_stats=True)
+        want, stats = fused_moe(x, prepared, logits, TOP_K, return_stats=True, **opts)
         torch.cuda.synchronize()
         assert stats.kernel_path == "fused-sm90-fp8"
+        if routing == "deepseek":
+            assert int(stats.dropped) + int(stats.rerouted) > 0, "capacity never acted"
         assert bool(torch.isfinite(static_out).all()), f"replay {i}: NaN left in out"
         assert torch.equal(static_out, want), f"replay {i} differs from the eager call"
     assert allocated_in_capture == 0
