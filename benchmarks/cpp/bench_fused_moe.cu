@@ -200,7 +200,8 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   KernelPath path = KernelPath::kNone;
   CKS(fused_moe_can_implement(p, &path));
   fused::MoeConfig const cfg =
-      fused::choose_moe_config(p, path == KernelPath::kMultiKernelSm90);
+      fused::choose_moe_config(p, path == KernelPath::kMultiKernelSm90 ||
+                                      path == KernelPath::kFusedSm90);
   std::string const tile = fp8 ? std::string("fp8 (see FLASHMOE_PRINT_CONFIG)")
                                : fused::describe_moe_config(p, cfg);
   std::printf("\n== %s: T=%lld E=%lld k=%lld H=%lld %s=%lld (%s; bf16 tokens, %s weights, "
@@ -414,9 +415,10 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   // FLASHMOE_FUSED_TIMELINE=1 and the fused kernel ran: its phase timeline of one more call
   // (per CTA %globaltimer stamps; printed relative to the earliest start: median / max over CTAs).
   char const* tl = std::getenv("FLASHMOE_FUSED_TIMELINE");
-  if (tl != nullptr && std::strcmp(tl, "1") == 0 && path == KernelPath::kFusedSm90Fp8) {
+  bool const one_kernel = path == KernelPath::kFusedSm90Fp8 || path == KernelPath::kFusedSm90;
+  if (tl != nullptr && std::strcmp(tl, "1") == 0 && one_kernel) {
     fused::MoeWorkspace carved;
-    CKS(fused::carve_moe_workspace(p, fused::choose_fp8_config(p), ws, &carved));
+    CKS(fused::carve_moe_workspace(p, fp8 ? fused::choose_fp8_config(p) : cfg, ws, &carved));
     int const n = fused::kFusedMaxCtas * fused::kFusedTimelineSlots;
     CK(cudaMemsetAsync(carved.fused_timeline, 0, n * sizeof(uint64_t), st));
     run(o.warmup, nullptr);

@@ -43,6 +43,12 @@ enum class KernelPath : int {
   // cooperatively after one memset of its counters), bit for bit the kMultiKernelSm90Fp8 output. FLASHMOE_FUSED=0 selects
   // kMultiKernelSm90Fp8 instead.
   kFusedSm90Fp8 = 5,
+  // bf16/fp16, linear or gated-FFN experts, any routing option, E <= 256, on a compute
+  // capability 9.0 device with this build's sm_90a code: ONE persistent kernel (routing, the
+  // sm_90a wgmma GEMM(s) and the combine; launched cooperatively after one memset of its
+  // counters), bit for bit the kMultiKernelSm90 output. FLASHMOE_FUSED=0 selects
+  // kMultiKernelSm90 instead.
+  kFusedSm90 = 6,
 };
 
 char const* kernel_path_name(KernelPath path);

@@ -19,7 +19,8 @@ class MoeStats:
     rerouted:            assignments that ended on an expert other than their original one.
     kernel_path:         what computed the output: "reference-cpu", a GPU path's name
                          ("multikernel-sm90", "multikernel-sm80", "multikernel-sm90-fp8",
-                         "multikernel-sm80-w8a16", "fused-sm90-fp8": one kernel), or
+                         "multikernel-sm80-w8a16", and the one-kernel "fused-sm90-fp8" and
+                         "fused-sm90"), or
                          "none" when there were no tokens.
 
     Eager calls give Python numbers (one host sync, only when stats are asked for). Under

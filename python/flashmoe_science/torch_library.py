@@ -22,7 +22,8 @@ from .stats import MoeStats, load_ratio
 # Kernel-path names by index: the op reports the path it ran in the stats tensor `counts[2]`
 # (an op can only return tensors). New names are appended as paths report them.
 _PATH_NAMES: List[str] = ["none", "reference-cpu", "multikernel-sm80", "multikernel-sm90-fp8",
-                          "multikernel-sm90", "multikernel-sm80-w8a16", "fused-sm90-fp8"]
+                          "multikernel-sm90", "multikernel-sm80-w8a16", "fused-sm90-fp8",
+                          "fused-sm90"]
 
 
 def path_name(index: int) -> str:

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "fused/cuda_check.h"
+#include "fused/fused_sm90.h"
 #include "fused/fused_sm90_fp8.h"
 #include "fused/moe_config.h"
 #include "fused/moe_workspace.h"
@@ -155,7 +156,8 @@ fused::MoeConfig choose_config(MoeProblem const& problem, KernelPath path) {
   if (path == KernelPath::kMultiKernelSm90Fp8 || path == KernelPath::kFusedSm90Fp8) {
     return fused::choose_fp8_config(problem);
   }
-  return fused::choose_moe_config(problem, path == KernelPath::kMultiKernelSm90);
+  return fused::choose_moe_config(
+      problem, path == KernelPath::kMultiKernelSm90 || path == KernelPath::kFusedSm90);
 }
 
 // The paths a problem may take on some device (the workspace is sized for the largest).
@@ -193,7 +195,7 @@ Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
     if (path != nullptr) {
       *path = !sm90a ? KernelPath::kMultiKernelSm80W8A16
               : fused::fused_fp8_unsupported_reason(problem).empty() &&
-                      fused::fused_fp8_preferred(problem)
+                      fused::one_kernel_preferred()
                   ? KernelPath::kFusedSm90Fp8
                   : KernelPath::kMultiKernelSm90Fp8;
     }
@@ -210,7 +212,13 @@ Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
                                    device, " is ", info.major, ".", info.minor));
   }
   bool const sm90 = sm90a && gemm::sm90_grouped_gemm_built();
-  if (path != nullptr) *path = sm90 ? KernelPath::kMultiKernelSm90 : KernelPath::kMultiKernelSm80;
+  if (path != nullptr) {
+    *path = !sm90 ? KernelPath::kMultiKernelSm80
+            : fused::fused_sm90_unsupported_reason(problem).empty() &&
+                    fused::one_kernel_preferred()
+                ? KernelPath::kFusedSm90
+                : KernelPath::kMultiKernelSm90;
+  }
   return Status::Ok();
 }
 
@@ -258,18 +266,21 @@ Status fused_moe_run(MoeProblem const& problem, MoeArgs const& args, void* works
   if (print_config_requested()) {
     std::string line = fp8 ? fused::describe_fp8_config(problem, config)
                            : fused::describe_moe_config(problem, config);
-    if (fused_fp8) {
+    if (fused_fp8 || chosen == KernelPath::kFusedSm90) {
       line += " [fused: one kernel]";
-    } else if (chosen == KernelPath::kMultiKernelSm90Fp8) {
-      std::string const why = fused::fused_fp8_unsupported_reason(problem);
-      line += cat(" [not fused: ",
-                  why.empty() ? "FLASHMOE_FUSED=0" : why,
-                  "]");
+    } else if (chosen == KernelPath::kMultiKernelSm90Fp8 ||
+               chosen == KernelPath::kMultiKernelSm90) {
+      std::string const why = chosen == KernelPath::kMultiKernelSm90
+                                  ? fused::fused_sm90_unsupported_reason(problem)
+                                  : fused::fused_fp8_unsupported_reason(problem);
+      line += cat(" [not fused: ", why.empty() ? "FLASHMOE_FUSED=0" : why, "]");
     }
     std::fprintf(stderr, "%s\n", line.c_str());
   }
   if (fused_fp8) {
     FLASHMOE_RETURN_IF_ERROR(fused::run_fused_fp8(problem, args, config, ws, stream));
+  } else if (chosen == KernelPath::kFusedSm90) {
+    FLASHMOE_RETURN_IF_ERROR(fused::run_fused_sm90(problem, args, config, ws, stream));
   } else if (fp8) {
     FLASHMOE_RETURN_IF_ERROR(fused::run_multikernel_fp8(problem, args, config, ws, stream));
   } else {

@@ -10,6 +10,7 @@ char const* kernel_path_name(KernelPath path) {
     case KernelPath::kMultiKernelSm90: return "multikernel-sm90";
     case KernelPath::kMultiKernelSm80W8A16: return "multikernel-sm80-w8a16";
     case KernelPath::kFusedSm90Fp8: return "fused-sm90-fp8";
+    case KernelPath::kFusedSm90: return "fused-sm90";
   }
   return "unknown";
 }

@@ -5,10 +5,10 @@
 // What it runs (fused_fp8_unsupported_reason() says why not, and the multi-kernel FP8 path runs
 // instead, reported as such): prepared FP8 weights, linear and gated-FFN experts, at most 256
 // experts in the routing space and 256 local experts; every routing option (scoring, bias,
-// grouped top-k, pre-routed, expert_map, capacity with drop or reroute). FLASHMOE_FUSED=0 turns it off
-// (the multi-kernel path is then the one that runs, for comparisons). The output is bit for bit
-// the multi-kernel FP8 path's: the same routing arithmetic, the same dense row order (local
-// expert, token, slot), the same GEMM body (m128 on E4M3 rows quantized by the same rule; the
+// grouped top-k, pre-routed, expert_map, capacity with drop or reroute). FLASHMOE_FUSED=0 turns
+// it off (one_kernel_preferred: the multi-kernel path then runs, for comparisons). The output is
+// bit for bit the multi-kernel FP8 path's: the same routing arithmetic, the same dense row order
+// (local expert, token, slot), the same GEMM body (m128 on E4M3 rows quantized by the same rule; the
 // FFN's h rows quantized by the same code), the same combine order.
 #pragma once
 
@@ -32,11 +32,6 @@ inline constexpr int kFusedMaxExperts = 256;
 /// Empty when the fused kernel can run `problem` (an FP8 problem with prepared weights, checked
 /// by check_fp8_problem), else why not.
 std::string fused_fp8_unsupported_reason(MoeProblem const& problem);
-
-/// Whether the forward takes the fused kernel for a problem it can run: yes unless
-/// FLASHMOE_FUSED=0. Measured against the multi-kernel path on an H100 (round 37, docs/perf-log.md
-/// v0.9): as fast or faster from decode-1 to prefill.
-bool fused_fp8_preferred(MoeProblem const& problem);
 
 /// Phase timeline (FLASHMOE_FUSED_TIMELINE=1, for profiling): per CTA, %globaltimer nanoseconds
 /// at: 0 start, 1 routing + quantization done, 2 after barrier 1, 3 dispatch done, 4 after

@@ -2,9 +2,17 @@
 #include "fused/moe_config.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
 #include "common/str_cat.h"
 
 namespace flashmoe::fused {
+
+bool one_kernel_preferred() {
+  char const* v = std::getenv("FLASHMOE_FUSED");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
 
 MoeConfig choose_moe_config(MoeProblem const& problem, bool sm90) {
   MoeConfig c;

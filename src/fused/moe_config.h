@@ -12,7 +12,7 @@
 namespace flashmoe::fused {
 
 struct MoeConfig {
-  bool sm90 = false;            // the sm_90a wgmma GEMM (KernelPath::kMultiKernelSm90)
+  bool sm90 = false;            // the sm_90a wgmma GEMM (KernelPath::kMultiKernelSm90, kFusedSm90)
   gemm::GemmTile tile = gemm::GemmTile::kM128N128;  // the sm_80 kernel's tile (sm90 false)
   // The FP8 GEMM's variant (choose_fp8_config; gemm::Sm90Fp8Variant as int, -1 = kAuto).
   int32_t fp8_variant = -1;
@@ -43,6 +43,10 @@ std::string describe_problem(MoeProblem const& problem);
 /// Chooses the GEMM tile for `problem` on the sm_80 kernel (sm90 false) or the sm_90a one (see
 /// the comments in moe_config.cpp for why).
 MoeConfig choose_moe_config(MoeProblem const& problem, bool sm90);
+
+/// Whether a forward that a one-kernel path can run takes it: yes unless the environment has
+/// FLASHMOE_FUSED=0 (the multi-kernel path then runs, for comparisons).
+bool one_kernel_preferred();
 
 /// One line describing the choice, for FLASHMOE_PRINT_CONFIG=1.
 std::string describe_moe_config(MoeProblem const& problem, MoeConfig const& config);

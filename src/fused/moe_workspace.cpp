@@ -119,6 +119,8 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
     ws->hidden_scales = ffn ? c.take<float>(n) : nullptr;
     ws->token_fp8 = c.take<unsigned char>(T * static_cast<std::size_t>(problem.hidden));
     ws->hidden_fp8 = ffn ? c.take<unsigned char>(n * inter) : nullptr;
+  }
+  if (fp8 || config.sm90) {  // the one-kernel forwards (FP8; bf16/fp16 on the sm_90a GEMM)
     ws->fused_counts = c.take<int32_t>(E * static_cast<std::size_t>(kFusedMaxCtas));
     ws->fused_timeline = c.take<uint64_t>(static_cast<std::size_t>(kFusedMaxCtas) *
                                           kFusedTimelineSlots);

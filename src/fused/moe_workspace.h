@@ -19,9 +19,10 @@
 //   token_fp8      [T, H]       E4M3 tokens (MoeConfig::fp8_prequant; carved either way, so
 //   hidden_fp8     [T*k, I]     E4M3 hidden rows    the size does not depend on the choice)
 // and every path carves
-//   fused_counts   [E, kFusedMaxCtas]  the fused kernel's per-CTA expert counts (FP8 only)
-//   fused_tile_done [tile slots]       the fused gated-FFN kernel's per-m-slot counts of
-//                                      finished gate/up items (FP8 FFN only; zeroed in-kernel)
+//   fused_counts   [E, kFusedMaxCtas]  the fused kernels' per-CTA expert counts (FP8, and
+//                                      bf16/fp16 with the sm_90a GEMM)
+//   fused_tile_done [tile slots]       the fused gated-FFN kernels' per-m-slot counts of
+//                                      finished gate/up items (FFN only; zeroed in-kernel)
 //   gemm_scheduler  2 x 8 bytes: the two sm_90a GEMMs' work queues (FP8 or bf16/fp16), then 8
 //                   bytes of the fused kernel's grid barrier; zeroed by every run that uses them
 //   split_count    [split slots x N tiles] right after it (FP8 split-K only; zeroed with it)
@@ -54,9 +55,9 @@ struct MoeWorkspace {
   float* hidden_scales = nullptr;
   void* token_fp8 = nullptr;
   void* hidden_fp8 = nullptr;
-  int32_t* fused_counts = nullptr;    // FP8: [E, kFusedMaxCtas] the fused kernel's per-CTA counts
-  uint64_t* fused_timeline = nullptr;  // FP8: [kFusedMaxCtas, kFusedTimelineSlots] (profiling)
-  int32_t* fused_tile_done = nullptr;  // FP8 gated FFN: [num_tile_slots]
+  int32_t* fused_counts = nullptr;    // [E, kFusedMaxCtas] the fused kernels' per-CTA counts
+  uint64_t* fused_timeline = nullptr;  // [kFusedMaxCtas, kFusedTimelineSlots] (profiling)
+  int32_t* fused_tile_done = nullptr;  // gated FFN: [num_tile_slots]
   int32_t* gemm_scheduler = nullptr;  // two queues of kGemmSchedulerInts int32
   // FP8 split-K of the first GEMM (MoeConfig::fp8_k_splits > 1, else null / 0): the per-item
   // range counts (right after gemm_scheduler: one memset zeroes both) and the fp32 partials.

@@ -264,19 +264,6 @@ gemm::Sm90Fp8GemmParams down_gemm_params(MoeProblem const& problem, MoeArgs cons
   return g;
 }
 
-CombineParams combine_params(MoeProblem const& problem, MoeArgs const& args,
-                             MoeWorkspace const& ws) {
-  CombineParams cp;
-  cp.y = ws.expert_out;
-  cp.slot_row = ws.routing.slot_row;
-  cp.weights = ws.routing.weights;
-  cp.out = args.out;
-  cp.num_tokens = problem.num_tokens;
-  cp.top_k = problem.routing.top_k;
-  cp.cols = problem.output_dim();
-  return cp;
-}
-
 Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
                            MoeConfig const& config, MoeWorkspace const& ws,
                            cudaStream_t stream) {

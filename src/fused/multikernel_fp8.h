@@ -64,10 +64,6 @@ gemm::Sm90Fp8GemmParams down_gemm_params(MoeProblem const& problem, MoeArgs cons
                                          MoeConfig const& config, MoeWorkspace const& ws,
                                          bool prequant);
 
-/// The combine of ws.expert_out into args.out over the routing's slot rows and weights.
-CombineParams combine_params(MoeProblem const& problem, MoeArgs const& args,
-                             MoeWorkspace const& ws);
-
 /// Enqueues the forward. The problem passed fused_moe_can_implement (KernelPath
 /// kMultiKernelSm90Fp8), T > 0, the args were checked, and `ws` was carved for
 /// (problem, choose_fp8_config(problem)) from the caller's workspace.

@@ -71,15 +71,10 @@ Status enqueue_forward_routing(MoeProblem const& problem, MoeArgs const& args,
                                   stream);
 }
 
-Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
-                           MoeConfig const& config, MoeWorkspace const& ws,
-                           cudaStream_t stream) {
-  if (config.sm90) FLASHMOE_RETURN_IF_ERROR(zero_gemm_queues(ws, stream));
-  FLASHMOE_RETURN_IF_ERROR(enqueue_forward_routing(problem, args, config, ws, stream));
-  routing::RoutingBuffers const& rb = ws.routing;
-
+gemm::GroupedGemmArgs first_gemm_args(MoeProblem const& problem, MoeArgs const& args,
+                                       MoeConfig const& config, MoeWorkspace const& ws) {
   gemm::GroupedGemmArgs g;
-  g.tiles = rb.tiles;
+  g.tiles = ws.routing.tiles;
   g.num_tile_slots = static_cast<int32_t>(config.num_tile_slots);
   g.activation = problem.activation;
   g.num_experts = problem.num_local_experts;
@@ -87,49 +82,69 @@ Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
   bool const w8 = problem.weights_prepared;
   g.w_scales = w8 ? args.w1_scale : nullptr;
   g.w_scale_block = problem.weight_scale == WeightScale::kBlock128 ? 1 : 0;
+  g.a = args.tokens;
+  g.a_rows = ws.routing.row_token;
+  g.b = args.w1;
+  g.k = problem.hidden;
+  if (problem.kind == ExpertKind::kLinear) {
+    // y[row] = x[token(row)] @ W[expert(row)]
+    g.c = ws.expert_out;
+    g.n_out = problem.out_dim;
+    g.b_cols = problem.out_dim;
+  } else {
+    // hidden[row] = act(x Wg) * (x Wu)
+    g.c = ws.hidden;
+    g.n_out = problem.inter_dim;
+    g.b_cols = w8 ? gemm::fp8_prepared_rows(2 * problem.inter_dim, true) : 2 * problem.inter_dim;
+  }
+  return g;
+}
+
+gemm::GroupedGemmArgs down_gemm_args(MoeProblem const& problem, MoeArgs const& args,
+                                      MoeConfig const& config, MoeWorkspace const& ws) {
+  // y[row] = hidden[row] @ Wd[expert(row)]
+  gemm::GroupedGemmArgs g = first_gemm_args(problem, args, config, ws);
+  g.a = ws.hidden;
+  g.a_rows = nullptr;  // row r of `hidden` is assignment row r: no gather
+  g.b = args.w2;
+  g.w_scales = problem.weights_prepared ? args.w2_scale : nullptr;
+  g.c = ws.expert_out;
+  g.k = problem.inter_dim;
+  g.n_out = problem.hidden;
+  g.b_cols = problem.hidden;
+  return g;
+}
+
+Status run_multikernel_moe(MoeProblem const& problem, MoeArgs const& args,
+                           MoeConfig const& config, MoeWorkspace const& ws,
+                           cudaStream_t stream) {
+  if (config.sm90) FLASHMOE_RETURN_IF_ERROR(zero_gemm_queues(ws, stream));
+  FLASHMOE_RETURN_IF_ERROR(enqueue_forward_routing(problem, args, config, ws, stream));
+
   int32_t* const queue1 = ws.gemm_scheduler;
   int32_t* const queue2 = ws.gemm_scheduler != nullptr ? ws.gemm_scheduler + kGemmSchedulerInts
                                                        : nullptr;
-  if (problem.kind == ExpertKind::kLinear) {
-    // y[row] = x[token(row)] @ W[expert(row)]
-    g.a = args.tokens;
-    g.a_rows = rb.row_token;
-    g.b = args.w1;
-    g.c = ws.expert_out;
-    g.k = problem.hidden;
-    g.n_out = problem.out_dim;
-    g.b_cols = problem.out_dim;
-    FLASHMOE_RETURN_IF_ERROR(launch_gemm(g, problem, config, /*gate_up=*/false, queue1, stream));
-  } else {
-    // hidden[row] = act(x Wg) * (x Wu), then y[row] = hidden[row] @ Wd.
-    g.a = args.tokens;
-    g.a_rows = rb.row_token;
-    g.b = args.w1;
-    g.c = ws.hidden;
-    g.k = problem.hidden;
-    g.n_out = problem.inter_dim;
-    g.b_cols = w8 ? gemm::fp8_prepared_rows(2 * problem.inter_dim, true) : 2 * problem.inter_dim;
-    FLASHMOE_RETURN_IF_ERROR(launch_gemm(g, problem, config, /*gate_up=*/true, queue1, stream));
-    g.a = ws.hidden;
-    g.a_rows = nullptr;  // row r of `hidden` is assignment row r: no gather
-    g.b = args.w2;
-    g.w_scales = w8 ? args.w2_scale : nullptr;
-    g.c = ws.expert_out;
-    g.k = problem.inter_dim;
-    g.n_out = problem.hidden;
-    g.b_cols = problem.hidden;
-    FLASHMOE_RETURN_IF_ERROR(launch_gemm(g, problem, config, /*gate_up=*/false, queue2, stream));
+  bool const ffn = problem.kind == ExpertKind::kGatedFFN;
+  FLASHMOE_RETURN_IF_ERROR(launch_gemm(first_gemm_args(problem, args, config, ws), problem,
+                                       config, /*gate_up=*/ffn, queue1, stream));
+  if (ffn) {
+    FLASHMOE_RETURN_IF_ERROR(launch_gemm(down_gemm_args(problem, args, config, ws), problem,
+                                         config, /*gate_up=*/false, queue2, stream));
   }
+  return launch_combine(combine_params(problem, args, ws), problem.token_dtype, stream);
+}
 
+CombineParams combine_params(MoeProblem const& problem, MoeArgs const& args,
+                             MoeWorkspace const& ws) {
   CombineParams cp;
   cp.y = ws.expert_out;
-  cp.slot_row = rb.slot_row;
-  cp.weights = rb.weights;
+  cp.slot_row = ws.routing.slot_row;
+  cp.weights = ws.routing.weights;
   cp.out = args.out;
   cp.num_tokens = problem.num_tokens;
   cp.top_k = problem.routing.top_k;
   cp.cols = problem.output_dim();
-  return launch_combine(cp, problem.token_dtype, stream);
+  return cp;
 }
 
 }  // namespace flashmoe::fused

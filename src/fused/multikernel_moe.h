@@ -7,8 +7,10 @@
 
 #include "flashmoe/options.h"
 #include "flashmoe/types.h"
+#include "fused/combine.h"
 #include "fused/moe_config.h"
 #include "fused/moe_workspace.h"
+#include "gemm/grouped_gemm_args.h"
 #include "routing/routing_params.h"
 
 namespace flashmoe::fused {
@@ -24,6 +26,20 @@ routing::RoutingParams make_routing_params(MoeProblem const& problem, MoeArgs co
 Status enqueue_forward_routing(MoeProblem const& problem, MoeArgs const& args,
                                MoeConfig const& config, MoeWorkspace const& ws,
                                cudaStream_t stream);
+
+/// The first grouped GEMM of the 16-bit forwards (also W8A16): gathered token rows times W1 into
+/// ws.expert_out (linear) or, gate-up, into ws.hidden (gated FFN).
+gemm::GroupedGemmArgs first_gemm_args(MoeProblem const& problem, MoeArgs const& args,
+                                       MoeConfig const& config, MoeWorkspace const& ws);
+
+/// The gated FFN's down projection: the dense rows of ws.hidden times W2 into ws.expert_out.
+gemm::GroupedGemmArgs down_gemm_args(MoeProblem const& problem, MoeArgs const& args,
+                                      MoeConfig const& config, MoeWorkspace const& ws);
+
+/// The combine of ws.expert_out into args.out over the routing's slot rows and weights (every
+/// forward's last step).
+CombineParams combine_params(MoeProblem const& problem, MoeArgs const& args,
+                             MoeWorkspace const& ws);
 
 /// Enqueues the forward. The problem is validated and supported (fused_moe_can_implement),
 /// T > 0, and `ws` was carved for (problem, config) from the caller's workspace.

@@ -99,6 +99,27 @@ __device__ __forceinline__ void cp_async_arrive_noinc(uint64_t const* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(addr) : "memory");
 }
 
+/// Dependencies between the work items of a GEMM body that runs two GEMMs back to back (the
+/// fused gated-FFN forwards: the down projection of an m block reads rows that the gate/up
+/// GEMM's items of that block produce). The bodies call, for GEMM g (0 or 1) and m slot `slot`
+/// (the tile-list slot of the item's first tile):
+///   wait_rows(g, slot)    producer thread 0, before any copy of the item's A rows;
+///   item_done(g, slot, row0, rows, mt, word)
+///                         the 256 math threads (mt = 0..255, all of them, after the item's
+///                         epilogue); `word` is a shared int for a broadcast among them.
+/// kActive false: neither is called (the single-GEMM kernels).
+struct NoPipeDeps {
+  static constexpr bool kActive = false;
+  __device__ __forceinline__ void wait_rows(int, int) const {}
+  __device__ __forceinline__ void item_done(int, int, int, int, int, int32_t*) const {}
+};
+
+/// What the math warpgroups of a GEMM body run after their last tile: nothing (the GEMM kernels;
+/// the fused kernels pass their combine).
+struct NoMathDone {
+  __device__ __forceinline__ void operator()() const {}
+};
+
 __device__ __forceinline__ void producer_sync() {
   compiler_fence();
   cutlass::arch::NamedBarrier::sync(128, 0);  // the producer warpgroup only

@@ -697,21 +697,6 @@ __device__ __forceinline__ int4 resolve_item(Sm90Fp8KernelParams const& p, int& 
   }
 }
 
-/// Dependencies between the work items of a body that runs two GEMMs back to back (the fused
-/// gated-FFN forward: the down projection of an m block reads rows that the gate/up GEMM's
-/// items of that block produce). The body calls, for GEMM g (0 or 1) and m slot `slot` (the
-/// tile-list slot of the item's first 64-row tile):
-///   wait_rows(g, slot)    producer thread 0, before any copy of the item's A rows;
-///   item_done(g, slot, row0, rows, mt, word)
-///                         the 256 math threads (mt = 0..255, all of them, after the item's
-///                         epilogue); `word` is a shared int for a broadcast among them.
-/// kActive false: neither is called (the single-GEMM kernels).
-struct NoPipeDeps {
-  static constexpr bool kActive = false;
-  __device__ __forceinline__ void wait_rows(int, int) const {}
-  __device__ __forceinline__ void item_done(int, int, int, int, int, int32_t*) const {}
-};
-
 /// The producer warpgroup of the pipelined kernel for GEMM `gemm` (0 or 1) of the body. kMode:
 /// 0 bf16 rows, 1 fp16 rows, 2 e4m3 rows. stage and phase carry the ring's position from one
 /// GEMM to the next; `last`: after its items, the end marker.
@@ -1116,20 +1101,15 @@ __device__ __forceinline__ bool split_k_reduce(Sm90Fp8KernelParams const& p,
 
 }  // namespace sm90_fp8_detail
 
-namespace sm90_fp8_detail {
-struct NoMathEpilogue {
-  __device__ __forceinline__ void operator()() const {}
-};
-}  // namespace sm90_fp8_detail
-
 /// The body of the pipelined kernel, also run by the fused kernel after its routing phase:
 /// GEMM p0, then (num_gemms == 2) GEMM p1 through the same pipeline (the ring, its barriers and
 /// its stage/phase carry on; the math warpgroups take each tile's parameters from its tag), with
-/// `deps` ordering items across the two (NoPipeDeps: none). Both must be the kernel's
+/// `deps` ordering items across the two (sm90_util::NoPipeDeps: none; the hooks are described
+/// there). Both must be the kernel's
 /// __grid_constant__ parameter (or members of it): the TMA maps are read in place, and they must
 /// have the same a_mode. After the last tile each math thread calls math_done() (the fused
 /// kernel's combine); the producer warpgroup returns when its work ends.
-template <class Cfg, class MathDone, class Deps = sm90_fp8_detail::NoPipeDeps>
+template <class Cfg, class MathDone, class Deps = sm90_util::NoPipeDeps>
 __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams const& p0,
                                                         Sm90Fp8KernelParams const& p1,
                                                         int num_gemms, MathDone const& math_done,
@@ -1361,7 +1341,7 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     sm90_fp8_pipelined_kernel(__grid_constant__ Sm90Fp8KernelParams const p) {
-  sm90_fp8_pipelined_body<Cfg>(p, p, 1, sm90_fp8_detail::NoMathEpilogue{});
+  sm90_fp8_pipelined_body<Cfg>(p, p, 1, sm90_util::NoMathDone{});
 }
 
 

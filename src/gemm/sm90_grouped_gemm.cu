@@ -110,25 +110,27 @@ Status check_sm90_grouped_gemm(GroupedGemmArgs const& a, DType dtype, WeightLayo
   return Status::Ok();
 }
 
-Status launch_sm90_grouped_gemm(GroupedGemmArgs const& a, DType dtype, WeightLayout layout,
-                                bool gate_up, int32_t* scheduler, cudaStream_t stream,
-                                int max_ctas) {
+namespace {
+
+// What a launch needs beyond the shapes: the epilogue matching B's columns, a work queue.
+Status check_sm90_gemm_launch(GroupedGemmArgs const& a, DType dtype, WeightLayout layout,
+                              bool gate_up, int32_t const* scheduler) {
   FLASHMOE_RETURN_IF_ERROR(check_sm90_grouped_gemm(a, dtype, layout));
   if (gate_up != (a.b_cols == 2 * a.n_out)) {
     return Status::Invalid("sm90 grouped gemm: gate-up needs b_cols == 2 * n_out, plain "
                            "b_cols == n_out");
   }
   if (scheduler == nullptr) return Status::Invalid("sm90 grouped gemm: scheduler must be non-null");
-  if (a.num_tile_slots == 0) return Status::Ok();
+  return Status::Ok();
+}
 
-  int num_sms = 0;
-  FLASHMOE_RETURN_IF_ERROR(sm90_device_sms("sm90 grouped gemm", &num_sms));
-  if (!sm90_grouped_gemm_built()) {
-    return Status::Unsupported("sm90 grouped gemm: this build has no sm_90a code (build with "
-                               "CMAKE_CUDA_ARCHITECTURES including 90a-real)");
-  }
+}  // namespace
 
-  Sm90GemmKernelParams kp{};
+Status sm90_gemm_kernel_params(GroupedGemmArgs const& a, DType dtype, WeightLayout layout,
+                               bool gate_up, int32_t* scheduler, Sm90GemmKernelParams* out) {
+  FLASHMOE_RETURN_IF_ERROR(check_sm90_gemm_launch(a, dtype, layout, gate_up, scheduler));
+  Sm90GemmKernelParams& kp = *out;
+  kp = Sm90GemmKernelParams{};
   // B as a 3-D uint16 tensor, innermost dimension first; box 64 x 64 (128 bytes innermost).
   bool const mn = layout == WeightLayout::kInOut;
   cuuint64_t const inner = static_cast<cuuint64_t>(mn ? a.b_cols : a.k);
@@ -161,7 +163,24 @@ Status launch_sm90_grouped_gemm(GroupedGemmArgs const& a, DType dtype, WeightLay
   kp.gate_up = gate_up ? 1 : 0;
   kp.activation = static_cast<int32_t>(a.activation);
   kp.out_dtype = dtype == DType::kBFloat16 ? 1 : 2;
+  return Status::Ok();
+}
 
+Status launch_sm90_grouped_gemm(GroupedGemmArgs const& a, DType dtype, WeightLayout layout,
+                                bool gate_up, int32_t* scheduler, cudaStream_t stream,
+                                int max_ctas) {
+  FLASHMOE_RETURN_IF_ERROR(check_sm90_gemm_launch(a, dtype, layout, gate_up, scheduler));
+  if (a.num_tile_slots == 0) return Status::Ok();
+
+  int num_sms = 0;
+  FLASHMOE_RETURN_IF_ERROR(sm90_device_sms("sm90 grouped gemm", &num_sms));
+  if (!sm90_grouped_gemm_built()) {
+    return Status::Unsupported("sm90 grouped gemm: this build has no sm_90a code (build with "
+                               "CMAKE_CUDA_ARCHITECTURES including 90a-real)");
+  }
+
+  Sm90GemmKernelParams kp{};
+  FLASHMOE_RETURN_IF_ERROR(sm90_gemm_kernel_params(a, dtype, layout, gate_up, scheduler, &kp));
   int smem_bytes = 0;
   void const* kernel = kernel_for(dtype, layout, &smem_bytes);
   int64_t const work = static_cast<int64_t>(a.num_tile_slots) * kp.n_tiles;

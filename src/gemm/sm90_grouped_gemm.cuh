@@ -102,6 +102,11 @@ struct Sm90GemmKernelParams {
   int32_t out_dtype;             // 1 bf16, 2 fp16 (sm90_util::store_pair)
 };
 
+/// The kernel parameters of one GEMM (shapes checked, B's TMA map encoded); host code, shared by
+/// the GEMM's launcher and the fused bf16/fp16 forward.
+Status sm90_gemm_kernel_params(GroupedGemmArgs const& args, DType dtype, WeightLayout layout,
+                               bool gate_up, int32_t* scheduler, Sm90GemmKernelParams* out);
+
 namespace sm90_gemm_detail {
 
 using namespace sm90_util;
@@ -111,24 +116,32 @@ struct Control {
   uint64_t full[Cfg::kStages];   // 128 cp.async arrivals + thread 0's arrive.expect_tx + TMA bytes
   uint64_t empty[Cfg::kStages];  // one arrival per math warp
   int4 tile[Cfg::kStages];       // (expert, row0, rows, n_tile) of the tile starting in a stage
+  int32_t tile_tag[Cfg::kStages];  // its GEMM of the body (bit 0) and m slot (bits 1+)
   int4 next[2];                  // thread 0 -> producer warpgroup: the next tile (two slots)
+  int32_t next_slot[2];          // the m slot of next[i]
+  int32_t deps_word;             // the math warpgroups' broadcast word (NoPipeDeps::item_done)
   int32_t src[2][Cfg::kBlockM];  // source row of each row of a tile (two slots)
 };
 
-/// The tile of work item `item` (n_tile in .w); expert -1 past the last tile.
-__device__ __forceinline__ int4 resolve_item(Sm90GemmKernelParams const& p, int item) {
+/// The tile of work item `item` (n_tile in .w) and its m slot; expert -1 past the last tile.
+__device__ __forceinline__ int4 resolve_item(Sm90GemmKernelParams const& p, int item,
+                                            int& slot_out) {
   int4 const none = make_int4(-1, 0, 0, 0);
   int const slot = item / p.n_tiles;
   if (slot >= p.num_tile_slots) return none;
   int4 tile = __ldg(reinterpret_cast<int4 const*>(p.tiles + slot));
   if (tile.x < 0) return none;
   tile.w = item - slot * p.n_tiles;
+  slot_out = slot;
   return tile;
 }
 
-template <class Cfg>
+/// The producer warpgroup for GEMM `gemm` (0 or 1) of the body: stage and phase carry the ring's
+/// position from one GEMM to the next; `last`: after its items, the end marker.
+template <class Cfg, class Deps>
 __device__ __forceinline__ void producer(Sm90GemmKernelParams const& p, uint8_t* smem_a,
-                                         uint8_t* smem_b, Control<Cfg>* ctl) {
+                                         uint8_t* smem_b, Control<Cfg>* ctl, int gemm, bool last,
+                                         int& stage, uint32_t& phase, Deps const& deps) {
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
   int const pt = threadIdx.x;  // 0..127
   int const chunk = pt & 7;    // 16-byte chunk of the 128-byte K block
@@ -139,8 +152,6 @@ __device__ __forceinline__ void producer(Sm90GemmKernelParams const& p, uint8_t*
 
   int cand = 0;
   if (pt == 0) cand = atomicAdd(p.scheduler, 1);
-  int stage = 0;
-  uint32_t phase = 0;
 
   auto load_rows = [&](int4 const& t, int slot) {
     if (t.x >= 0 && pt < t.z) {
@@ -152,18 +163,30 @@ __device__ __forceinline__ void producer(Sm90GemmKernelParams const& p, uint8_t*
   // (its atomic completes while a whole tile streams).
   auto resolve_next = [&](int slot) {
     if (pt == 0) {
-      int4 const next = resolve_item(p, cand);
+      int m_slot = 0;
+      int4 const next = resolve_item(p, cand, m_slot);
       if (next.z > Cfg::kBlockM) fatal_protocol_error();  // a tile list with tile_m != 128
       ctl->next[slot] = next;
+      ctl->next_slot[slot] = m_slot;
       if (next.x >= 0) cand = atomicAdd(p.scheduler, 1);
     }
   };
+  // Thread 0, before the producer barrier that releases the copies of the item in next[slot].
+  auto wait_deps = [&](int slot) {
+    if constexpr (Deps::kActive) {
+      if (pt == 0 && ctl->next[slot].x >= 0) deps.wait_rows(gemm, ctl->next_slot[slot]);
+    }
+  };
 
+  // The first tile: resolved and its rows loaded before any copy. (After a previous GEMM of the
+  // body, the barrier first: a lagging thread may still read ctl->next of its last boundary.)
   int meta = 0;  // ring slot of the current tile (its ctl->next and ctl->src)
+  if (gemm > 0) producer_sync();
   resolve_next(meta);
   producer_sync();
   int4 tile = ctl->next[meta];
   load_rows(tile, meta);
+  wait_deps(meta);
   producer_sync();
 
   while (tile.x >= 0) {
@@ -172,7 +195,10 @@ __device__ __forceinline__ void producer(Sm90GemmKernelParams const& p, uint8_t*
       wait_barrier(&ctl->empty[stage], phase ^ 1);
       int const k0 = kb * Cfg::kBlockK;
       if (pt == 0) {
-        if (kb == 0) ctl->tile[stage] = tile;  // released by the arrival below
+        if (kb == 0) {  // released by the arrival below
+          ctl->tile[stage] = tile;
+          ctl->tile_tag[stage] = gemm | (ctl->next_slot[meta] << 1);
+        }
         compiler_fence();
         TxBarrier::arrive_and_expect_tx(&ctl->full[stage], Cfg::kSmemBBytes);
         uint8_t* const dst = smem_b + stage * Cfg::kSmemBBytes;
@@ -217,16 +243,19 @@ __device__ __forceinline__ void producer(Sm90GemmKernelParams const& p, uint8_t*
       producer_sync();
       load_rows(ctl->next[meta ^ 1], meta ^ 1);
     }
-    producer_sync();  // the next tile's rows are visible
+    wait_deps(meta ^ 1);
+    producer_sync();  // the next tile's rows are visible (and, after wait_deps, its A rows)
     meta ^= 1;
     tile = ctl->next[meta];  // rewritten two tiles from now, after several barriers
   }
 
   // ---- the end marker: one more stage whose tile says expert -1
-  wait_barrier(&ctl->empty[stage], phase ^ 1);
-  if (pt == 0) ctl->tile[stage] = make_int4(-1, 0, 0, 0);
-  arrive_barrier(&ctl->full[stage]);
-  if (pt == 0) arrive_barrier(&ctl->full[stage]);  // the 129th arrival
+  if (last) {
+    wait_barrier(&ctl->empty[stage], phase ^ 1);
+    if (pt == 0) ctl->tile[stage] = make_int4(-1, 0, 0, 0);
+    arrive_barrier(&ctl->full[stage]);
+    if (pt == 0) arrive_barrier(&ctl->full[stage]);  // the 129th arrival
+  }
   if (pt == 0 && atomicAdd(p.scheduler + 1, 1) == static_cast<int>(gridDim.x) - 1) {
     // Every CTA has taken its last item: leave the queue zero for the next launch.
     __threadfence();
@@ -277,9 +306,13 @@ __device__ __forceinline__ void epilogue(Sm90GemmKernelParams const& p, Acc cons
   }
 }
 
-template <class Cfg>
-__device__ __forceinline__ void consumer(Sm90GemmKernelParams const& p, uint8_t* smem_a,
-                                         uint8_t* smem_b, Control<Cfg>* ctl) {
+/// The math warpgroups: each tile on its GEMM's parameter (from the tile's tag), then, after the
+/// end marker, math_done().
+template <class Cfg, class MathDone, class Deps>
+__device__ __forceinline__ void consumer(Sm90GemmKernelParams const& p0,
+                                         Sm90GemmKernelParams const& p1, uint8_t* smem_a,
+                                         uint8_t* smem_b, Control<Cfg>* ctl,
+                                         MathDone const& math_done, Deps const& deps) {
   using namespace cute;
   using T = typename Cfg::Element;
   constexpr int kStages = Cfg::kStages;
@@ -340,48 +373,73 @@ __device__ __forceinline__ void consumer(Sm90GemmKernelParams const& p, uint8_t*
     wait_barrier(&ctl->full[stage], phase);
     int4 const tile = ctl->tile[stage];
     if (tile.x < 0) break;
-    int const row0 = tile.y;
-    int const rows = tile.z;
-    int const n_tile = tile.w;
-    int const halves = rows > 64 ? 2 : 1;  // halves holding rows (the epilogue's)
-    int const first_col = p.gate_up ? 64 * (2 * n_tile + wg) : n_tile * 256 + 128 * wg;
-    bool const active = first_col < p.n_out;  // else every column is padding: nothing to store
+    int const tag = ctl->tile_tag[stage];
+    // The tile on its GEMM's parameter: one copy of the loop per GEMM, each addressing its
+    // kernel parameter directly (kGemm known at compile time in each copy).
+    auto run_tile = [&](Sm90GemmKernelParams const& p, auto gemm_constant) {
+      constexpr int kGemm = decltype(gemm_constant)::value;
+      int const row0 = tile.y;
+      int const rows = tile.z;
+      int const n_tile = tile.w;
+      int const halves = rows > 64 ? 2 : 1;  // halves holding rows (the epilogue's)
+      int const first_col = p.gate_up ? 64 * (2 * n_tile + wg) : n_tile * 256 + 128 * wg;
+      bool const active = first_col < p.n_out;  // else every column is padding: nothing to store
 
-    int prev = -1;  // the stage of the previous K block, released once its batch completed
-    for (int kb = 0; kb < p.num_kb; ++kb) {
-      if (kb > 0) wait_barrier(&ctl->full[stage], phase);
-      cutlass::arch::fence_view_async_shared();  // A landed by cp.async (generic proxy)
-      // Always both halves, and also in a warpgroup whose columns are all padding: a branch
-      // around the batch (on the tile's rows or columns) with a batch in flight across it makes
-      // ptxas serialize the wgmma (C7518/C7520). A tile of <= 64 rows computes its second half on
-      // stale rows that are never stored; the tensor cores have the time (~0.6 us of MMA per
-      // ~2 us stage of weight bytes at copy speed).
-      issue_batch(kb);
+      int prev = -1;  // the stage of the previous K block, released once its batch completed
+      for (int kb = 0; kb < p.num_kb; ++kb) {
+        if (kb > 0) wait_barrier(&ctl->full[stage], phase);
+        cutlass::arch::fence_view_async_shared();  // A landed by cp.async (generic proxy)
+        // Always both halves, and also in a warpgroup whose columns are all padding: a branch
+        // around the batch (on the tile's rows or columns) with a batch in flight across it makes
+        // ptxas serialize the wgmma (C7518/C7520). A tile of <= 64 rows computes its second half
+        // on stale rows that are never stored; the tensor cores have the time (~0.6 us of MMA
+        // per ~2 us stage of weight bytes at copy speed).
+        issue_batch(kb);
+        if (prev >= 0 && lane == 0) arrive_barrier(&ctl->empty[prev]);
+        prev = stage;
+        if (++stage == kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(acc);
       if (prev >= 0 && lane == 0) arrive_barrier(&ctl->empty[prev]);
-      prev = stage;
-      if (++stage == kStages) {
-        stage = 0;
-        phase ^= 1;
-      }
-    }
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(acc);
-    if (prev >= 0 && lane == 0) arrive_barrier(&ctl->empty[prev]);
-    if (!active) continue;
+      if (active) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      if (h < halves) {
-        epilogue(p, acc(_, h, _0{}), row0, rows, 64 * h, n_tile, wg, warp, lane);
+        for (int h = 0; h < 2; ++h) {
+          if (h < halves) {
+            epilogue(p, acc(_, h, _0{}), row0, rows, 64 * h, n_tile, wg, warp, lane);
+          }
+        }
       }
+      if constexpr (Deps::kActive) {
+        deps.item_done(kGemm, tag >> 1, row0, rows, mt, &ctl->deps_word);
+      }
+    };
+    if (tag & 1) {
+      run_tile(p1, cute::Int<1>{});
+    } else {
+      run_tile(p0, cute::Int<0>{});
     }
   }
+  math_done();
 }
 
 }  // namespace sm90_gemm_detail
 
-template <class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads, 1)
-    sm90_grouped_gemm_kernel(__grid_constant__ Sm90GemmKernelParams const p) {
+/// The body of the GEMM kernel, also run by the fused bf16/fp16 kernel after its routing phase:
+/// GEMM p0, then (num_gemms == 2) GEMM p1 through the same pipeline (the ring and its barriers
+/// carry on; the math warpgroups take each tile's parameters from its tag), with `deps` ordering
+/// items across the two (sm90_util::NoPipeDeps: none). Both must be the kernel's __grid_constant__
+/// parameter (or members of it): the TMA maps are read in place. After the last tile each math
+/// thread calls math_done() (the fused kernel's combine); the producer warpgroup returns when its
+/// work ends.
+template <class Cfg, class MathDone, class Deps = sm90_util::NoPipeDeps>
+__device__ __forceinline__ void sm90_gemm_body(Sm90GemmKernelParams const& p0,
+                                               Sm90GemmKernelParams const& p1, int num_gemms,
+                                               MathDone const& math_done,
+                                               Deps const& deps = Deps{}) {
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Barrier = cutlass::arch::ClusterBarrier;
   using Control = sm90_gemm_detail::Control<Cfg>;
@@ -397,7 +455,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       smem_gemm + Cfg::kStages * (Cfg::kSmemABytes + Cfg::kSmemBBytes));
 
   if (threadIdx.x == 0) {
-    cute::prefetch_tma_descriptor(&p.tmap_b);
+    cute::prefetch_tma_descriptor(&p0.tmap_b);
+    if (num_gemms > 1) cute::prefetch_tma_descriptor(&p1.tmap_b);
     for (int s = 0; s < Cfg::kStages; ++s) {
       Barrier::init(&ctl->full[s], 129);
       Barrier::init(&ctl->empty[s], 4 * Cfg::kNumMathWG);
@@ -408,14 +467,26 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
   if (threadIdx.x < 128) {
     cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegs>();
-    sm90_gemm_detail::producer<Cfg>(p, smem_a, smem_b, ctl);
+    int stage = 0;
+    uint32_t phase = 0;
+    sm90_gemm_detail::producer<Cfg>(p0, smem_a, smem_b, ctl, 0, num_gemms == 1, stage, phase,
+                                    deps);
+    if (num_gemms > 1) {
+      sm90_gemm_detail::producer<Cfg>(p1, smem_a, smem_b, ctl, 1, true, stage, phase, deps);
+    }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Cfg::kMathRegs>();
-    sm90_gemm_detail::consumer<Cfg>(p, smem_a, smem_b, ctl);
+    sm90_gemm_detail::consumer<Cfg>(p0, p1, smem_a, smem_b, ctl, math_done, deps);
   }
 #elif defined(__CUDA_ARCH__)
-  __trap();  // no sm_90a code in this build (the launcher refuses before getting here)
+  __trap();  // no sm_90a code in this build (the launchers refuse before getting here)
 #endif
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    sm90_grouped_gemm_kernel(__grid_constant__ Sm90GemmKernelParams const p) {
+  sm90_gemm_body<Cfg>(p, p, 1, sm90_util::NoMathDone{});
 }
 
 /// Dynamic shared memory of one CTA.

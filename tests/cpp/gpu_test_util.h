@@ -219,17 +219,22 @@ inline HostData make_data(MoeProblem const& p, uint32_t seed, Logits logits = Lo
   return d;
 }
 
-/// The bf16/fp16 path fused_moe_run takes on the current device: the sm_90a GEMMs on a compute
-/// capability 9.0 device unless FLASHMOE_GEMM=sm80, else the sm_80 ones.
-inline KernelPath expected_16bit_path() {
+/// The bf16/fp16 path fused_moe_run takes for `p` on the current device: on a compute
+/// capability 9.0 device (unless FLASHMOE_GEMM=sm80) the one-kernel forward when E <= 256 and
+/// FLASHMOE_FUSED is not 0, else the multi-kernel sm_90a one; elsewhere the sm_80 GEMMs.
+inline KernelPath expected_16bit_path(MoeProblem const& p) {
   int device = 0, major = 0, minor = 0;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
   char const* gemm = std::getenv("FLASHMOE_GEMM");
   bool const forced = gemm != nullptr && std::string(gemm) == "sm80";
-  return major == 9 && minor == 0 && !forced ? KernelPath::kMultiKernelSm90
-                                             : KernelPath::kMultiKernelSm80;
+  if (major != 9 || minor != 0 || forced) return KernelPath::kMultiKernelSm80;
+  char const* fused = std::getenv("FLASHMOE_FUSED");
+  bool const fused_off = fused != nullptr && std::string(fused) == "0";
+  return !fused_off && p.num_experts <= 256 && p.num_local_experts <= 256
+             ? KernelPath::kFusedSm90
+             : KernelPath::kMultiKernelSm90;
 }
 
 /// What one forward produced (host copies).

@@ -84,7 +84,7 @@ void check_problem(MoeProblem const& p, uint32_t seed, Logits logits = Logits::k
   in.load(p, d);
   Result const g1 = run_gpu(p, in);
   ASSERT_TRUE(g1.status.ok()) << g1.status.message();
-  EXPECT_EQ(g1.path, expected_16bit_path());
+  EXPECT_EQ(g1.path, expected_16bit_path(p));
   double const err = rel_frobenius(p.token_dtype, g1.out, ref.out);
   EXPECT_LT(err, kTolerance) << "relative Frobenius error of the output";
   expect_routing_equal(p, g1, ref);
@@ -92,6 +92,21 @@ void check_problem(MoeProblem const& p, uint32_t seed, Logits logits = Logits::k
   ASSERT_TRUE(g2.status.ok()) << g2.status.message();
   EXPECT_EQ(first_mismatch(g2.out, g1.out), -1) << "second run is not bitwise identical";
   EXPECT_EQ(g2.topk_ids, g1.topk_ids);
+  if (g1.path == KernelPath::kFusedSm90) {
+    // The one-kernel forward against the multi-kernel sm_90a path: the same routing code, GEMM
+    // body and combine, so the same bits and the same routing outputs.
+    setenv("FLASHMOE_FUSED", "0", 1);
+    Result const g3 = run_gpu(p, in);
+    unsetenv("FLASHMOE_FUSED");
+    ASSERT_TRUE(g3.status.ok()) << g3.status.message();
+    EXPECT_EQ(g3.path, KernelPath::kMultiKernelSm90);
+    EXPECT_EQ(first_mismatch(g3.out, g1.out), -1)
+        << "the multi-kernel sm_90a path gives other bits than the one-kernel forward";
+    EXPECT_EQ(g3.topk_ids, g1.topk_ids);
+    EXPECT_EQ(first_mismatch(g3.topk_weights, g1.topk_weights), -1);
+    EXPECT_EQ(g3.expert_load, g1.expert_load);
+    EXPECT_EQ(g3.counts, g1.counts);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -301,7 +316,7 @@ TEST(GpuSmall, ZeroTokensIsANoOp) {
   MoeArgs a;  // nothing is read or written
   Status const s = fused_moe_run(p, a, nullptr, 0, nullptr, &path);
   EXPECT_TRUE(s.ok()) << s.message();
-  EXPECT_EQ(path, expected_16bit_path());
+  EXPECT_EQ(path, expected_16bit_path(p));
   EXPECT_EQ(fused_moe_workspace_size(p), 0u);
 }
 

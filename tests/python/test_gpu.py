@@ -423,6 +423,25 @@ def test_gpu_fp8_fused_kernel_matches_the_multikernel_path(monkeypatch, kind):
     assert torch.equal(s1.expert_load, s2.expert_load)
 
 
+@needs_sm90
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("kind", ["linear", "ffn"])
+def test_gpu_fused_kernel_matches_the_multikernel_path(monkeypatch, kind, dtype):
+    """The one-kernel bf16/fp16 forward equals the multi-kernel sm_90a path bit for bit, with
+    capacity and reroute in the routing."""
+    tokens, w, logits = case(43, 200, 256, 16, 128, kind, getattr(torch, dtype))
+    opts = dict(capacity_factor=1.0, overflow="reroute")
+    fused, s1 = fused_moe(tokens, w, logits, 4, return_stats=True, **opts)
+    assert s1.kernel_path == "fused-sm90"
+    monkeypatch.setenv("FLASHMOE_FUSED", "0")
+    multi, s2 = fused_moe(tokens, w, logits, 4, return_stats=True, **opts)
+    assert s2.kernel_path == "multikernel-sm90"
+    assert torch.equal(fused, multi)
+    assert torch.equal(s1.topk_ids, s2.topk_ids)
+    assert torch.equal(s1.expert_load, s2.expert_load)
+    assert s1.dropped == s2.dropped and s1.rerouted == s2.rerouted
+
+
 def test_gpu_return_stats_under_capture_does_not_sync():
     tokens, w, logits = case(34, 96, 64, 8, 48, "linear", torch.bfloat16)
     n = fused_moe_workspace_size(tokens, w, logits, 2)

@@ -1,0 +1,628 @@
+// flashmoe (internal): the phases of the one-kernel forwards around their GEMM body -- the
+// routing (top-k, capacity, dispatch) before it and the combine after it -- written once for
+// the FP8 kernel (fused_sm90_fp8.cu, which describes the phases) and the bf16/fp16 one
+// (fused_sm90.cu). Both run 384-thread CTAs, one per SM, launched cooperatively; what one CTA
+// wrote is read by the others after a grid barrier, through L2 (ld.global.cg).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include <cub/block/block_scan.cuh>
+#include <cub/warp/warp_scan.cuh>
+
+#include "fused/combine.h"
+#include "common/str_cat.h"
+#include "fused/combine_device.cuh"
+#include "fused/cuda_check.h"
+#include "fused/fused_sm90_fp8.h"
+#include "fused/moe_workspace.h"
+#include "fused/multikernel_moe.h"
+#include "gemm/token_quantize.cuh"
+#include "routing/capacity_cut_block.cuh"
+#include "routing/reroute_block.cuh"
+#include "routing/routing_device.cuh"
+#include "routing/topk_token.cuh"
+
+namespace flashmoe::fused {
+namespace fused_phases {
+namespace {  // each kernel's translation unit its own copy (device functions, launch caches)
+
+/// Threads of a fused kernel's CTA: three warpgroups (the GEMM bodies' producer and two math).
+constexpr int kFusedThreads = 384;
+constexpr int kWarps = kFusedThreads / 32;
+// The top-k of a token by a warpgroup (at most 3 tokens per CTA: the latency of one token is
+// what counts) or by a warp (more tokens per CTA: twelve at a time).
+using TopkSmemWg = routing::TopkSmem<128, 2>;
+using TopkSmemWarp = routing::TopkSmem<32, 8>;
+constexpr int kWarpgroupTopkMaxChunk = 3;
+using WarpScan = cub::WarpScan<int>;
+using BlockScan = cub::BlockScan<int, kFusedThreads>;
+static_assert(TopkSmemWg::kMaxE >= kFusedMaxExperts && TopkSmemWarp::kMaxE >= kFusedMaxExperts,
+              "the top-k shared memory covers E");
+static_assert(kFusedMaxExperts % 32 == 0, "whole lanes of local experts in warp 0's scans");
+
+// Hardware named barriers of the phases (CUTLASS keeps 0-7; the GEMM bodies' producers use 8).
+constexpr int kTopkBarrier = 12;  // 12, 13, 14: warpgroups 0..2 in phase 1
+constexpr int kMathBarrier = 15;  // the 256 math threads in phase 4
+constexpr int kDepsBarrier = 11;  // the 256 math threads after a gate/up item (the FFN deps)
+
+/// What the routing phases and the combine read and write: the kernels' parameters hold one.
+struct FusedRoutingParams {
+  routing::RoutingParams rp;
+  routing::RoutingBuffers rb;
+  CombineParams cp;
+  void const* tokens;
+  float* token_scales;  // FP8 GEMMs: the E4M3 token rows phase 1 writes and their scales;
+  uint8_t* token_fp8;   // null: the GEMM reads the 16-bit rows (no quantization)
+  int32_t* cta_counts;  // [E, kFusedMaxCtas]: column c = CTA c's final ids per expert
+  uint32_t* grid_sync;  // [2] arrivals, generation (arrivals zero at launch)
+  int32_t* topk_ids_out;
+  float* topk_weights_out;
+  int32_t* expert_load_out;
+  int64_t* drop_reroute_out;
+  uint64_t* timeline;   // [CTAs, kFusedTimelineSlots] or null (FLASHMOE_FUSED_TIMELINE=1)
+  int32_t* tile_done;   // gated FFN: per m slot, the gate/up items done (zeroed in phase 2)
+  int32_t hidden;
+  int32_t token_bf16;   // 1 bf16, 0 fp16
+  int32_t tokens_vec16;
+  int32_t chunk;        // tokens per CTA
+  int32_t active_ctas;  // ceil(T / chunk)
+};
+
+// Dynamic shared memory of phases 1-2 (the GEMM's pipeline reuses the window afterwards).
+struct RoutingSmem {
+  union {
+    TopkSmemWg wg[3];
+    TopkSmemWarp warp[kWarps];
+  } topk;
+  typename WarpScan::TempStorage warp_scan[2];
+  int32_t count[kFusedMaxExperts];      // phase 1: this CTA's final ids per expert
+  int32_t total[kFusedMaxExperts];      // phase 2, per expert: all CTAs
+  int32_t before[kFusedMaxExperts];     //                      the CTAs before this one
+  int32_t lbefore[kFusedMaxExperts];    // per local expert: its rows of the CTAs before this one
+  int32_t lcount[kFusedMaxExperts];     //                   its rows
+  int32_t row0[kFusedMaxExperts];       //                   its first dense row
+  int32_t run[kFusedMaxExperts];        //                   this CTA's next dense row of it
+  int32_t tile0[kFusedMaxExperts + 1];  //                   its first tile; [EL]: the count
+  // Capacity (capacity_phases), per expert of the routing space: the first position of its list
+  // of assignments, this CTA's next position in it; the cut's and the reroute's scratch.
+  int32_t estart[kFusedMaxExperts];
+  int32_t erun[kFusedMaxExperts];
+  routing::CapacityCutSmem cut;
+  typename BlockScan::TempStorage block_scan;
+  int32_t dropped;
+  int32_t rerouted;
+};
+
+
+__device__ __forceinline__ uint32_t ld_acquire(uint32_t const* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release(uint32_t* p, uint32_t v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+// One thread per CTA: waits until every CTA of the grid has arrived. The generation is read
+// before arriving (it can only move once this CTA has arrived), the last arrival resets the count
+// before it releases the next generation, so the next barrier's arrivals start from zero.
+__device__ __forceinline__ void grid_arrive_wait(uint32_t* sync, uint32_t ctas) {
+  uint32_t const gen = ld_acquire(&sync[1]);
+  __threadfence();  // this CTA's writes (made visible to this thread by the CTA barrier)
+  if (atomicAdd(&sync[0], 1u) == ctas - 1) {
+    atomicExch(&sync[0], 0u);
+    st_release(&sync[1], gen + 1);
+  } else {
+    while (ld_acquire(&sync[1]) == gen) __nanosleep(32);
+  }
+  __threadfence();
+}
+
+__device__ __forceinline__ void stamp(FusedRoutingParams const& fp, int slot) {
+  if (fp.timeline == nullptr) return;
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  fp.timeline[blockIdx.x * kFusedTimelineSlots + slot] = t;
+}
+
+__device__ __forceinline__ void cta_grid_sync(uint32_t* sync) {
+  __syncthreads();
+  if (threadIdx.x == 0) grid_arrive_wait(sync, gridDim.x);
+  __syncthreads();
+}
+
+
+// Phase 4, run by every math thread after its last GEMM tile. (The owned tokens are recomputed
+// here: a value live across the GEMM body would cost the 56-register producer a spill.)
+struct CombineAfterGemm {
+  FusedRoutingParams const& fp;
+  __device__ __forceinline__ void operator()() const {
+    int const mt = static_cast<int>(threadIdx.x) - 128;  // 0..255
+    int const T = fp.rp.num_tokens;
+    int const t0 = min(T, static_cast<int>(blockIdx.x) * fp.chunk);
+    int const t1 = min(T, t0 + fp.chunk);
+    asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
+    if (mt == 0) {
+      stamp(fp, 5);
+      grid_arrive_wait(fp.grid_sync, gridDim.x);
+      stamp(fp, 6);
+    }
+    asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
+    for (int t = t0; t < t1; ++t) {
+      if (fp.token_bf16) {  // y and out are in the tokens' dtype
+        combine_token<__nv_bfloat16>(fp.cp, t, mt, 256);
+      } else {
+        combine_token<__half>(fp.cp, t, mt, 256);
+      }
+    }
+    if (fp.timeline != nullptr) {
+      asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
+      if (mt == 0) stamp(fp, 7);
+    }
+  }
+};
+
+
+// This CTA's final ids per expert (its owned slots [a0, a1)) into column cta of the [E,
+// kFusedMaxCtas] table. After capacity (tally): also its dropped and rerouted slots, added to the
+// user's two counts. final_ids is read through L2: the capacity cut marks other CTAs' slots.
+__device__ __forceinline__ void count_owned(FusedRoutingParams const& fp, RoutingSmem& sm,
+                                            int64_t a0, int64_t a1, bool tally) {
+  routing::RoutingBuffers const& rb = fp.rb;
+  int const tid = static_cast<int>(threadIdx.x);
+  int const E = fp.rp.num_experts;
+  for (int e = tid; e < E; e += kFusedThreads) sm.count[e] = 0;
+  if (tid == 0) {
+    sm.dropped = 0;
+    sm.rerouted = 0;
+  }
+  __syncthreads();
+  int dropped = 0;
+  int rerouted = 0;
+  for (int64_t a = a0 + tid; a < a1; a += kFusedThreads) {
+    int32_t const e = __ldcg(rb.final_ids + a);
+    if (e >= 0) atomicAdd(&sm.count[e], 1);  // a count: the order of the adds does not matter
+    if (tally) {
+      int32_t const o = rb.orig_ids[a];  // written by this CTA
+      dropped += (o >= 0 && e < 0) ? 1 : 0;
+      rerouted += (e >= 0 && e != o) ? 1 : 0;
+    }
+  }
+  if (tally && fp.drop_reroute_out != nullptr && (dropped | rerouted) != 0) {
+    atomicAdd(&sm.dropped, dropped);
+    atomicAdd(&sm.rerouted, rerouted);
+  }
+  __syncthreads();
+  int const cta = static_cast<int>(blockIdx.x);
+  if (cta < fp.active_ctas) {
+    for (int e = tid; e < E; e += kFusedThreads) {
+      fp.cta_counts[e * kFusedMaxCtas + cta] = sm.count[e];
+    }
+  }
+  if (tally && tid == 0 && fp.drop_reroute_out != nullptr && (sm.dropped | sm.rerouted) != 0) {
+    // Integer sums (zeroed by CTA 0 before the capacity phases): any order gives the same totals.
+    auto* counts = reinterpret_cast<unsigned long long*>(fp.drop_reroute_out);
+    atomicAdd(&counts[0], static_cast<unsigned long long>(sm.dropped));
+    atomicAdd(&counts[1], static_cast<unsigned long long>(sm.rerouted));
+  }
+}
+
+// Every expert's total over the table and this CTA's base in it (the CTAs before this one), one
+// thread per expert reading its row, four CTAs per (independent) load.
+__device__ __forceinline__ void read_count_table(FusedRoutingParams const& fp, RoutingSmem& sm) {
+  int const cta = static_cast<int>(blockIdx.x);
+  for (int e = static_cast<int>(threadIdx.x); e < fp.rp.num_experts; e += kFusedThreads) {
+    int4 const* row = reinterpret_cast<int4 const*>(fp.cta_counts + e * kFusedMaxCtas);
+    int total = 0;
+    int before = 0;
+#pragma unroll 8
+    for (int c4 = 0; c4 < (fp.active_ctas + 3) / 4; ++c4) {
+      int4 const v = __ldcg(row + c4);
+      int const vals[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        int const c = 4 * c4 + i;
+        int const x = c < fp.active_ctas ? vals[i] : 0;  // columns past the active CTAs: unset
+        total += x;
+        before += c < cta ? x : 0;
+      }
+    }
+    sm.total[e] = total;
+    sm.before[e] = before;
+  }
+}
+
+// Capacity (routing.h step 6), between the top-k and the dispatch, with sm.total / sm.before
+// holding the original ids' counts: (1) every CTA lists its owned slots under their expert, in
+// (token, slot) order, with their priority keys (positions: the expert's start + the CTAs before
+// + the rank among this CTA's); (2) each expert over capacity is cut by one CTA
+// (capacity_cut_block: final_ids = -1, pending = 1); (3) reroute: CTA 0 runs the rounds
+// (reroute_block.cuh) while the others wait; (4) the final ids are counted again. Five grid
+// barriers; ends with sm.total / sm.before of the final ids, as the dropless path has them.
+__device__ __noinline__ void capacity_phases(FusedRoutingParams const& fp, RoutingSmem& sm,
+                                             int64_t a0, int64_t a1) {
+  routing::RoutingParams const& rp = fp.rp;
+  routing::RoutingBuffers const& rb = fp.rb;
+  int const tid = static_cast<int>(threadIdx.x);
+  int const cta = static_cast<int>(blockIdx.x);
+  int const E = rp.num_experts;
+  if (tid < 32) {  // exclusive scan of the totals over the experts (eight per lane, in order)
+    constexpr int kPer = kFusedMaxExperts / 32;
+    int sum = 0;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      int const e = tid * kPer + i;
+      sum += e < E ? sm.total[e] : 0;
+    }
+    int off = 0;
+    WarpScan(sm.warp_scan[0]).ExclusiveSum(sum, off);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      int const e = tid * kPer + i;
+      if (e < E) {
+        sm.estart[e] = off;
+        sm.erun[e] = off + sm.before[e];
+        if (cta == 0) rb.expert_counts[e] = sm.total[e];  // the reroute's original loads
+        off += sm.total[e];
+      }
+    }
+  }
+  if (rp.reroute) {
+    for (int64_t a = a0 + tid; a < a1; a += kFusedThreads) rb.pending[a] = 0;
+  }
+  if (cta == 0 && tid < 2 && fp.drop_reroute_out != nullptr) fp.drop_reroute_out[tid] = 0;
+  __syncthreads();
+  if (tid < 32) {  // the owned slots into their experts' lists, in (token, slot) order
+    int const lane = tid;
+    unsigned const lower = (1u << lane) - 1u;
+    for (int64_t base = a0; base < a1; base += 32) {
+      int64_t const a = base + lane;
+      int32_t const e = a < a1 ? rb.orig_ids[a] : -1;  // written by this CTA
+      unsigned const group = __match_any_sync(0xffffffffu, e >= 0 ? e : E + lane);
+      if (e >= 0) {
+        int const pos = sm.erun[e] + __popc(group & lower);
+        rb.perm_expert[pos] = static_cast<int32_t>(a);
+        rb.prio_keys_sorted[pos] = rb.prio_keys[a];
+      }
+      __syncwarp();
+      if (e >= 0 && lane == 31 - __clz(group)) sm.erun[e] += __popc(group);
+      __syncwarp();
+    }
+  }
+  cta_grid_sync(fp.grid_sync);
+  int const cap = static_cast<int>(rp.capacity);
+  for (int e = cta; e < E; e += static_cast<int>(gridDim.x)) {
+    if (sm.total[e] > cap) {
+      routing::capacity_cut_block<kFusedThreads>(rp, rb, rb.prio_keys_sorted + sm.estart[e],
+                                            rb.perm_expert + sm.estart[e], sm.total[e], sm.cut,
+                                            sm.block_scan);
+    }
+  }
+  cta_grid_sync(fp.grid_sync);
+  if (rp.reroute) {
+    if (cta == 0) routing::reroute_rounds<kFusedThreads>(rp, rb, sm.block_scan);
+    cta_grid_sync(fp.grid_sync);
+  }
+  count_owned(fp, sm, a0, a1, true);
+  cta_grid_sync(fp.grid_sync);
+  read_count_table(fp, sm);
+}
+
+// Phases 1 and 2 (everything before the GEMM), not inlined: compiled apart from the GEMM body,
+// whose warpgroups run at 56 and 224 registers (setmaxnreg), so that neither allocation
+// constrains the other (inlined, ptxas spilled a few bytes).
+__device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
+  extern __shared__ __align__(1024) uint8_t smem_fused[];
+  RoutingSmem& sm = *reinterpret_cast<RoutingSmem*>(smem_fused);
+  routing::RoutingParams const& rp = fp.rp;
+  routing::RoutingBuffers const& rb = fp.rb;
+  int const tid = static_cast<int>(threadIdx.x);
+  int const cta = static_cast<int>(blockIdx.x);
+  int const T = rp.num_tokens;
+  int const k = rp.top_k;
+  int const E = rp.num_experts;
+  int const EL = rp.num_local_experts;
+  int const t0 = min(T, cta * fp.chunk);
+  int const t1 = min(T, t0 + fp.chunk);
+  int64_t const a0 = static_cast<int64_t>(t0) * k;
+  int64_t const a1 = static_cast<int64_t>(t1) * k;
+  if (tid == 0) stamp(fp, 0);
+
+  // ---- phase 1: top-k of the owned tokens, one warpgroup per token; their E4M3 rows.
+  {
+    if (rp.prerouted) {
+      for (int64_t a = a0 + tid; a < a1; a += kFusedThreads) {
+        routing::prerouted_assignment(rp, rb, a);
+      }
+    } else if (fp.chunk <= kWarpgroupTopkMaxChunk) {
+      int const wg = tid / 128;
+      for (int t = t0 + wg; t < t1; t += 3) {
+        routing::topk_token<128, 2>(rp, rb, t, tid % 128, sm.topk.wg[wg],
+                                    routing::WarpgroupSync{kTopkBarrier + wg});
+        routing::WarpgroupSync{kTopkBarrier + wg}();  // the next token rewrites sm.topk.wg[wg]
+      }
+    } else {
+      int const w = tid / 32;
+      for (int t = t0 + w; t < t1; t += kWarps) {
+        routing::topk_token<32, 8>(rp, rb, t, tid % 32, sm.topk.warp[w], routing::WarpSync{});
+        __syncwarp();  // the next token rewrites sm.topk.warp[w]
+      }
+    }
+    if (tid == 0) stamp(fp, 8);
+    // Rows go to the warps from the last one down: with one or two owned tokens the warps of the
+    // warpgroups without a token quantize while warpgroup 0 is still in its top-k (no barrier
+    // between the two loops).
+    int const warp = kWarps - 1 - tid / 32;
+    int const lane = tid % 32;
+    int64_t const H = fp.hidden;
+    for (int t = t0 + warp; fp.token_fp8 != nullptr && t < t1; t += kWarps) {
+      if (fp.token_bf16) {
+        gemm::quantize_row_warp<__nv_bfloat16>(
+            static_cast<__nv_bfloat16 const*>(fp.tokens) + t * H, H, fp.tokens_vec16 != 0, lane,
+            fp.token_scales + t, fp.token_fp8 + t * H);
+      } else {
+        gemm::quantize_row_warp<__half>(static_cast<__half const*>(fp.tokens) + t * H, H,
+                                        fp.tokens_vec16 != 0, lane, fp.token_scales + t,
+                                        fp.token_fp8 + t * H);
+      }
+    }
+  }
+  if (tid == 0) stamp(fp, 9);
+  // The owned slots' ids per expert (the final ids: before capacity, the top-k's).
+  count_owned(fp, sm, a0, a1, false);
+  if (tid == 0) stamp(fp, 1);
+  cta_grid_sync(fp.grid_sync);
+  if (tid == 0) stamp(fp, 2);
+
+  // ---- phase 2: totals, this CTA's bases, row and tile scans of the local experts.
+  read_count_table(fp, sm);
+  if (rp.capacity > 0) {
+    __syncthreads();
+    capacity_phases(fp, sm, a0, a1);
+  }
+  for (int le = tid; le < EL; le += kFusedThreads) {
+    sm.lcount[le] = 0;
+    sm.lbefore[le] = 0;
+  }
+  __syncthreads();
+  // Global -> local: the identity without an expert map. A map may send several global experts
+  // to one local expert (nothing forbids it): their counts add up (integer adds, any order).
+  for (int e = tid; e < E; e += kFusedThreads) {
+    int const le = rp.expert_map != nullptr ? rp.expert_map[e] : e;
+    if (le >= 0 && le < EL) {
+      atomicAdd(&sm.lcount[le], sm.total[e]);
+      atomicAdd(&sm.lbefore[le], sm.before[e]);
+    }
+  }
+  __syncthreads();
+  // Row and tile scans over the local experts by warp 0 (cub::WarpScan; E_local <= 256: eight
+  // experts per lane, summed in order, then one warp-wide exclusive scan of the lane totals).
+  int const bm = rp.tile_m;
+  int32_t* const tile_starts = rb.local_offsets + (EL + 1);
+  if (tid < 32) {
+    constexpr int kPer = kFusedMaxExperts / 32;
+    int cnt[kPer];
+    int rows_sum = 0;
+    int tiles_sum = 0;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      int const le = tid * kPer + i;
+      cnt[i] = le < EL ? sm.lcount[le] : 0;
+      rows_sum += cnt[i];
+      tiles_sum += (cnt[i] + bm - 1) / bm;
+    }
+    int row_off = 0;
+    int rows_total = 0;
+    int tile_off = 0;
+    int tiles_total = 0;
+    WarpScan(sm.warp_scan[0]).ExclusiveSum(rows_sum, row_off, rows_total);
+    WarpScan(sm.warp_scan[1]).ExclusiveSum(tiles_sum, tile_off, tiles_total);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      int const le = tid * kPer + i;
+      if (le < EL) {
+        sm.row0[le] = row_off;
+        sm.run[le] = row_off + sm.lbefore[le];
+        sm.tile0[le] = tile_off;
+        if (cta == 0) {
+          rb.local_offsets[le] = row_off;
+          tile_starts[le] = tile_off;
+          rb.local_counts[le] = cnt[i];
+        }
+      }
+      row_off += cnt[i];
+      tile_off += (cnt[i] + bm - 1) / bm;
+    }
+    if (tid == 0) {
+      sm.tile0[EL] = tiles_total;
+      if (cta == 0) {
+        rb.local_offsets[EL] = rows_total;
+        tile_starts[EL] = tiles_total;
+      }
+    }
+  }
+  if (cta == 0) {
+    if (fp.expert_load_out != nullptr) {
+      for (int e = tid; e < E; e += kFusedThreads) fp.expert_load_out[e] = sm.total[e];
+    }
+    if (tid < 2 && fp.drop_reroute_out != nullptr && rp.capacity == 0) {
+      fp.drop_reroute_out[tid] = 0;  // dropless (capacity_phases counts them otherwise)
+    }
+  }
+  __syncthreads();
+  int const tiles_total = sm.tile0[EL];
+  if (fp.tile_done != nullptr) {  // the gate/up counts start at zero (read after the barrier)
+    for (int m = cta * kFusedThreads + tid; m < rp.num_tile_slots;
+         m += static_cast<int>(gridDim.x) * kFusedThreads) {
+      fp.tile_done[m] = 0;
+    }
+  }
+
+  // The tile list, as moe_build_tiles_kernel writes it: this CTA's share of the slots.
+  for (int m = cta * kFusedThreads + tid; m < rp.num_tile_slots;
+       m += static_cast<int>(gridDim.x) * kFusedThreads) {
+    gemm::TileInfo info{-1, 0, 0, 0};
+    if (m < tiles_total) {
+      int lo = 0;
+      int hi = EL;  // the last local expert whose first tile is <= m (empty experts share
+      while (lo < hi) {  // their successor's start, so the last of equal starts has tiles)
+        int const mid = (lo + hi) / 2;
+        if (sm.tile0[mid] <= m) lo = mid + 1; else hi = mid;
+      }
+      int const le = lo - 1;
+      int const first = (m - sm.tile0[le]) * bm;
+      info.expert = le;
+      info.row0 = sm.row0[le] + first;
+      info.rows = min(bm, sm.lcount[le] - first);
+      info.index = m - sm.tile0[le];
+    }
+    rb.tiles[m] = info;
+  }
+
+  // Dense rows of the owned slots, in (token, slot) order, by warp 0; the user's per-slot outputs.
+  if (tid < 32) {
+    int const lane = tid;
+    unsigned const lower = (1u << lane) - 1u;
+    for (int64_t base = a0; base < a1; base += 32) {
+      int64_t const a = base + lane;
+      bool const valid = a < a1;
+      int32_t const e = valid ? __ldcg(rb.final_ids + a) : -1;  // capacity: other CTAs' marks
+      int32_t le = -1;
+      if (e >= 0) le = rp.expert_map != nullptr ? rp.expert_map[e] : e;
+      bool const computed = le >= 0 && le < EL;
+      // Lanes of one local expert form a group; the others get keys no other lane has.
+      unsigned const group = __match_any_sync(0xffffffffu, computed ? le : EL + lane);
+      int row = -1;
+      if (computed) row = sm.run[le] + __popc(group & lower);
+      __syncwarp();
+      if (computed && lane == 31 - __clz(group)) sm.run[le] += __popc(group);
+      __syncwarp();
+      if (valid) {
+        rb.slot_row[a] = row;
+        if (row >= 0) rb.row_token[row] = static_cast<int32_t>(a / k);
+        if (fp.topk_ids_out != nullptr) fp.topk_ids_out[a] = e;
+        if (fp.topk_weights_out != nullptr) fp.topk_weights_out[a] = e >= 0 ? rb.weights[a] : 0.f;
+      }
+    }
+  }
+  if (tid == 0) stamp(fp, 3);
+  cta_grid_sync(fp.grid_sync);
+  if (tid == 0) stamp(fp, 4);
+}
+
+
+// ---------------------------------------------------------------------------- host side
+
+/// The routing/combine half of a fused kernel's parameters for `ctas` CTAs; fp8_rows: phase 1
+/// also writes the tokens' E4M3 rows (the FP8 GEMM's A).
+inline FusedRoutingParams make_fused_routing_params(MoeProblem const& problem,
+                                                    MoeArgs const& args, MoeConfig const& config,
+                                                    MoeWorkspace const& ws, int ctas,
+                                                    bool fp8_rows) {
+  int64_t const T = problem.num_tokens;
+  int64_t const H = problem.hidden;
+  FusedRoutingParams r{};
+  r.rp = make_routing_params(problem, args, config);
+  r.rb = ws.routing;
+  r.cp = combine_params(problem, args, ws);
+  r.tokens = args.tokens;
+  r.token_scales = fp8_rows ? ws.token_scales : nullptr;
+  r.token_fp8 = fp8_rows ? static_cast<uint8_t*>(ws.token_fp8) : nullptr;
+  r.cta_counts = ws.fused_counts;
+  r.grid_sync = reinterpret_cast<uint32_t*>(ws.gemm_scheduler + 2 * kGemmSchedulerInts);
+  r.topk_ids_out = args.topk_ids_out;
+  r.topk_weights_out = args.topk_weights_out;
+  r.expert_load_out = args.expert_load;
+  r.drop_reroute_out = args.drop_reroute_counts;
+  char const* tl = std::getenv("FLASHMOE_FUSED_TIMELINE");
+  r.timeline = tl != nullptr && std::strcmp(tl, "1") == 0 ? ws.fused_timeline : nullptr;
+  r.tile_done = problem.kind == ExpertKind::kGatedFFN ? ws.fused_tile_done : nullptr;
+  r.hidden = static_cast<int32_t>(H);
+  r.token_bf16 = problem.token_dtype == DType::kBFloat16 ? 1 : 0;
+  r.tokens_vec16 = reinterpret_cast<std::uintptr_t>(args.tokens) % 16 == 0 && H % 8 == 0;
+  r.chunk = static_cast<int32_t>((T + ctas - 1) / ctas);
+  r.active_ctas = static_cast<int32_t>((T + r.chunk - 1) / r.chunk);
+  return r;
+}
+
+/// Launches a fused kernel cooperatively (the driver places every CTA at once or fails the
+/// launch, which the grid barriers need), `ctas` CTAs of kFusedThreads threads. Its attributes
+/// are checked and set once per (kernel, device, shared-memory size): a decode call's whole GPU
+/// time is ~0.1 ms, host work per call matters.
+template <class Params>
+Status launch_fused_kernel(void (*kernel)(Params), Params const& params, int ctas, int smem_bytes,
+                           cudaStream_t stream, char const* name) {
+  using detail::cat;
+  int device = 0;
+  FLASHMOE_CUDA_CHECK(cudaGetDevice(&device));
+  struct Configured {
+    void const* kernel;
+    int device;
+    int smem;
+  };
+  static std::mutex mu;
+  static Configured done[64] = {};
+  void const* const key = reinterpret_cast<void const*>(kernel);
+  bool configured = false;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (Configured const& c : done) {
+      configured = configured ||
+                   (c.kernel == key && c.device == device && c.smem == smem_bytes);
+    }
+  }
+  if (!configured) {
+    cudaFuncAttributes attr{};
+    FLASHMOE_CUDA_CHECK(cudaFuncGetAttributes(&attr, key));
+    if (attr.ptxVersion < 90) {
+      return Status::Unsupported(cat(name, ": this build has no sm_90a code (build with "
+                                     "CMAKE_CUDA_ARCHITECTURES including 90a-real)"));
+    }
+    FLASHMOE_CUDA_CHECK(
+        cudaFuncSetAttribute(key, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+    std::lock_guard<std::mutex> lock(mu);
+    for (Configured& c : done) {
+      if (c.kernel == nullptr || (c.kernel == key && c.device == device)) {
+        c = Configured{key, device, smem_bytes};
+        break;
+      }
+    }
+  }
+  cudaLaunchAttribute attrs[1];
+  attrs[0].id = cudaLaunchAttributeCooperative;
+  attrs[0].val.cooperative = 1;
+  cudaLaunchConfig_t lc{};
+  lc.gridDim = dim3(static_cast<unsigned>(ctas));
+  lc.blockDim = dim3(kFusedThreads);
+  lc.dynamicSmemBytes = static_cast<std::size_t>(smem_bytes);
+  lc.stream = stream;
+  lc.attrs = attrs;
+  lc.numAttrs = 1;
+  cudaError_t const launched = cudaLaunchKernelEx(&lc, kernel, params);
+  if (launched == cudaErrorCooperativeLaunchTooLarge) {
+    (void)cudaGetLastError();
+    return Status(StatusCode::kCudaError,
+                  cat(name, ": the one-kernel forward needs all ", ctas, " CTAs resident at "
+                      "once (one per SM) and the device cannot place them now (",
+                      cudaGetErrorString(launched), "); FLASHMOE_FUSED=0 runs the multi-kernel "
+                      "path instead"));
+  }
+  FLASHMOE_CUDA_CHECK(launched);
+  cudaError_t const err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    return detail::cuda_status(err, cat("launch of ", name).c_str(), __FILE__, __LINE__);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+}  // namespace fused_phases
+}  // namespace flashmoe::fused
