@@ -74,8 +74,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1) fused_sm90_kernel(
   routing_phases(fp.r);
   // ---- phases 3 and 4: the GEMM body (gated FFN: both GEMMs); its math warpgroups then combine
   // the owned tokens.
-  gemm::sm90_gemm_body<Cfg>(fp.gemm, fp.gemm2, fp.ffn ? 2 : 1, CombineAfterGemm{fp.r},
-                            Bf16FfnDeps{fp});
+  gemm::sm90_gemm_body<Cfg, 2>(fp.gemm, fp.gemm2, fp.ffn ? 2 : 1, CombineAfterGemm{fp.r},
+                               Bf16FfnDeps{fp});
 #else
   __trap();
 #endif

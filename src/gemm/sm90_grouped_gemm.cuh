@@ -307,8 +307,8 @@ __device__ __forceinline__ void epilogue(Sm90GemmKernelParams const& p, Acc cons
 }
 
 /// The math warpgroups: each tile on its GEMM's parameter (from the tile's tag), then, after the
-/// end marker, math_done().
-template <class Cfg, class MathDone, class Deps>
+/// end marker, math_done(). kMaxGemms 1: only GEMM p0's copy of the tile loop is compiled.
+template <class Cfg, int kMaxGemms, class MathDone, class Deps>
 __device__ __forceinline__ void consumer(Sm90GemmKernelParams const& p0,
                                          Sm90GemmKernelParams const& p1, uint8_t* smem_a,
                                          uint8_t* smem_b, Control<Cfg>* ctl,
@@ -417,11 +417,13 @@ __device__ __forceinline__ void consumer(Sm90GemmKernelParams const& p0,
         deps.item_done(kGemm, tag >> 1, row0, rows, mt, &ctl->deps_word);
       }
     };
-    if (tag & 1) {
-      run_tile(p1, cute::Int<1>{});
-    } else {
-      run_tile(p0, cute::Int<0>{});
+    if constexpr (kMaxGemms > 1) {
+      if (tag & 1) {
+        run_tile(p1, cute::Int<1>{});
+        continue;
+      }
     }
+    run_tile(p0, cute::Int<0>{});
   }
   math_done();
 }
@@ -434,8 +436,9 @@ __device__ __forceinline__ void consumer(Sm90GemmKernelParams const& p0,
 /// items across the two (sm90_util::NoPipeDeps: none). Both must be the kernel's __grid_constant__
 /// parameter (or members of it): the TMA maps are read in place. After the last tile each math
 /// thread calls math_done() (the fused kernel's combine); the producer warpgroup returns when its
-/// work ends.
-template <class Cfg, class MathDone, class Deps = sm90_util::NoPipeDeps>
+/// work ends. kMaxGemms: 1 compiles one GEMM's code only (num_gemms must then be 1), 2 both (the
+/// math warpgroups' tile loop twice: a larger instruction footprint).
+template <class Cfg, int kMaxGemms, class MathDone, class Deps = sm90_util::NoPipeDeps>
 __device__ __forceinline__ void sm90_gemm_body(Sm90GemmKernelParams const& p0,
                                                Sm90GemmKernelParams const& p1, int num_gemms,
                                                MathDone const& math_done,
@@ -456,7 +459,7 @@ __device__ __forceinline__ void sm90_gemm_body(Sm90GemmKernelParams const& p0,
 
   if (threadIdx.x == 0) {
     cute::prefetch_tma_descriptor(&p0.tmap_b);
-    if (num_gemms > 1) cute::prefetch_tma_descriptor(&p1.tmap_b);
+    if (kMaxGemms > 1 && num_gemms > 1) cute::prefetch_tma_descriptor(&p1.tmap_b);
     for (int s = 0; s < Cfg::kStages; ++s) {
       Barrier::init(&ctl->full[s], 129);
       Barrier::init(&ctl->empty[s], 4 * Cfg::kNumMathWG);
@@ -471,12 +474,12 @@ __device__ __forceinline__ void sm90_gemm_body(Sm90GemmKernelParams const& p0,
     uint32_t phase = 0;
     sm90_gemm_detail::producer<Cfg>(p0, smem_a, smem_b, ctl, 0, num_gemms == 1, stage, phase,
                                     deps);
-    if (num_gemms > 1) {
+    if (kMaxGemms > 1 && num_gemms > 1) {
       sm90_gemm_detail::producer<Cfg>(p1, smem_a, smem_b, ctl, 1, true, stage, phase, deps);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Cfg::kMathRegs>();
-    sm90_gemm_detail::consumer<Cfg>(p0, p1, smem_a, smem_b, ctl, math_done, deps);
+    sm90_gemm_detail::consumer<Cfg, kMaxGemms>(p0, p1, smem_a, smem_b, ctl, math_done, deps);
   }
 #elif defined(__CUDA_ARCH__)
   __trap();  // no sm_90a code in this build (the launchers refuse before getting here)
@@ -486,7 +489,7 @@ __device__ __forceinline__ void sm90_gemm_body(Sm90GemmKernelParams const& p0,
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     sm90_grouped_gemm_kernel(__grid_constant__ Sm90GemmKernelParams const p) {
-  sm90_gemm_body<Cfg>(p, p, 1, sm90_util::NoMathDone{});
+  sm90_gemm_body<Cfg, 1>(p, p, 1, sm90_util::NoMathDone{});
 }
 
 /// Dynamic shared memory of one CTA.
