@@ -246,8 +246,8 @@ def build_flashmoe(cfg: MoeConfig, weights, precision: str = "bf16",
                    gemm: Optional[str] = None, fused: Optional[str] = None) -> Built:
     """gemm="sm80": FLASHMOE_GEMM=sm80 around each call, so a Hopper GPU runs the sm_80 GEMMs
     (path multikernel-sm80) instead of the sm_90a ones -- the previous bf16 path, for comparison.
-    fused="0": FLASHMOE_FUSED=0 around each call (the multi-kernel FP8 path where the one-kernel
-    path would run)."""
+    fused="0": FLASHMOE_FUSED=0 around each call (the multi-kernel path where the one-kernel path
+    would run)."""
     try:
         import flashmoe_science as fm
     except Exception as e:  # noqa: BLE001 -- any import failure means "not available"
@@ -383,7 +383,8 @@ IMPLS = {
     "flashmoe": Impl("bf16", build_flashmoe),
     "flashmoe-fp8": Impl("fp8", lambda cfg, w: build_flashmoe(cfg, w, precision="fp8")),
     "flashmoe-sm80": Impl("bf16", lambda cfg, w: build_flashmoe(cfg, w, gemm="sm80")),
-    # The multi-kernel FP8 path where the forward would take the one-kernel one (decode).
+    # The multi-kernel paths where the forward would take the one-kernel ones (E <= 256).
+    "flashmoe-multikernel": Impl("bf16", lambda cfg, w: build_flashmoe(cfg, w, fused="0")),
     "flashmoe-fp8-multikernel": Impl("fp8", lambda cfg, w: build_flashmoe(cfg, w, precision="fp8",
                                                                            fused="0")),
     # FP8 weights on the sm_80 GEMM (W8A16, what an Ampere GPU runs), on Hopper via

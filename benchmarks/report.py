@@ -286,9 +286,9 @@ def markdown_table(records: list) -> str:
 
 # Columns of the README summary, in this order; an implementation absent from every record is left
 # out. Percentages are the share of the copy ceiling (weight bytes touched / median time).
-README_IMPLS = ("flashmoe", "flashmoe-fp8", "flashmoe-fp8-multikernel", "flashmoe-sm80", "flashmoe-w8a16", "torch-grouped-mm",
-                "torch-scaled-grouped-mm", "torch-eager", "torch-compile", "deepspeed", "vllm",
-                "sglang")
+README_IMPLS = ("flashmoe", "flashmoe-multikernel", "flashmoe-fp8", "flashmoe-fp8-multikernel",
+                "flashmoe-sm80", "flashmoe-w8a16", "torch-grouped-mm", "torch-scaled-grouped-mm",
+                "torch-eager", "torch-compile", "deepspeed", "vllm", "sglang")
 
 
 def readme_table(records: list) -> str:
