@@ -64,6 +64,7 @@ struct Opts {
   double zipf = 0.0;  // > 0: pre-routed slots, k distinct experts per token drawn from Zipf(s)
   double capacity = 0.0;  // > 0: capacity_factor (routing.h step 6)
   bool reroute = false;   // overflow "reroute" instead of "drop"
+  bool deterministic = true;  // false: MoeProblem::deterministic false (atomic combine)
 };
 struct Ctx {
   std::string gpu;
@@ -191,6 +192,7 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   p.prerouted = o.zipf > 0.0;
   p.routing.capacity_factor = o.capacity;
   p.routing.overflow = o.reroute ? Overflow::kReroute : Overflow::kDrop;
+  p.deterministic = o.deterministic;
   MoeProblem const raw = p;  // the bf16 weights as filled below (prepare_experts_fp8's input)
   bool const fp8 = o.fp8 != WeightScale::kNone;
   if (fp8) {
@@ -527,11 +529,12 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   std::snprintf(b, sizeof b, "{\"gpu\": %s, \"config\": \"%s\", \"tokens\": %lld, "
                 "\"median_ms\": %.5f, \"min_ms\": %.5f, \"max_ms\": %.5f, \"copy_gbps\": %.2f, "
                 "\"touched_experts\": %.2f, \"touched_weight_bytes\": %.0f, \"weight_gbps\": %.2f, "
-                "\"tflops\": %.3f, \"weights\": \"%s\", \"zipf\": %.2f, \"capacity\": %.2f, \"overflow\": \"%s\", \"path\": \"%s\", \"token_sets\": %lld, \"weight_sets\": %lld, "
+                "\"tflops\": %.3f, \"weights\": \"%s\", \"zipf\": %.2f, \"capacity\": %.2f, \"overflow\": \"%s\", \"deterministic\": %s, \"path\": \"%s\", \"token_sets\": %lld, \"weight_sets\": %lld, "
                 "\"stages_ms\": %s, ", json_str(ctx.gpu).c_str(), s.name, (long long)T, med, lo,
                 hi, ctx.copy_gbps, touched, touched_bytes, gbps, tflops,
                 !fp8 ? "bf16" : o.fp8 == WeightScale::kChannel ? "fp8-channel" : "fp8-block128",
-                o.zipf, o.capacity, o.reroute ? "reroute" : "drop", kernel_path_name(path),
+                o.zipf, o.capacity, o.reroute ? "reroute" : "drop",
+                o.deterministic ? "true" : "false", kernel_path_name(path),
                 (long long)nsets, (long long)nw, stages_json.c_str());
   return std::string(b) + "\"tile\": " + json_str(tile) + ", \"samples_ms\": " + json_list(ms) +
          "}";
@@ -576,6 +579,7 @@ int main(int argc, char** argv) {
     else if (a == "--json" && has) o.json = argv[++i];
     else if (a == "--zipf" && has) o.zipf = std::atof(argv[++i]);
     else if (a == "--capacity" && has) o.capacity = std::atof(argv[++i]);
+    else if (a == "--nondeterministic") o.deterministic = false;
     else if (a == "--overflow" && has) {
       std::string const v = argv[++i];
       if (v != "drop" && v != "reroute") die(__FILE__, __LINE__, "--overflow", "drop|reroute");
@@ -589,6 +593,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr, "usage: %s [--config NAME]... [--tokens T] [--reps N] [--warmup N] "
                    "[--fp8 channel|block128] [--zipf S] [--capacity C] [--overflow drop|reroute] "
+                   "[--nondeterministic] "
                    "[--json PATH]\nconfigs: all", argv[0]);
       for (auto const& s : kShapes) std::fprintf(stderr, " %s", s.name);
       std::fprintf(stderr, "\n");

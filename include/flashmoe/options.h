@@ -92,6 +92,14 @@ struct MoeProblem {
   bool has_correction_bias = false;
   bool has_expert_map = false;
 
+  // true: the output is bitwise identical run to run (the combine adds each token's slots in
+  // slot order). false: the one-kernel forwards (KernelPath kFusedSm90, kFusedSm90Fp8) with at
+  // most 256 tokens add each expert row's weighted output into `out` with atomics in the last
+  // GEMM's epilogue (no combine phase, no grid barrier before it; the order of the adds, and so
+  // the last bits, vary run to run) -- where it was measured faster. Every other case is
+  // deterministic either way.
+  bool deterministic = true;
+
   /// Columns of the output: D for linear experts, H for gated-FFN experts.
   int64_t output_dim() const { return kind == ExpertKind::kLinear ? out_dim : hidden; }
 };

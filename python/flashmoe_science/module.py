@@ -69,6 +69,7 @@ class FusedMoE(nn.Module):
         routed_scaling_factor: float = 1.0,
         capacity_factor: Optional[float] = None,
         overflow: str = "drop",
+        deterministic: bool = True,
         dtype: Optional[torch.dtype] = None,
         device: Optional[torch.device] = None,
     ):
@@ -95,6 +96,7 @@ class FusedMoE(nn.Module):
             routed_scaling_factor=routed_scaling_factor,
             capacity_factor=capacity_factor,
             overflow=overflow,
+            deterministic=deterministic,
         )
         if I is not None:
             self.options["activation"] = activation

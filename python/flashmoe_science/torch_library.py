@@ -86,6 +86,7 @@ def fused_moe_op(
     w2_scale: Optional[Tensor] = None,
     weight_scale: str = "none",
     check_finite: bool = True,
+    deterministic: bool = True,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """tokens [T, H] -> out [T, D or H] (written in place). Returns (topk_ids [T, k] int32,
     topk_weights [T, k] float32, expert_load [E] int32, counts [3] int64 = dropped, rerouted,
@@ -170,6 +171,7 @@ def fused_moe_op(
             precision=precision,
             weight_scale=weight_scale,
             w2_shape=None if w2 is None else tuple(w2.shape),
+            deterministic=deterministic,
         )
         s_ids, s_w, s_load, counts = stats if return_stats else (None,) * 4
         ws, stream = None, 0
@@ -235,6 +237,7 @@ def _fused_moe_fake(
     w2_scale=None,
     weight_scale="none",
     check_finite=True,
+    deterministic=True,
 ):
     T = tokens.shape[0] if return_stats else 0
     k = top_k if return_stats else 0

@@ -74,6 +74,9 @@ struct FusedRoutingParams {
   int32_t tokens_vec16;
   int32_t chunk;        // tokens per CTA
   int32_t active_ctas;  // ceil(T / chunk)
+  int32_t atomic_combine;  // 1: MoeProblem::deterministic false -- the owned tokens' output rows
+                           // are zeroed in phase 1, the last GEMM's epilogue adds into them
+                           // (rb.row_token, rb.row_weight), and phase 4 is skipped
 };
 
 // Dynamic shared memory of phases 1-2 (the GEMM's pipeline reuses the window afterwards).
@@ -145,6 +148,10 @@ __device__ __forceinline__ void cta_grid_sync(uint32_t* sync) {
 struct CombineAfterGemm {
   FusedRoutingParams const& fp;
   __device__ __forceinline__ void operator()() const {
+    if (fp.atomic_combine) {  // the epilogues added every row into out: nothing left to do
+      if (fp.timeline != nullptr && threadIdx.x == 128) stamp(fp, 5);
+      return;
+    }
     int const mt = static_cast<int>(threadIdx.x) - 128;  // 0..255
     int const T = fp.rp.num_tokens;
     int const t0 = min(T, static_cast<int>(blockIdx.x) * fp.chunk);
@@ -376,6 +383,14 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
     }
   }
   if (tid == 0) stamp(fp, 9);
+  if (fp.atomic_combine) {  // the owned tokens' output rows start at zero (added to after barrier 2)
+    int64_t const row_vecs = fp.cp.cols / 8;  // 16-byte vectors of 8 elements
+    uint4* const out = static_cast<uint4*>(fp.cp.out);
+    for (int64_t v = static_cast<int64_t>(t0) * row_vecs + tid;
+         v < static_cast<int64_t>(t1) * row_vecs; v += kFusedThreads) {
+      out[v] = make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
   // The owned slots' ids per expert (the final ids: before capacity, the top-k's).
   count_owned(fp, sm, a0, a1, false);
   if (tid == 0) stamp(fp, 1);
@@ -507,7 +522,10 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
       __syncwarp();
       if (valid) {
         rb.slot_row[a] = row;
-        if (row >= 0) rb.row_token[row] = static_cast<int32_t>(a / k);
+        if (row >= 0) {
+          rb.row_token[row] = static_cast<int32_t>(a / k);
+          if (fp.atomic_combine) rb.row_weight[row] = rb.weights[a];
+        }
         if (fp.topk_ids_out != nullptr) fp.topk_ids_out[a] = e;
         if (fp.topk_weights_out != nullptr) fp.topk_weights_out[a] = e >= 0 ? rb.weights[a] : 0.f;
       }
@@ -550,6 +568,7 @@ inline FusedRoutingParams make_fused_routing_params(MoeProblem const& problem,
   r.tokens_vec16 = reinterpret_cast<std::uintptr_t>(args.tokens) % 16 == 0 && H % 8 == 0;
   r.chunk = static_cast<int32_t>((T + ctas - 1) / ctas);
   r.active_ctas = static_cast<int32_t>((T + r.chunk - 1) / r.chunk);
+  r.atomic_combine = !problem.deterministic && T <= kAtomicCombineMaxTokens ? 1 : 0;
   return r;
 }
 

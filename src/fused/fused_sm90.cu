@@ -136,6 +136,12 @@ Status run_fused_sm90(MoeProblem const& problem, MoeArgs const& args, MoeConfig 
     fp.ffn = 1;
   }
   fp.r = make_fused_routing_params(problem, args, config, ws, ctas, /*fp8_rows=*/false);
+  if (fp.r.atomic_combine) {  // the last GEMM adds its rows into out (MoeProblem::deterministic)
+    gemm::Sm90GemmKernelParams& last = ffn ? fp.gemm2 : fp.gemm;
+    last.combine_out = args.out;
+    last.row_token = ws.routing.row_token;
+    last.row_weight = ws.routing.row_weight;
+  }
 
   bool const mn = problem.layout == WeightLayout::kInOut;
   if (dtype == DType::kBFloat16) {

@@ -198,6 +198,12 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
   }
   smem_bytes = std::max(smem_bytes, static_cast<int>(sizeof(RoutingSmem)));
   fp.r = make_fused_routing_params(problem, args, config, ws, ctas, /*fp8_rows=*/true);
+  if (fp.r.atomic_combine) {  // the last GEMM adds its rows into out (MoeProblem::deterministic)
+    gemm::Sm90Fp8KernelParams& last = ffn ? fp.gemm2 : fp.gemm;
+    last.combine_out = args.out;
+    last.row_token = ws.routing.row_token;
+    last.row_weight = ws.routing.row_weight;
+  }
   return launch_fused_kernel(&fused_sm90_fp8_kernel, fp, ctas, smem_bytes, stream,
                              "fused_sm90_fp8_kernel");
 }

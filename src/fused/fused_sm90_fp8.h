@@ -14,6 +14,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <string>
 
 #include "flashmoe/options.h"
@@ -26,6 +27,11 @@ namespace flashmoe::fused {
 /// The fused kernel's grid is min(SMs, kFusedMaxCtas) persistent CTAs (one per SM); the
 /// workspace holds a [kFusedMaxCtas, E] table of per-CTA expert counts.
 inline constexpr int kFusedMaxCtas = 160;
+/// deterministic = false (MoeProblem) takes the atomic combine up to this many tokens; above it
+/// the deterministic combine runs regardless. Measured on an H200 (docs/perf-log.md v0.20): FP8
+/// one-kernel forward 5-9% faster at T = 1, 2-3% at T = 128 and 256, equal at 32, 64 and 512,
+/// 4% slower at T = 2048 (seed: 32M bf16x2 atomics against the weight stream through L2).
+inline constexpr int64_t kAtomicCombineMaxTokens = 256;
 /// Experts (routing space and local) the fused kernel handles.
 inline constexpr int kFusedMaxExperts = 256;
 

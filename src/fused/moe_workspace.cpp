@@ -98,6 +98,7 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
   rb.local_offsets = c.take<int32_t>(2 * (EL + 1));
   rb.tiles = c.take<gemm::TileInfo>(static_cast<std::size_t>(config.num_tile_slots));
   rb.row_token = c.take<int32_t>(n);
+  rb.row_weight = c.take<float>(n);
   rb.slot_row = c.take<int32_t>(n);
   // Never a null scratch pointer: CUB treats d_temp_storage == nullptr as a size query.
   cub_bytes = cub_bytes < 16 ? 16 : cub_bytes;

@@ -35,6 +35,19 @@ __device__ __forceinline__ void store_pair(void* out, int32_t dtype, int64_t ind
 /// clobber, so shared-memory accesses around them are pinned in place with this.
 __device__ __forceinline__ void compiler_fence() { asm volatile("" ::: "memory"); }
 
+/// out[index], out[index + 1] += (v0, v1) with one 32-bit atomic (index even); dtype 1 bf16,
+/// 2 fp16 (store_pair's codes). The non-deterministic combine of the one-kernel forwards.
+__device__ __forceinline__ void add_pair_atomic(void* out, int32_t dtype, int64_t index, float v0,
+                                                float v1) {
+  if (dtype == 1) {
+    atomicAdd(reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(out) + index),
+              __floats2bfloat162_rn(v0, v1));
+  } else {
+    atomicAdd(reinterpret_cast<__half2*>(static_cast<__half*>(out) + index),
+              __floats2half2_rn(v0, v1));
+  }
+}
+
 /// Ends the kernel with a launch error (an illegal-address fault: a store to the null page).
 /// Not __trap(): with a trap anywhere in the math warpgroups' code, ptxas keeps their register
 /// allocation at the launch bound (168) instead of the setmaxnreg budget, and the 128-row

@@ -141,6 +141,12 @@ struct Sm90Fp8KernelParams {
   int32_t split_tile_slots;        // tile slots covered by split_partial / split_count
   float* split_partial;
   int32_t* split_count;
+  // The one-kernel forwards' atomic combine (MoeProblem::deterministic false; plain epilogue of
+  // the last GEMM): dense row r's values, times row_weight[r], are added into the token's row
+  // row_token[r] of combine_out (T x n_out, out_dtype) instead of being stored at row r of out.
+  void* combine_out;
+  int32_t const* row_token;
+  float const* row_weight;
 };
 
 /// The parameters of the m128 pipelined kernel body on pre-quantized rows (p.a_fp8 set; the
@@ -961,6 +967,10 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
       // the down projection's rows are written by other SMs during the launch.
       int const src = p.a_rows != nullptr ? __ldcg(p.a_rows + dense) : dense;
       s_tok[i1] = __ldcg(p.a_scales + src);
+      if (!gate_up && p.combine_out != nullptr) {  // the row's weight and its token's output row
+        s_tok[i1] *= __ldcg(p.row_weight + dense);
+        out_row[i1] = static_cast<int64_t>(__ldcg(p.row_token + dense)) * p.out_row_stride;
+      }
     }
   }
   float const* const cs = p.w_scales + static_cast<int64_t>(e) * p.n_raw;
@@ -980,7 +990,11 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
           if (row_ok[i1]) {
             float const v0 = total[4 * j + 2 * i1] * s_tok[i1] * sw0;
             float const v1 = total[4 * j + 2 * i1 + 1] * s_tok[i1] * sw1;
-            store_pair(p.out, p.out_dtype, out_row[i1] + n, v0, v1);
+            if (p.combine_out != nullptr) {
+              add_pair_atomic(p.combine_out, p.out_dtype, out_row[i1] + n, v0, v1);
+            } else {
+              store_pair(p.out, p.out_dtype, out_row[i1] + n, v0, v1);
+            }
           }
         }
       }

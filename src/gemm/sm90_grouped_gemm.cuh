@@ -100,6 +100,12 @@ struct Sm90GemmKernelParams {
   int32_t gate_up;
   int32_t activation;            // Activation
   int32_t out_dtype;             // 1 bf16, 2 fp16 (sm90_util::store_pair)
+  // The one-kernel forward's atomic combine (MoeProblem::deterministic false; plain epilogue of
+  // the last GEMM): dense row r's values, times row_weight[r], are added into the token's row
+  // row_token[r] of combine_out (T x n_out) instead of being stored at row r of c.
+  void* combine_out;
+  int32_t const* row_token;
+  float const* row_weight;
 };
 
 /// The kernel parameters of one GEMM (shapes checked, B's TMA map encoded); host code, shared by
@@ -276,9 +282,22 @@ __device__ __forceinline__ void epilogue(Sm90GemmKernelParams const& p, Acc cons
   for (int i1 = 0; i1 < 2; ++i1) {
     int const r = r0 + 8 * i1;
     if (r >= rows) continue;
-    int64_t const out_row = static_cast<int64_t>(row0 + r) * p.c_row_stride;
+    int64_t out_row = static_cast<int64_t>(row0 + r) * p.c_row_stride;
     if (!p.gate_up) {
       int const col0 = n_tile * 256 + 128 * wg;
+      if (p.combine_out != nullptr) {  // the row's weight and its token's output row
+        float const w = __ldcg(p.row_weight + row0 + r);
+        out_row = static_cast<int64_t>(__ldcg(p.row_token + row0 + r)) * p.c_row_stride;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          int const n = col0 + 8 * j + c0;
+          if (n < p.n_out) {
+            add_pair_atomic(p.combine_out, p.out_dtype, out_row + n, w * acc(4 * j + 2 * i1),
+                            w * acc(4 * j + 2 * i1 + 1));
+          }
+        }
+        continue;
+      }
 #pragma unroll
       for (int j = 0; j < 16; ++j) {
         int const n = col0 + 8 * j + c0;

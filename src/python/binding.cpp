@@ -175,6 +175,8 @@ MoeProblem parse_problem(nb::dict const& d) {
         p.weights_prepared = nb::cast<bool>(v);
       else if (key == "weight_scale")
         p.weight_scale = parse_weight_scale("weight_scale", nb::cast<std::string>(v));
+      else if (key == "deterministic")
+        p.deterministic = nb::cast<bool>(v);
       else
         raise(PyExc_ValueError, "problem has an unknown key '" + key + "'");
     } catch (nb::cast_error const&) {

@@ -88,6 +88,8 @@ struct RoutingBuffers {
                                         // (+ the total), then first tile (+ the tile count)
   gemm::TileInfo* tiles = nullptr;      // [num_tile_slots]
   int32_t* row_token = nullptr;         // [Tk]     dense row -> token (the GEMM's gather)
+  float* row_weight = nullptr;          // [Tk]     dense row -> its slot's combine weight (the
+                                        //          one-kernel forwards' atomic combine)
   int32_t* slot_row = nullptr;          // [Tk]     a -> dense row, -1 = not computed here
   void* cub_temp = nullptr;             // CUB device-algorithm scratch
   std::size_t cub_temp_bytes = 0;

@@ -219,6 +219,12 @@ inline HostData make_data(MoeProblem const& p, uint32_t seed, Logits logits = Lo
   return d;
 }
 
+/// deterministic = false against the deterministic output of the same call (T <= 256: the one-
+/// kernel forwards' atomic combine; above, the deterministic one runs): the atomic combine
+/// rounds each of a token's k partial sums to bf16/fp16 (2^-9 / 2^-12 relative each), the
+/// deterministic one only the final sum.
+inline constexpr double kAtomicCombineTol = 1e-2;
+
 /// The bf16/fp16 path fused_moe_run takes for `p` on the current device: on a compute
 /// capability 9.0 device (unless FLASHMOE_GEMM=sm80) the one-kernel forward when E <= 256 and
 /// FLASHMOE_FUSED is not 0, else the multi-kernel sm_90a one; elsewhere the sm_80 GEMMs.

@@ -1,6 +1,7 @@
 // The FP8 forward on Hopper through the host API: prepare_experts_fp8() once, then
 // fused_moe_run() with precision kFP8, against the CPU. Every routing option (capacity included)
-// with linear and gated-FFN experts runs the fused kernel (KernelPath::kFusedSm90Fp8) when E <= 256;
+// with linear and gated-FFN experts runs the fused kernel (KernelPath::kFusedSm90Fp8) when
+// E <= 256 (also with deterministic = false: close to the deterministic output);
 // every case also runs the multi-kernel path (kMultiKernelSm90Fp8, FLASHMOE_FUSED=0), with both
 // places of the activation quantization, and asserts the same bits.
 //
@@ -409,6 +410,21 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
   ASSERT_TRUE(g2.status.ok()) << g2.status.message();
   EXPECT_EQ(first_mismatch(g2.out, g1.out), -1) << "second run is not bitwise identical";
   EXPECT_EQ(g2.topk_ids, g1.topk_ids);
+  if (g1.path == KernelPath::kFusedSm90Fp8) {
+    // deterministic = false: the last GEMM's epilogue adds each row into `out` with bf16/fp16
+    // atomics (poisoned before the run: every row must be zeroed in the kernel). Partial sums
+    // rounded to the tokens' type: close to, not equal to, the deterministic output.
+    MoeProblem pn = p8;
+    pn.deterministic = false;
+    Result const gn = run_fp8(pn, in, w);
+    ASSERT_TRUE(gn.status.ok()) << gn.status.message();
+    EXPECT_EQ(gn.path, KernelPath::kFusedSm90Fp8);
+    EXPECT_LT(rel_frobenius(raw.token_dtype, gn.out, g1.out), kAtomicCombineTol)
+        << "deterministic=false vs the deterministic combine";
+    EXPECT_EQ(gn.topk_ids, g1.topk_ids);
+    EXPECT_EQ(gn.expert_load, g1.expert_load);
+    EXPECT_EQ(gn.counts, g1.counts);
+  }
 
   // The multi-kernel path (FLASHMOE_FUSED=0), with the A rows quantized by a pass (its default,
   // MoeConfig::fp8_prequant) and inside the GEMM's gather: same rules, so the same bits as the

@@ -112,8 +112,16 @@ def test_new_keywords_are_checked(rng):
         fused_moe(t(tokens), t(w), t(logits), 2, precision="fp8", fp8_scale="row")
     with pytest.raises(TypeError, match="check_finite must be a bool"):
         fused_moe(t(tokens), t(w), t(logits), 2, check_finite=1)
-    # Both are accepted by the workspace query too (CPU: a problem-only computation).
-    fused_moe_workspace_size(t(tokens), t(w), t(logits), 2, fp8_scale="block128", check_finite=False)
+    with pytest.raises(TypeError, match="deterministic must be a bool"):
+        fused_moe(t(tokens), t(w), t(logits), 2, deterministic="no")
+    # The CPU reference is deterministic either way.
+    assert torch.equal(fused_moe(t(tokens), t(w), t(logits), 2, deterministic=False),
+                       fused_moe(t(tokens), t(w), t(logits), 2))
+    # All are accepted by the workspace query too (CPU: a problem-only computation).
+    fused_moe_workspace_size(
+        t(tokens), t(w), t(logits), 2, fp8_scale="block128", check_finite=False,
+        deterministic=False,
+    )
 
 
 def test_cpu_fp8_runs_the_reference_without_preparing(rng):
