@@ -21,7 +21,7 @@
 
 #include "flashmoe/fused_moe.h"
 #include "flashmoe/quantization.h"
-#include "fused/fused_sm90_fp8.h"  // internal: the fused kernel's phase timeline
+#include "fused/fused_limits.h"  // internal: the fused kernels' phase timeline
 #include "fused/moe_config.h"      // internal: choose_moe_config / describe_moe_config
 #include "fused/moe_workspace.h"
 #include "fused/multikernel_fp8.h"

@@ -21,7 +21,7 @@
 #include "common/str_cat.h"
 #include "fused/combine_device.cuh"
 #include "fused/cuda_check.h"
-#include "fused/fused_sm90_fp8.h"
+#include "fused/fused_limits.h"
 #include "fused/moe_workspace.h"
 #include "fused/multikernel_moe.h"
 #include "gemm/token_quantize.cuh"

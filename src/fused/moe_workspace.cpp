@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "fused/cuda_check.h"
-#include "fused/fused_sm90_fp8.h"
+#include "fused/fused_limits.h"
 #include "gemm/sm90_fp8_grouped_gemm.h"
 #include "gemm/sm90_grouped_gemm.h"
 #include "routing/routing_kernels.h"

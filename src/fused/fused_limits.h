@@ -1,0 +1,27 @@
+// flashmoe (internal): the limits and constants shared by the one-kernel forwards (the FP8 one,
+// fused_sm90_fp8.h, and the bf16/fp16 one, fused_sm90.h) and by the workspace that serves them.
+#pragma once
+
+#include <cstdint>
+
+namespace flashmoe::fused {
+
+/// A fused kernel's grid is min(SMs, kFusedMaxCtas) persistent CTAs (one per SM); the
+/// workspace holds a [kFusedMaxCtas, E] table of per-CTA expert counts.
+inline constexpr int kFusedMaxCtas = 160;
+/// deterministic = false (MoeProblem) takes the atomic combine up to this many tokens; above it
+/// the deterministic combine runs regardless. Measured on an H200 (docs/perf-log.md v0.20): FP8
+/// one-kernel forward 5-9% faster at T = 1, 2-3% at T = 128 and 256, equal at 32, 64 and 512,
+/// 4% slower at T = 2048 (seed: 32M bf16x2 atomics against the weight stream through L2).
+inline constexpr int64_t kAtomicCombineMaxTokens = 256;
+/// Experts (routing space and local) the fused kernels handle.
+inline constexpr int kFusedMaxExperts = 256;
+
+/// Phase timeline (FLASHMOE_FUSED_TIMELINE=1, for profiling): per CTA, %globaltimer nanoseconds
+/// at: 0 start, 1 routing + quantization done, 2 after barrier 1, 3 dispatch done, 4 after
+/// barrier 2 (GEMM starts), 5 the math warpgroups' last tile done, 6 after barrier 3, 7 combine
+/// done, 8 thread 0's top-k work done, 9 thread 0's row quantization done. Written to
+/// MoeWorkspace::fused_timeline[cta * kFusedTimelineSlots + i].
+inline constexpr int kFusedTimelineSlots = 10;
+
+}  // namespace flashmoe::fused
