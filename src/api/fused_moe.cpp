@@ -194,7 +194,7 @@ Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
     FLASHMOE_RETURN_IF_ERROR(fused::check_fp8_device(device, info.major, info.minor));
     if (path != nullptr) {
       *path = !sm90a ? KernelPath::kMultiKernelSm80W8A16
-              : fused::fused_fp8_unsupported_reason(problem).empty() &&
+              : fused::one_kernel_unsupported_reason(problem).empty() &&
                       fused::one_kernel_preferred()
                   ? KernelPath::kFusedSm90Fp8
                   : KernelPath::kMultiKernelSm90Fp8;
@@ -214,7 +214,7 @@ Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
   bool const sm90 = sm90a && gemm::sm90_grouped_gemm_built();
   if (path != nullptr) {
     *path = !sm90 ? KernelPath::kMultiKernelSm80
-            : fused::fused_sm90_unsupported_reason(problem).empty() &&
+            : fused::one_kernel_unsupported_reason(problem).empty() &&
                     fused::one_kernel_preferred()
                 ? KernelPath::kFusedSm90
                 : KernelPath::kMultiKernelSm90;
@@ -270,9 +270,7 @@ Status fused_moe_run(MoeProblem const& problem, MoeArgs const& args, void* works
       line += " [fused: one kernel]";
     } else if (chosen == KernelPath::kMultiKernelSm90Fp8 ||
                chosen == KernelPath::kMultiKernelSm90) {
-      std::string const why = chosen == KernelPath::kMultiKernelSm90
-                                  ? fused::fused_sm90_unsupported_reason(problem)
-                                  : fused::fused_fp8_unsupported_reason(problem);
+      std::string const why = fused::one_kernel_unsupported_reason(problem);
       line += cat(" [not fused: ", why.empty() ? "FLASHMOE_FUSED=0" : why, "]");
     }
     std::fprintf(stderr, "%s\n", line.c_str());

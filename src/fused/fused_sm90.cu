@@ -21,7 +21,6 @@
 #include <cstdint>
 #include <string>
 
-#include "common/str_cat.h"
 #include "fused/cuda_check.h"
 #include "fused/fused_phases.cuh"
 #include "fused/multikernel_moe.h"
@@ -31,7 +30,6 @@
 namespace flashmoe::fused {
 namespace {
 
-using detail::cat;
 using namespace fused_phases;
 
 struct FusedSm90Params {
@@ -97,13 +95,6 @@ Status launch(FusedSm90Params const& fp, int ctas, cudaStream_t stream) {
 
 }  // namespace
 
-std::string fused_sm90_unsupported_reason(MoeProblem const& p) {
-  if (p.num_experts > kFusedMaxExperts || p.num_local_experts > kFusedMaxExperts) {
-    return cat("more than ", kFusedMaxExperts, " experts");
-  }
-  return "";
-}
-
 Status run_fused_sm90(MoeProblem const& problem, MoeArgs const& args, MoeConfig const& config,
                       MoeWorkspace const& ws, cudaStream_t stream) {
   bool const ffn = problem.kind == ExpertKind::kGatedFFN;
@@ -112,7 +103,7 @@ Status run_fused_sm90(MoeProblem const& problem, MoeArgs const& args, MoeConfig 
     return Status(StatusCode::kInternal,
                   "fused sm90: configuration or workspace not carved for the sm_90a GEMM");
   }
-  std::string const why = fused_sm90_unsupported_reason(problem);
+  std::string const why = one_kernel_unsupported_reason(problem);
   if (!why.empty()) {
     return Status(StatusCode::kInternal, "fused sm90 called for an unsupported problem: " + why);
   }

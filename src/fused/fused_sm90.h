@@ -1,7 +1,7 @@
 // flashmoe (internal): the single-launch bf16/fp16 forward on Hopper (KernelPath::kFusedSm90) --
 // routing, the sm_90a expert GEMM(s) and the combine in one persistent kernel (fused_sm90.cu).
 //
-// What it runs (fused_sm90_unsupported_reason() says why not, and kMultiKernelSm90 runs instead,
+// What it runs (one_kernel_unsupported_reason() says why not, and kMultiKernelSm90 runs instead,
 // reported as such): bf16/fp16 tokens and weights in either layout, linear and gated-FFN experts,
 // at most 256 experts in the routing space and 256 local experts, every routing option.
 // FLASHMOE_FUSED=0 turns it off (one_kernel_preferred). The output is bit for bit the
@@ -19,10 +19,6 @@
 #include "fused/moe_workspace.h"
 
 namespace flashmoe::fused {
-
-/// Empty when the fused kernel can run `problem` (a bf16/fp16 problem the sm_90a GEMM takes),
-/// else why not.
-std::string fused_sm90_unsupported_reason(MoeProblem const& problem);
 
 /// Enqueues the workspace's counter reset (one memset) and the fused kernel on `stream`.
 /// `config` is choose_moe_config(problem, true)'s; `ws` carved with it.

@@ -39,11 +39,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 
-#include "common/str_cat.h"
 #include "fused/cuda_check.h"
 #include "fused/fused_phases.cuh"
 #include "fused/multikernel_fp8.h"
@@ -56,7 +53,6 @@
 namespace flashmoe::fused {
 namespace {
 
-using detail::cat;
 using namespace fused_phases;
 using Pipe = gemm::Sm90Fp8PipeTile<128>;
 static_assert(Pipe::kThreads == kFusedThreads, "the routing phases' CTA is the GEMM body's");
@@ -143,13 +139,6 @@ __global__ void __launch_bounds__(kFusedThreads, 1) fused_sm90_fp8_kernel(
 
 }  // namespace
 
-std::string fused_fp8_unsupported_reason(MoeProblem const& p) {
-  if (p.num_experts > kFusedMaxExperts || p.num_local_experts > kFusedMaxExperts) {
-    return cat("more than ", kFusedMaxExperts, " experts");
-  }
-  return "";
-}
-
 Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig const& config,
                      MoeWorkspace const& ws, cudaStream_t stream) {
   bool const ffn = problem.kind == ExpertKind::kGatedFFN;
@@ -159,7 +148,7 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
                ws.fused_tile_done == nullptr))) {
     return Status(StatusCode::kInternal, "fused fp8: workspace carved without the FP8 slices");
   }
-  std::string const why = fused_fp8_unsupported_reason(problem);
+  std::string const why = one_kernel_unsupported_reason(problem);
   if (!why.empty()) {
     return Status(StatusCode::kInternal, "fused fp8 called for an unsupported problem: " + why);
   }

@@ -2,7 +2,7 @@
 // routing, activation quantization, the expert GEMM and the combine in one persistent kernel
 // (fused_sm90_fp8.cu says how).
 //
-// What it runs (fused_fp8_unsupported_reason() says why not, and the multi-kernel FP8 path runs
+// What it runs (one_kernel_unsupported_reason() says why not, and the multi-kernel FP8 path runs
 // instead, reported as such): prepared FP8 weights, linear and gated-FFN experts, at most 256
 // experts in the routing space and 256 local experts; every routing option (scoring, bias,
 // grouped top-k, pre-routed, expert_map, capacity with drop or reroute). FLASHMOE_FUSED=0 turns
@@ -24,10 +24,6 @@
 #include "fused/moe_workspace.h"
 
 namespace flashmoe::fused {
-
-/// Empty when the fused kernel can run `problem` (an FP8 problem with prepared weights, checked
-/// by check_fp8_problem), else why not.
-std::string fused_fp8_unsupported_reason(MoeProblem const& problem);
 
 
 /// Enqueues the workspace's counter reset (one memset) and the fused kernel on `stream`.

@@ -6,8 +6,16 @@
 #include <cstring>
 
 #include "common/str_cat.h"
+#include "fused/fused_limits.h"
 
 namespace flashmoe::fused {
+
+std::string one_kernel_unsupported_reason(MoeProblem const& p) {
+  if (p.num_experts > kFusedMaxExperts || p.num_local_experts > kFusedMaxExperts) {
+    return detail::cat("more than ", kFusedMaxExperts, " experts");
+  }
+  return "";
+}
 
 bool one_kernel_preferred() {
   char const* v = std::getenv("FLASHMOE_FUSED");

@@ -44,6 +44,11 @@ std::string describe_problem(MoeProblem const& problem);
 /// the comments in moe_config.cpp for why).
 MoeConfig choose_moe_config(MoeProblem const& problem, bool sm90);
 
+/// Empty when a one-kernel forward (fused_sm90_fp8.h for FP8, fused_sm90.h for bf16/fp16) can
+/// run a problem that its multi-kernel sm_90a path runs, else why not (at most kFusedMaxExperts
+/// experts in the routing space and local).
+std::string one_kernel_unsupported_reason(MoeProblem const& problem);
+
 /// Whether a forward that a one-kernel path can run takes it: yes unless the environment has
 /// FLASHMOE_FUSED=0 (the multi-kernel path then runs, for comparisons).
 bool one_kernel_preferred();
