@@ -1,5 +1,5 @@
 // flashmoe_bench: times flashmoe::fused_moe_run on named MoE shapes (bf16 tokens and weights,
-// in_out layout, softmax top-k, renormalized; with --fp8 channel|block128 the weights are
+// in_out layout unless --layout out_in, softmax top-k, renormalized; with --fp8 channel|block128 the weights are
 // prepared once by prepare_experts_fp8 and the FP8 path runs) next to a device-to-device copy
 // ceiling measured in the same process.   flashmoe_bench --config seed --fp8 channel --json b.json
 // Each rep is one fused_moe_run between two CUDA events on a non-blocking stream. Tokens and
@@ -65,6 +65,7 @@ struct Opts {
   double capacity = 0.0;  // > 0: capacity_factor (routing.h step 6)
   bool reroute = false;   // overflow "reroute" instead of "drop"
   bool deterministic = true;  // false: MoeProblem::deterministic false (atomic combine)
+  WeightLayout layout = WeightLayout::kInOut;  // of the raw bf16 weights (--layout)
 };
 struct Ctx {
   std::string gpu;
@@ -186,7 +187,7 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   p.num_tokens = T, p.hidden = H, p.num_experts = p.num_local_experts = E;
   p.kind = s.ffn ? ExpertKind::kGatedFFN : ExpertKind::kLinear;
   (s.ffn ? p.inter_dim : p.out_dim) = N;
-  p.activation = Activation::kSilu, p.layout = WeightLayout::kInOut;
+  p.activation = Activation::kSilu, p.layout = o.layout;
   p.token_dtype = p.weight_dtype = DType::kBFloat16, p.score_dtype = DType::kFloat32;
   p.routing.top_k = int(s.k), p.routing.scoring = Scoring::kSoftmax, p.routing.renormalize = true;
   p.prerouted = o.zipf > 0.0;
@@ -207,11 +208,12 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   std::string const tile = fp8 ? std::string("fp8 (see FLASHMOE_PRINT_CONFIG)")
                                : fused::describe_moe_config(p, cfg);
   std::printf("\n== %s: T=%lld E=%lld k=%lld H=%lld %s=%lld (%s; bf16 tokens, %s weights, "
-              "in_out, softmax renorm)\n   path=%s | %s\n", s.name, (long long)T, (long long)E,
+              "%s, softmax renorm)\n   path=%s | %s\n", s.name, (long long)T, (long long)E,
               (long long)s.k, (long long)H, s.ffn ? "I" : "D", (long long)N,
               s.ffn ? "SwiGLU FFN" : "linear",
               !fp8 ? "bf16" : o.fp8 == WeightScale::kChannel ? "fp8 channel" : "fp8 block128",
-              kernel_path_name(path), tile.c_str());
+              o.layout == WeightLayout::kInOut ? "in_out" : "out_in", kernel_path_name(path),
+              tile.c_str());
 
   std::vector<void*> owned;
   int64_t const outN = p.output_dim();
@@ -529,12 +531,13 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   std::snprintf(b, sizeof b, "{\"gpu\": %s, \"config\": \"%s\", \"tokens\": %lld, "
                 "\"median_ms\": %.5f, \"min_ms\": %.5f, \"max_ms\": %.5f, \"copy_gbps\": %.2f, "
                 "\"touched_experts\": %.2f, \"touched_weight_bytes\": %.0f, \"weight_gbps\": %.2f, "
-                "\"tflops\": %.3f, \"weights\": \"%s\", \"zipf\": %.2f, \"capacity\": %.2f, \"overflow\": \"%s\", \"deterministic\": %s, \"path\": \"%s\", \"token_sets\": %lld, \"weight_sets\": %lld, "
+                "\"tflops\": %.3f, \"weights\": \"%s\", \"zipf\": %.2f, \"capacity\": %.2f, \"overflow\": \"%s\", \"deterministic\": %s, \"layout\": \"%s\", \"path\": \"%s\", \"token_sets\": %lld, \"weight_sets\": %lld, "
                 "\"stages_ms\": %s, ", json_str(ctx.gpu).c_str(), s.name, (long long)T, med, lo,
                 hi, ctx.copy_gbps, touched, touched_bytes, gbps, tflops,
                 !fp8 ? "bf16" : o.fp8 == WeightScale::kChannel ? "fp8-channel" : "fp8-block128",
                 o.zipf, o.capacity, o.reroute ? "reroute" : "drop",
-                o.deterministic ? "true" : "false", kernel_path_name(path),
+                o.deterministic ? "true" : "false",
+                o.layout == WeightLayout::kInOut ? "in_out" : "out_in", kernel_path_name(path),
                 (long long)nsets, (long long)nw, stages_json.c_str());
   return std::string(b) + "\"tile\": " + json_str(tile) + ", \"samples_ms\": " + json_list(ms) +
          "}";
@@ -580,6 +583,11 @@ int main(int argc, char** argv) {
     else if (a == "--zipf" && has) o.zipf = std::atof(argv[++i]);
     else if (a == "--capacity" && has) o.capacity = std::atof(argv[++i]);
     else if (a == "--nondeterministic") o.deterministic = false;
+    else if (a == "--layout" && has) {
+      std::string const v = argv[++i];
+      if (v != "in_out" && v != "out_in") die(__FILE__, __LINE__, "--layout", "in_out|out_in");
+      o.layout = v == "in_out" ? WeightLayout::kInOut : WeightLayout::kOutIn;
+    }
     else if (a == "--overflow" && has) {
       std::string const v = argv[++i];
       if (v != "drop" && v != "reroute") die(__FILE__, __LINE__, "--overflow", "drop|reroute");
@@ -593,7 +601,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr, "usage: %s [--config NAME]... [--tokens T] [--reps N] [--warmup N] "
                    "[--fp8 channel|block128] [--zipf S] [--capacity C] [--overflow drop|reroute] "
-                   "[--nondeterministic] "
+                   "[--nondeterministic] [--layout in_out|out_in] "
                    "[--json PATH]\nconfigs: all", argv[0]);
       for (auto const& s : kShapes) std::fprintf(stderr, " %s", s.name);
       std::fprintf(stderr, "\n");
