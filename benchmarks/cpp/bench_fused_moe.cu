@@ -206,7 +206,7 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
       fused::choose_moe_config(p, path == KernelPath::kMultiKernelSm90 ||
                                       path == KernelPath::kFusedSm90);
   std::string const tile = fp8 ? std::string("fp8 (see FLASHMOE_PRINT_CONFIG)")
-                               : fused::describe_moe_config(p, cfg);
+                               : fused::describe_moe_config(p, cfg, path);
   std::printf("\n== %s: T=%lld E=%lld k=%lld H=%lld %s=%lld (%s; bf16 tokens, %s weights, "
               "%s, softmax renorm)\n   path=%s | %s\n", s.name, (long long)T, (long long)E,
               (long long)s.k, (long long)H, s.ffn ? "I" : "D", (long long)N,
@@ -437,10 +437,12 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
       ++ctas;
       t0 = std::min(t0, h[c * fused::kFusedTimelineSlots]);
     }
-    static char const* const kNames[] = {"start", "routed", "barrier1", "dispatched",
-                                         "barrier2", "gemm done", "barrier3", "combined",
-                                         "top-k(t0)", "quantized(t0)"};
-    static int const kOrder[] = {0, 8, 9, 1, 2, 3, 4, 5, 6, 7};
+    static char const* const kNames[] = {
+        "start",     "routed",     "barrier1",       "dispatched",       "barrier2",
+        "gemm done", "barrier3",   "combined",       "top-k(t0)",        "quantized(t0)",
+        "item:rows", "item:1st-TMA", "item:last-TMA", "item:1st-full", "item:K-done",
+        "item:epi-done"};  // the CTA's last GEMM item (FP8 forward only)
+    static int const kOrder[] = {0, 8, 9, 1, 2, 3, 4, 10, 11, 13, 12, 14, 15, 5, 6, 7};
     static_assert(sizeof(kOrder) / sizeof(kOrder[0]) == fused::kFusedTimelineSlots, "slots");
     std::string line = "   fused timeline (us from the first CTA's start, median/max over " +
                        std::to_string(ctas) + " CTAs):";

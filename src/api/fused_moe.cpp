@@ -264,8 +264,8 @@ Status fused_moe_run(MoeProblem const& problem, MoeArgs const& args, void* works
   // (W8A16 runs the 16-bit forward.)
   bool const fp8 = chosen == KernelPath::kMultiKernelSm90Fp8 || fused_fp8;
   if (print_config_requested()) {
-    std::string line = fp8 ? fused::describe_fp8_config(problem, config)
-                           : fused::describe_moe_config(problem, config);
+    std::string line = fp8 ? fused::describe_fp8_config(problem, config, chosen)
+                           : fused::describe_moe_config(problem, config, chosen);
     if (fused_fp8 || chosen == KernelPath::kFusedSm90) {
       line += " [fused: one kernel]";
     } else if (chosen == KernelPath::kMultiKernelSm90Fp8 ||

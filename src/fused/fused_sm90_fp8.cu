@@ -187,6 +187,12 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
   }
   smem_bytes = std::max(smem_bytes, static_cast<int>(sizeof(RoutingSmem)));
   fp.r = make_fused_routing_params(problem, args, config, ws, ctas, /*fp8_rows=*/true);
+  if (fp.r.timeline != nullptr) {  // profiling: the GEMM body's own stamps (fused_limits.h)
+    for (gemm::Sm90Fp8KernelParams* g : {&fp.gemm, &fp.gemm2}) {
+      g->timeline = fp.r.timeline + kFusedTimelineGemmSlot;
+      g->timeline_stride = kFusedTimelineSlots;
+    }
+  }
   if (fp.r.atomic_combine) {  // the last GEMM adds its rows into out (MoeProblem::deterministic)
     gemm::Sm90Fp8KernelParams& last = ffn ? fp.gemm2 : fp.gemm;
     last.combine_out = args.out;

@@ -76,9 +76,12 @@ std::string describe_problem(MoeProblem const& problem) {
                      linear ? problem.out_dim : problem.inter_dim);
 }
 
-std::string describe_moe_config(MoeProblem const& problem, MoeConfig const& config) {
+std::string describe_moe_config(MoeProblem const& problem, MoeConfig const& config,
+                                KernelPath path) {
   return detail::cat(describe_problem(problem),
-                     config.sm90 ? " -> path=multikernel-sm90 tile=" : " -> path=multikernel-sm80 tile=",
+                     " -> path=",
+                     kernel_path_name(path),
+                     " tile=",
                      config.bm,
                      "x",
                      config.bn,

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "flashmoe/fused_moe.h"
 #include "flashmoe/options.h"
 #include "gemm/grouped_gemm_args.h"
 #include "gemm/sm90_grouped_gemm.h"
@@ -53,7 +54,9 @@ std::string one_kernel_unsupported_reason(MoeProblem const& problem);
 /// FLASHMOE_FUSED=0 (the multi-kernel path then runs, for comparisons).
 bool one_kernel_preferred();
 
-/// One line describing the choice, for FLASHMOE_PRINT_CONFIG=1.
-std::string describe_moe_config(MoeProblem const& problem, MoeConfig const& config);
+/// One line describing the choice, for FLASHMOE_PRINT_CONFIG=1, naming the path that runs it
+/// (the multi-kernel one or the one-kernel forward on the same GEMM).
+std::string describe_moe_config(MoeProblem const& problem, MoeConfig const& config,
+                                KernelPath path);
 
 }  // namespace flashmoe::fused

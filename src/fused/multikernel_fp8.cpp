@@ -165,9 +165,12 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
   return c;
 }
 
-std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& config) {
+std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& config,
+                                KernelPath path) {
   return detail::cat(describe_problem(problem),
-                     " -> path=multikernel-sm90-fp8 m_tile=",
+                     " -> path=",
+                     kernel_path_name(path),
+                     " m_tile=",
                      config.bm,
                      " variant=",
                      gemm::sm90_fp8_variant_name(gemm::sm90_fp8_env_variant_or(

@@ -47,8 +47,10 @@ Status check_fp8_device(int device, int major, int minor);
 /// tile-slot count of the routing's tile list. Separate from choose_moe_config (the sm_80 chooser).
 MoeConfig choose_fp8_config(MoeProblem const& problem);
 
-/// One line describing the FP8 run, for FLASHMOE_PRINT_CONFIG=1.
-std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& config);
+/// One line describing the FP8 run, for FLASHMOE_PRINT_CONFIG=1, naming the path that runs it
+/// (multikernel-sm90-fp8 or fused-sm90-fp8: the same GEMM configuration).
+std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& config,
+                                KernelPath path);
 
 /// The first GEMM of the FP8 forward (on the tokens: gathered rows, with prequant the E4M3 rows
 /// of ws.token_fp8): weights, scales, the first work queue, the configured variant, and the

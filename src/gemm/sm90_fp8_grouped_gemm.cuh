@@ -147,6 +147,12 @@ struct Sm90Fp8KernelParams {
   void* combine_out;
   int32_t const* row_token;
   float const* row_weight;
+  // Profiling (the one-kernel FP8 forward's FLASHMOE_FUSED_TIMELINE=1; null otherwise): the
+  // pipelined body stamps %globaltimer at timeline[blockIdx.x * timeline_stride + i] for its
+  // last item: 0 its rows ready (producer), 1 its first weight TMA issued, 2 its last weight TMA
+  // issued, 3 its first stage full (math), 4 its K loop done, 5 its epilogue done.
+  uint64_t* timeline;
+  int32_t timeline_stride;
 };
 
 /// The parameters of the m128 pipelined kernel body on pre-quantized rows (p.a_fp8 set; the
@@ -609,6 +615,14 @@ struct Sm90Fp8PipeTile {
 
 namespace sm90_fp8_detail {
 
+/// Profiling stamp i of Sm90Fp8KernelParams::timeline (nothing without one).
+__device__ __forceinline__ void pipe_stamp(Sm90Fp8KernelParams const& p, int i) {
+  if (p.timeline == nullptr) return;
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  p.timeline[static_cast<int64_t>(blockIdx.x) * p.timeline_stride + i] = t;
+}
+
 template <class Cfg>
 struct PipeControl {
   uint64_t full[Cfg::kMaxStages];   // 128 (129: e4m3 rows) producer arrivals + the TMA's bytes
@@ -833,6 +847,7 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
   constexpr int kResolveAt = 1;
   while (tile.x >= 0) {
     int const rows = tile.z;
+    if (pt == 0) pipe_stamp(p, 0);
     // The tile's K blocks: all of them, or its range (split-K).
     int const kb0 = ctl->next_split[meta] * p.kb_per_split;
     int const kb1 = min(p.num_kb, kb0 + p.kb_per_split);
@@ -854,6 +869,8 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
         cute::SM90_TMA_LOAD_3D::copy(&p.tmap_w, &ctl->full[stage], p.w_cache_hint,
                                      smem_b + stage * Cfg::kSmemBBytes, kb * Cfg::kBlockK,
                                      tile.w * Cfg::kBlockN, tile.x);
+        if (kb == kb0) pipe_stamp(p, 1);
+        if (kb + 1 == kb1) pipe_stamp(p, 2);
       }
       if constexpr (kFp8) {
         int const k = kb * Cfg::kBlockK + chunk8 * 16;
@@ -1242,6 +1259,7 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
       int4 const tile = ctl->tile[stage];
       if (tile.x < 0) break;
       int const tag = ctl->tile_tag[stage];
+      if (mt == 0) sm90_fp8_detail::pipe_stamp(p0, 3);
       // The tile, on its GEMM's parameter: one copy of the loop per GEMM, each addressing its
       // kernel parameter directly (a pointer chosen at run time cost ptxas a spill).
       // kGemm: which GEMM, known at compile time in each copy (only the first splits K).
@@ -1319,6 +1337,7 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
         ++scale_hi;
         sm90_fp8_detail::wait_barrier(&ctl->full[stage], phase);
       }
+      if (mt == 0) sm90_fp8_detail::pipe_stamp(p, 4);
       // Split-K: only the CTA that completes the item's last K range goes on, with the sum.
       if (kGemm == 0 && p.k_splits > 1 &&
           !sm90_fp8_detail::split_k_reduce<kHalves>(p, total, tag, n_tile, rows, active, mt,
@@ -1334,6 +1353,7 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
           }
         }
       }
+      if (mt == 0) sm90_fp8_detail::pipe_stamp(p, 5);
       if constexpr (Deps::kActive) {
         deps.item_done(kGemm, sm90_fp8_detail::tag_slot(tag), row0, rows, mt,
                        &ctl->deps_word);

@@ -37,8 +37,9 @@ TEST(GpuConfig, DecodeTakesSixteenRowTilesSeedTakesOneTilePerExpert) {
   MoeConfig const c = choose_moe_config(seed_like(2048, 256, 8, 256), false);
   EXPECT_EQ(c.num_assignments, 2048 * 8);
   EXPECT_FALSE(c.sm90);
-  std::string const line = describe_moe_config(seed_like(2048, 256, 8, 256), c);
-  EXPECT_NE(line.find("path=multikernel-sm80"), std::string::npos) << line;
+  std::string const line =
+      describe_moe_config(seed_like(2048, 256, 8, 256), c, KernelPath::kMultiKernelSm80);
+  EXPECT_NE(line.find("path=multikernel-sm80 "), std::string::npos) << line;
 }
 
 TEST(GpuConfig, Sm90TakesOneHundredTwentyEightRowItemsAtEveryT) {
@@ -48,8 +49,13 @@ TEST(GpuConfig, Sm90TakesOneHundredTwentyEightRowItemsAtEveryT) {
     EXPECT_EQ(c.bm, gemm::kSm90GemmBlockM);
     EXPECT_EQ(c.bn, gemm::kSm90GemmBlockN);
     EXPECT_EQ(c.num_tile_slots, tile_slot_bound(seed_like(T, 256, 8, 256), T * 8, 128));
-    std::string const line = describe_moe_config(seed_like(T, 256, 8, 256), c);
+    std::string const line =
+        describe_moe_config(seed_like(T, 256, 8, 256), c, KernelPath::kMultiKernelSm90);
     EXPECT_NE(line.find("path=multikernel-sm90 "), std::string::npos) << line;
+    // The one-kernel forward runs the same configuration and says so.
+    std::string const fused = describe_moe_config(seed_like(T, 256, 8, 256), c,
+                                                  KernelPath::kFusedSm90);
+    EXPECT_NE(fused.find("path=fused-sm90 tile="), std::string::npos) << fused;
   }
 }
 
@@ -64,8 +70,10 @@ TEST(GpuConfig, Fp8PrequantizesByDefault) {
     EXPECT_TRUE(c.fp8_prequant) << "T=" << T;
     EXPECT_EQ(c.fp8_variant, static_cast<int32_t>(Sm90Fp8Variant::kM128)) << "T=" << T;
     EXPECT_EQ(c.bm, gemm::kSm90Fp8BlockM);
-    std::string const line = describe_fp8_config(seed_like(T, 256, 8, 256), c);
+    std::string const line =
+        describe_fp8_config(seed_like(T, 256, 8, 256), c, KernelPath::kFusedSm90Fp8);
     EXPECT_NE(line.find(" act=prepass"), std::string::npos) << line;
+    EXPECT_NE(line.find("path=fused-sm90-fp8 m_tile="), std::string::npos) << line;
   }
   if (saved != nullptr) setenv("FLASHMOE_FP8_ACT", keep.c_str(), 1);
 }
