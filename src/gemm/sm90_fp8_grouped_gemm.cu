@@ -248,6 +248,8 @@ static Status make_sm90_fp8_kernel_params(Sm90Fp8GemmParams const& p,
   kp.epilogue = static_cast<int32_t>(p.epilogue);
   kp.a_bf16 = p.a_dtype == DType::kBFloat16 ? 1 : 0;
   kp.out_dtype = p.out_dtype == DType::kFloat32 ? 0 : (p.out_dtype == DType::kBFloat16 ? 1 : 2);
+  kp.out_vec8 = kp.out_dtype != 0 && reinterpret_cast<std::uintptr_t>(p.out) % 8 == 0 &&
+                p.out_row_stride % 4 == 0;
 
   Sm90Fp8Variant const variant = sm90_fp8_resolve_variant(p.variant);
   bool const fp8_source = p.a_fp8 != nullptr && variant != Sm90Fp8Variant::kBase;

@@ -153,6 +153,7 @@ struct Sm90Fp8KernelParams {
   // issued, 3 its first stage full (math), 4 its K loop done, 5 its epilogue done.
   uint64_t* timeline;
   int32_t timeline_stride;
+  int32_t out_vec8;   // out is 16-bit with 8-byte aligned rows: the plain epilogue's 8-byte stores
 };
 
 /// The parameters of the m128 pipelined kernel body on pre-quantized rows (p.a_fp8 set; the
@@ -961,6 +962,37 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
   }
 }
 
+/// Two output values as one 32-bit word (dtype 1 bf16x2, 2 half2; store_pair's codes).
+__device__ __forceinline__ uint32_t pack_pair(int32_t dtype, float v0, float v1) {
+  if (dtype == 1) {
+    __nv_bfloat162 const b = __floats2bfloat162_rn(v0, v1);
+    return *reinterpret_cast<uint32_t const*>(&b);
+  }
+  __half2 const h = __floats2half2_rn(v0, v1);
+  return *reinterpret_cast<uint32_t const*>(&h);
+}
+
+/// Two 8-column groups j, j + 1 of one output row, held by the four lanes of a quad as the
+/// wgmma fragment has them: lane q's w0 packs columns 8 j + 2 q, + 1 and w1 the same of group
+/// j + 1. Lanes q and q ^ 1 swap one word (one shuffle): even lanes then hold four consecutive
+/// columns of group j, odd lanes four of group j + 1, stored as 8-byte vectors -- the quad
+/// writes the row's 16 columns (one 32-byte sector) with four stores instead of eight. Every
+/// lane of the warp calls it (the shuffle); `ok`: this quad's row exists. `row_elem`: the
+/// group-j column 0 of the row (16-bit elements, a multiple of 4: 8-byte aligned). Measured on
+/// an H200 (docs/perf-log.md v0.23): the FP8 forwards 5-9% faster than with pair stores.
+__device__ __forceinline__ void store_quad_pair(void* out, int64_t row_elem, uint32_t w0,
+                                                uint32_t w1, bool ok) {
+  int const q = threadIdx.x & 3;
+  bool const odd = (q & 1) != 0;
+  uint32_t const got = __shfl_xor_sync(0xffffffffu, odd ? w0 : w1, 1);
+  if (ok) {
+    // even q: columns 2 q .. 2 q + 3 of group j; odd q: 2 (q - 1) .. + 3 of group j + 1.
+    int64_t const col = odd ? 8 + 2 * (q - 1) : 2 * q;
+    *reinterpret_cast<uint2*>(static_cast<uint16_t*>(out) + row_elem + col) =
+        odd ? make_uint2(got, w1) : make_uint2(w0, got);
+  }
+}
+
 /// Scales one 64-row half of a math warpgroup's promoted sums and stores them (the first
 /// kernel's epilogue; `half_row` = 64 * half).
 __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, float const (&total)[64],
@@ -991,7 +1023,27 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
     }
   }
   float const* const cs = p.w_scales + static_cast<int64_t>(e) * p.n_raw;
-  if (!gate_up) {
+  // 8-byte stores (store_quad_pair) when the warpgroup's columns are all inside N and the
+  // output is 16-bit with 8-byte aligned rows, and stored (not added atomically).
+  if (!gate_up && p.out_vec8 && p.combine_out == nullptr && (chunk128 + 1) * 128 <= p.n_out) {
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {  // groups j = 2 m, 2 m + 1: columns 128 chunk128 + 16 m + [0, 16)
+      int const j = 2 * m;
+      int const n = chunk128 * 128 + 16 * m + c0;
+      float const sa0 = channel ? __ldg(cs + n) : 1.0f;
+      float const sa1 = channel ? __ldg(cs + n + 1) : 1.0f;
+      float const sb0 = channel ? __ldg(cs + n + 8) : 1.0f;
+      float const sb1 = channel ? __ldg(cs + n + 9) : 1.0f;
+#pragma unroll
+      for (int i1 = 0; i1 < 2; ++i1) {
+        uint32_t const w0 = pack_pair(p.out_dtype, total[4 * j + 2 * i1] * s_tok[i1] * sa0,
+                                      total[4 * j + 2 * i1 + 1] * s_tok[i1] * sa1);
+        uint32_t const w1 = pack_pair(p.out_dtype, total[4 * j + 4 + 2 * i1] * s_tok[i1] * sb0,
+                                      total[4 * j + 4 + 2 * i1 + 1] * s_tok[i1] * sb1);
+        store_quad_pair(p.out, out_row[i1] + chunk128 * 128 + 16 * m, w0, w1, row_ok[i1]);
+      }
+    }
+  } else if (!gate_up) {
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
       int const n = chunk128 * 128 + 8 * j + c0;
@@ -1263,7 +1315,10 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
       // The tile, on its GEMM's parameter: one copy of the loop per GEMM, each addressing its
       // kernel parameter directly (a pointer chosen at run time cost ptxas a spill).
       // kGemm: which GEMM, known at compile time in each copy (only the first splits K).
-      auto run_tile = [&](Sm90Fp8KernelParams const& p, auto gemm_constant) {
+      // always_inline: with the epilogue's store path ptxas outlined the lambda in the fused
+      // kernel and moved the 128 sums to a 1 KB stack frame.
+      auto run_tile = [&](Sm90Fp8KernelParams const& p, auto gemm_constant)
+                          __attribute__((always_inline)) {
       constexpr int kGemm = decltype(gemm_constant)::value;
       bool const gate_up = p.epilogue != static_cast<int32_t>(Fp8Epilogue::kPlain);
       int const e = tile.x;
