@@ -163,6 +163,7 @@ Status sm90_gemm_kernel_params(GroupedGemmArgs const& a, DType dtype, WeightLayo
   kp.gate_up = gate_up ? 1 : 0;
   kp.activation = static_cast<int32_t>(a.activation);
   kp.out_dtype = dtype == DType::kBFloat16 ? 1 : 2;
+  kp.out_vec8 = reinterpret_cast<std::uintptr_t>(a.c) % 8 == 0 && a.n_out % 4 == 0 ? 1 : 0;
   return Status::Ok();
 }
 

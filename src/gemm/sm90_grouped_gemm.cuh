@@ -106,6 +106,7 @@ struct Sm90GemmKernelParams {
   void* combine_out;
   int32_t const* row_token;
   float const* row_weight;
+  int32_t out_vec8;              // c's rows are 8-byte aligned: the plain epilogue's 8-byte stores
 };
 
 /// The kernel parameters of one GEMM (shapes checked, B's TMA map encoded); host code, shared by
@@ -278,13 +279,26 @@ __device__ __forceinline__ void epilogue(Sm90GemmKernelParams const& p, Acc cons
                                          int lane) {
   int const r0 = half_row + 16 * warp + (lane >> 2);
   int const c0 = 2 * (lane & 3);
+  int const col0 = n_tile * 256 + 128 * wg;
 #pragma unroll
   for (int i1 = 0; i1 < 2; ++i1) {
     int const r = r0 + 8 * i1;
+    if (!p.gate_up && p.combine_out == nullptr && p.out_vec8 && col0 + 128 <= p.n_out) {
+      // 8-byte stores (store_quad_pair; every lane takes part in its shuffles, rows past the
+      // tile's only skip the store). Warp-uniform condition.
+      int64_t const out_row = static_cast<int64_t>(row0 + r) * p.c_row_stride + col0;
+#pragma unroll
+      for (int m = 0; m < 8; ++m) {
+        uint32_t const w0 = pack_pair(p.out_dtype, acc(8 * m + 2 * i1), acc(8 * m + 2 * i1 + 1));
+        uint32_t const w1 =
+            pack_pair(p.out_dtype, acc(8 * m + 4 + 2 * i1), acc(8 * m + 4 + 2 * i1 + 1));
+        store_quad_pair(p.c, out_row + 16 * m, w0, w1, r < rows);
+      }
+      continue;
+    }
     if (r >= rows) continue;
     int64_t out_row = static_cast<int64_t>(row0 + r) * p.c_row_stride;
     if (!p.gate_up) {
-      int const col0 = n_tile * 256 + 128 * wg;
       if (p.combine_out != nullptr) {  // the row's weight and its token's output row
         float const w = __ldcg(p.row_weight + row0 + r);
         out_row = static_cast<int64_t>(__ldcg(p.row_token + row0 + r)) * p.c_row_stride;
