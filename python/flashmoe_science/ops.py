@@ -104,11 +104,13 @@ def fused_moe(
             ValueError. False skips the check (no sync); non-finite scores are then treated as
             -inf, i.e. never chosen. The CPU reference always checks (free there).
         deterministic: True (default): the output is bitwise identical run to run. False: the
-            one-kernel GPU forwards ("fused-sm90", "fused-sm90-fp8") with at most 256 tokens add
-            each expert's weighted output into `out` with atomics instead of a combine phase
-            after a grid barrier (measured 5-9% faster at T = 1 on an H200, slower at T = 2048,
-            where the deterministic combine runs anyway); the order of the adds, and so the last
-            bits of `out`, then vary run to run. Every other case is deterministic either way.
+            bf16/fp16 one-kernel GPU forward ("fused-sm90") with at most 256 tokens adds each
+            expert's weighted output into `out` with atomics instead of a combine phase after a
+            grid barrier (measured ~4% faster at T = 1 on an H200, slower at T = 2048, where the
+            deterministic combine runs anyway); the order of the adds, and so the last bits of
+            `out`, then vary run to run. The FP8 forward ("fused-sm90-fp8") runs its
+            deterministic path either way (measured the faster one since its epilogue's 8-byte
+            stores). Every other case is deterministic either way.
         out: preallocated output of the result's shape and the tokens' dtype, on their device.
         return_stats: also return a MoeStats (final routing, per-expert load, drops, path).
             Eager calls sync once to return Python numbers; under torch.compile or CUDA-graph

@@ -10,10 +10,13 @@ namespace flashmoe::fused {
 /// workspace holds a [kFusedMaxCtas, E] table of per-CTA expert counts.
 inline constexpr int kFusedMaxCtas = 160;
 /// deterministic = false (MoeProblem) takes the atomic combine up to this many tokens; above it
-/// the deterministic combine runs regardless. Measured on an H200 (docs/perf-log.md v0.20): FP8
-/// one-kernel forward 5-9% faster at T = 1, 2-3% at T = 128 and 256, equal at 32, 64 and 512,
-/// 4% slower at T = 2048 (seed: 32M bf16x2 atomics against the weight stream through L2).
+/// the deterministic combine runs regardless. bf16/fp16 forward: measured on an H200
+/// (docs/perf-log.md v0.20, round 90) ~4-5% faster at T = 1, mixed at 128-512, slower at 2048.
 inline constexpr int64_t kAtomicCombineMaxTokens = 256;
+/// The same for the FP8 forward: none. Its atomic combine was 5-9% faster at T = 1 before the
+/// plain epilogue's 8-byte stores (v0.23); since then the deterministic path is 2-3% faster at
+/// T = 1 and 16 and at dsv3-tp8 (round 91), so deterministic = false runs it too.
+inline constexpr int64_t kAtomicCombineMaxTokensFp8 = 0;
 /// Experts (routing space and local) the fused kernels handle.
 inline constexpr int kFusedMaxExperts = 256;
 

@@ -568,7 +568,10 @@ inline FusedRoutingParams make_fused_routing_params(MoeProblem const& problem,
   r.tokens_vec16 = reinterpret_cast<std::uintptr_t>(args.tokens) % 16 == 0 && H % 8 == 0;
   r.chunk = static_cast<int32_t>((T + ctas - 1) / ctas);
   r.active_ctas = static_cast<int32_t>((T + r.chunk - 1) / r.chunk);
-  r.atomic_combine = !problem.deterministic && T <= kAtomicCombineMaxTokens ? 1 : 0;
+  r.atomic_combine =
+      !problem.deterministic && T <= (fp8_rows ? kAtomicCombineMaxTokensFp8 : kAtomicCombineMaxTokens)
+          ? 1
+          : 0;
   return r;
 }
 
