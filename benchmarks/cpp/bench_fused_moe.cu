@@ -205,6 +205,7 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   fused::MoeConfig const cfg =
       fused::choose_moe_config(p, path == KernelPath::kMultiKernelSm90 ||
                                       path == KernelPath::kFusedSm90);
+  char const* const layout = o.layout == WeightLayout::kInOut ? "in_out" : "out_in";
   std::string const tile = fp8 ? std::string("fp8 (see FLASHMOE_PRINT_CONFIG)")
                                : fused::describe_moe_config(p, cfg, path);
   std::printf("\n== %s: T=%lld E=%lld k=%lld H=%lld %s=%lld (%s; bf16 tokens, %s weights, "
@@ -212,8 +213,7 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
               (long long)s.k, (long long)H, s.ffn ? "I" : "D", (long long)N,
               s.ffn ? "SwiGLU FFN" : "linear",
               !fp8 ? "bf16" : o.fp8 == WeightScale::kChannel ? "fp8 channel" : "fp8 block128",
-              o.layout == WeightLayout::kInOut ? "in_out" : "out_in", kernel_path_name(path),
-              tile.c_str());
+              layout, kernel_path_name(path), tile.c_str());
 
   std::vector<void*> owned;
   int64_t const outN = p.output_dim();
@@ -538,8 +538,7 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
                 hi, ctx.copy_gbps, touched, touched_bytes, gbps, tflops,
                 !fp8 ? "bf16" : o.fp8 == WeightScale::kChannel ? "fp8-channel" : "fp8-block128",
                 o.zipf, o.capacity, o.reroute ? "reroute" : "drop",
-                o.deterministic ? "true" : "false",
-                o.layout == WeightLayout::kInOut ? "in_out" : "out_in", kernel_path_name(path),
+                o.deterministic ? "true" : "false", layout, kernel_path_name(path),
                 (long long)nsets, (long long)nw, stages_json.c_str());
   return std::string(b) + "\"tile\": " + json_str(tile) + ", \"samples_ms\": " + json_list(ms) +
          "}";

@@ -9,10 +9,12 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
 
 #include <cub/block/block_scan.cuh>
 #include <cub/warp/warp_scan.cuh>
@@ -22,8 +24,11 @@
 #include "fused/combine_device.cuh"
 #include "fused/cuda_check.h"
 #include "fused/fused_limits.h"
+#include "fused/moe_config.h"
 #include "fused/moe_workspace.h"
 #include "fused/multikernel_moe.h"
+#include "gemm/sm90_device_util.cuh"
+#include "gemm/sm90_grouped_gemm.h"
 #include "gemm/token_quantize.cuh"
 #include "routing/capacity_cut_block.cuh"
 #include "routing/reroute_block.cuh"
@@ -131,9 +136,7 @@ __device__ __forceinline__ void grid_arrive_wait(uint32_t* sync, uint32_t ctas) 
 
 __device__ __forceinline__ void stamp(FusedRoutingParams const& fp, int slot) {
   if (fp.timeline == nullptr) return;
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  fp.timeline[blockIdx.x * kFusedTimelineSlots + slot] = t;
+  gemm::sm90_util::stamp_globaltimer(fp.timeline + blockIdx.x * kFusedTimelineSlots + slot);
 }
 
 __device__ __forceinline__ void cta_grid_sync(uint32_t* sync) {
@@ -568,11 +571,26 @@ inline FusedRoutingParams make_fused_routing_params(MoeProblem const& problem,
   r.tokens_vec16 = reinterpret_cast<std::uintptr_t>(args.tokens) % 16 == 0 && H % 8 == 0;
   r.chunk = static_cast<int32_t>((T + ctas - 1) / ctas);
   r.active_ctas = static_cast<int32_t>((T + r.chunk - 1) / r.chunk);
-  r.atomic_combine =
-      !problem.deterministic && T <= (fp8_rows ? kAtomicCombineMaxTokensFp8 : kAtomicCombineMaxTokens)
-          ? 1
-          : 0;
+  // The FP8 forward (the one whose phase 1 writes E4M3 rows) has its own rule (fused_limits.h).
+  int64_t const atomic_max_tokens = fp8_rows ? kAtomicCombineMaxTokensFp8 : kAtomicCombineMaxTokens;
+  r.atomic_combine = !problem.deterministic && T <= atomic_max_tokens ? 1 : 0;
   return r;
+}
+
+/// What every one-kernel forward does first on the host: refuses a problem it cannot run, sizes
+/// its grid (one CTA per SM, at most kFusedMaxCtas) and zeroes its GEMMs' work queues and grid
+/// barrier arrivals on `stream`. `name` prefixes the messages.
+inline Status begin_fused_forward(MoeProblem const& problem, MoeWorkspace const& ws,
+                                  cudaStream_t stream, char const* name, int* ctas) {
+  std::string const why = one_kernel_unsupported_reason(problem);
+  if (!why.empty()) {
+    return Status(StatusCode::kInternal,
+                  detail::cat(name, " called for an unsupported problem: ", why));
+  }
+  int num_sms = 0;
+  FLASHMOE_RETURN_IF_ERROR(gemm::sm90_device_sms(name, &num_sms));
+  *ctas = std::max(1, std::min(num_sms, kFusedMaxCtas));
+  return zero_gemm_queues(ws, stream);
 }
 
 /// Launches a fused kernel cooperatively (the driver places every CTA at once or fails the

@@ -19,7 +19,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <string>
 
 #include "fused/cuda_check.h"
 #include "fused/fused_phases.cuh"
@@ -103,16 +102,8 @@ Status run_fused_sm90(MoeProblem const& problem, MoeArgs const& args, MoeConfig 
     return Status(StatusCode::kInternal,
                   "fused sm90: configuration or workspace not carved for the sm_90a GEMM");
   }
-  std::string const why = one_kernel_unsupported_reason(problem);
-  if (!why.empty()) {
-    return Status(StatusCode::kInternal, "fused sm90 called for an unsupported problem: " + why);
-  }
-  int num_sms = 0;
-  FLASHMOE_RETURN_IF_ERROR(gemm::sm90_device_sms("fused sm90", &num_sms));
-  int const ctas = std::max(1, std::min(num_sms, kFusedMaxCtas));
-
-  // The GEMMs' work queues and the grid barrier's arrivals start at zero.
-  FLASHMOE_RETURN_IF_ERROR(zero_gemm_queues(ws, stream));
+  int ctas = 0;
+  FLASHMOE_RETURN_IF_ERROR(begin_fused_forward(problem, ws, stream, "fused sm90", &ctas));
 
   FusedSm90Params fp{};
   DType const dtype = problem.token_dtype;

@@ -39,7 +39,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <string>
 
 #include "fused/cuda_check.h"
 #include "fused/fused_phases.cuh"
@@ -148,16 +147,8 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
                ws.fused_tile_done == nullptr))) {
     return Status(StatusCode::kInternal, "fused fp8: workspace carved without the FP8 slices");
   }
-  std::string const why = one_kernel_unsupported_reason(problem);
-  if (!why.empty()) {
-    return Status(StatusCode::kInternal, "fused fp8 called for an unsupported problem: " + why);
-  }
-  int num_sms = 0;
-  FLASHMOE_RETURN_IF_ERROR(gemm::sm90_device_sms("fused fp8", &num_sms));
-  int const ctas = std::max(1, std::min(num_sms, kFusedMaxCtas));
-
-  // The GEMM's work queue and the grid barrier's arrivals start at zero.
-  FLASHMOE_RETURN_IF_ERROR(zero_gemm_queues(ws, stream));
+  int ctas = 0;
+  FLASHMOE_RETURN_IF_ERROR(begin_fused_forward(problem, ws, stream, "fused fp8", &ctas));
 
   // The multi-kernel forward's first GEMM on the E4M3 token rows the kernel writes in phase 1
   // (the m128 body runs whatever variant the configuration names).

@@ -619,9 +619,7 @@ namespace sm90_fp8_detail {
 /// Profiling stamp i of Sm90Fp8KernelParams::timeline (nothing without one).
 __device__ __forceinline__ void pipe_stamp(Sm90Fp8KernelParams const& p, int i) {
   if (p.timeline == nullptr) return;
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  p.timeline[static_cast<int64_t>(blockIdx.x) * p.timeline_stride + i] = t;
+  sm90_util::stamp_globaltimer(p.timeline + static_cast<int64_t>(blockIdx.x) * p.timeline_stride + i);
 }
 
 template <class Cfg>
