@@ -441,8 +441,11 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
         "start",     "routed",     "barrier1",       "dispatched",       "barrier2",
         "gemm done", "barrier3",   "combined",       "top-k(t0)",        "quantized(t0)",
         "item:rows", "item:1st-TMA", "item:last-TMA", "item:1st-full", "item:K-done",
-        "item:epi-done"};  // the CTA's last GEMM item (FP8 forward only)
-    static int const kOrder[] = {0, 8, 9, 1, 2, 3, 4, 10, 11, 13, 12, 14, 15, 5, 6, 7};
+        "item:epi-done",  // the CTA's last GEMM item (FP8 forward only)
+        "tk:scores",  "tk:sum",   "tk:q",   "tk:selected",  // the top-k of the CTA's first token
+        "",           "",         "",       ""};
+    static int const kOrder[] = {0,  16, 17, 18, 19, 8, 9, 1, 2, 3,  4,  10,
+                                 11, 13, 12, 14, 15, 5, 6, 7, 20, 21, 22, 23};
     static_assert(sizeof(kOrder) / sizeof(kOrder[0]) == fused::kFusedTimelineSlots, "slots");
     std::string line = "   fused timeline (us from the first CTA's start, median/max over " +
                        std::to_string(ctas) + " CTAs):";

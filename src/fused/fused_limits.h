@@ -22,13 +22,18 @@ inline constexpr int kFusedMaxExperts = 256;
 
 /// Phase timeline (FLASHMOE_FUSED_TIMELINE=1, for profiling): per CTA, %globaltimer nanoseconds
 /// at: 0 start, 1 routing + quantization done, 2 after barrier 1, 3 dispatch done, 4 after
-/// barrier 2 (GEMM starts), 5 the math warpgroups' last tile done, 6 after barrier 3, 7 combine
+/// barrier 2 (GEMM starts; solo mode: 2 = 1, and 3 is CTA 0's dispatch done or another CTA's
+/// wait start, 4 the flag seen), 5 the math warpgroups' last tile done, 6 after barrier 3, 7 combine
 /// done, 8 thread 0's top-k work done, 9 thread 0's row quantization done; the FP8 forward's
 /// GEMM body adds 10-15 for the CTA's last item (Sm90Fp8KernelParams::timeline: rows ready,
-/// first and last weight TMA issued, first stage full, K loop done, epilogue done). Written to
+/// first and last weight TMA issued, first stage full, K loop done, epilogue done); 16-19 are
+/// the steps of the top-k of the CTA's first token (routing::topk_stamp: scores and their max
+/// loaded, softmax sum, selection scores ready, experts selected). Written to
 /// MoeWorkspace::fused_timeline[cta * kFusedTimelineSlots + i].
-inline constexpr int kFusedTimelineSlots = 16;
+inline constexpr int kFusedTimelineSlots = 24;
 /// The first of the GEMM body's slots.
 inline constexpr int kFusedTimelineGemmSlot = 10;
+/// The first of the top-k's slots (routing::kTopkStamps of them).
+inline constexpr int kFusedTimelineTopkSlot = 16;
 
 }  // namespace flashmoe::fused

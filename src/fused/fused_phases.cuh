@@ -47,10 +47,18 @@ constexpr int kWarps = kFusedThreads / 32;
 using TopkSmemWg = routing::TopkSmem<128, 2>;
 using TopkSmemWarp = routing::TopkSmem<32, 8>;
 constexpr int kWarpgroupTopkMaxChunk = 3;
+// Solo mode (FusedRoutingParams::solo): CTA 0 routes and dispatches every token alone -- one
+// token per warpgroup, one slot per lane of warp 0. Two tokens, not three: a third would take
+// warpgroup 2, whose warps quantize the rows meanwhile (measured at T = 3, round 97: the rows
+// then wait for the top-k and the GEMM starts later than on the general path).
+constexpr int kSoloMaxTokens = 2;
+constexpr int kSoloMaxSlots = 32;
 using WarpScan = cub::WarpScan<int>;
 using BlockScan = cub::BlockScan<int, kFusedThreads>;
 static_assert(TopkSmemWg::kMaxE >= kFusedMaxExperts && TopkSmemWarp::kMaxE >= kFusedMaxExperts,
               "the top-k shared memory covers E");
+static_assert(kFusedTimelineTopkSlot + routing::kTopkStamps <= kFusedTimelineSlots,
+              "the top-k's timeline slots");
 static_assert(kFusedMaxExperts % 32 == 0, "whole lanes of local experts in warp 0's scans");
 
 // Hardware named barriers of the phases (CUTLASS keeps 0-7; the GEMM bodies' producers use 8).
@@ -67,7 +75,7 @@ struct FusedRoutingParams {
   float* token_scales;  // FP8 GEMMs: the E4M3 token rows phase 1 writes and their scales;
   uint8_t* token_fp8;   // null: the GEMM reads the 16-bit rows (no quantization)
   int32_t* cta_counts;  // [E, kFusedMaxCtas]: column c = CTA c's final ids per expert
-  uint32_t* grid_sync;  // [2] arrivals, generation (arrivals zero at launch)
+  uint32_t* grid_sync;  // [3] arrivals, generation, solo dispatch done (zero at launch)
   int32_t* topk_ids_out;
   float* topk_weights_out;
   int32_t* expert_load_out;
@@ -79,6 +87,7 @@ struct FusedRoutingParams {
   int32_t tokens_vec16;
   int32_t chunk;        // tokens per CTA
   int32_t active_ctas;  // ceil(T / chunk)
+  int32_t solo;         // 1: CTA 0 owns every token and dispatches alone (solo_dispatch)
   int32_t atomic_combine;  // 1: MoeProblem::deterministic false -- the owned tokens' output rows
                            // are zeroed in phase 1, the last GEMM's epilogue adds into them
                            // (rb.row_token, rb.row_weight), and phase 4 is skipped
@@ -107,6 +116,12 @@ struct RoutingSmem {
   typename BlockScan::TempStorage block_scan;
   int32_t dropped;
   int32_t rerouted;
+  // Solo mode, per slot a < T * k: its key (local expert, or >= E_local when not computed here),
+  // its final id, 1 if it leads its local expert's group; the tile count.
+  int32_t solo_key[kSoloMaxSlots];
+  int32_t solo_id[kSoloMaxSlots];
+  int32_t solo_leader[kSoloMaxSlots];
+  int32_t solo_tiles;
 };
 
 
@@ -326,6 +341,90 @@ __device__ __noinline__ void capacity_phases(FusedRoutingParams const& fp, Routi
   read_count_table(fp, sm);
 }
 
+// Solo mode (T <= kSoloMaxTokens, T * k <= kSoloMaxSlots, no capacity): CTA 0 owns every token
+// and, after its phase 1, writes the whole dispatch of its <= 32 slots itself -- what phase 2
+// writes, in the same order and values -- in two steps: warp 0, one lane per slot, gives each
+// computed slot its dense row (the computed slots before it in (local expert, token, slot)
+// order) and each local expert's group leader (its first slot) the expert's tile (its <= 32
+// rows: one tile); then every thread writes its share of the rest (empty tile slots, per-local-expert
+// offsets, the FFN's counters, the user's loads). The caller then releases the other CTAs with
+// one flag: no count table, no grid barrier (at T = 1 those cost ~10 us of a ~100 us forward).
+__device__ __noinline__ void solo_dispatch(FusedRoutingParams const& fp, RoutingSmem& sm) {
+  routing::RoutingParams const& rp = fp.rp;
+  routing::RoutingBuffers const& rb = fp.rb;
+  int const tid = static_cast<int>(threadIdx.x);
+  int const k = rp.top_k;
+  int const E = rp.num_experts;
+  int const EL = rp.num_local_experts;
+  int const n = rp.num_tokens * k;  // <= kSoloMaxSlots (the host's condition)
+  if (tid < 32) {
+    int const a = tid;
+    bool const valid = a < n;
+    int32_t const e = valid ? rb.final_ids[a] : -1;  // written by this CTA in phase 1
+    int32_t le = -1;
+    if (e >= 0) le = rp.expert_map != nullptr ? rp.expert_map[e] : e;
+    bool const computed = valid && le >= 0 && le < EL;
+    int const key = computed ? le : EL + a;  // not computed: a key above every local expert
+    unsigned const group = __match_any_sync(0xffffffffu, key);
+    bool const leader = computed && a == __ffs(group) - 1;
+    int row = 0;   // computed slots before this one in (local expert, slot) order
+    int tile = 0;  // local experts with rows before this one's
+    for (int j = 0; j < n; ++j) {
+      int const kj = __shfl_sync(0xffffffffu, key, j);
+      bool const lj = __shfl_sync(0xffffffffu, leader, j);
+      row += (kj < EL && (kj < key || (kj == key && j < a))) ? 1 : 0;
+      tile += (lj && kj < key) ? 1 : 0;
+    }
+    unsigned const leaders = __ballot_sync(0xffffffffu, leader);
+    if (a == 0) sm.solo_tiles = __popc(leaders);
+    if (valid) {
+      rb.slot_row[a] = computed ? row : -1;
+      if (computed) {
+        rb.row_token[row] = a / k;
+        if (fp.atomic_combine) rb.row_weight[row] = rb.weights[a];
+      }
+      if (fp.topk_ids_out != nullptr) fp.topk_ids_out[a] = e;
+      if (fp.topk_weights_out != nullptr) fp.topk_weights_out[a] = e >= 0 ? rb.weights[a] : 0.f;
+      sm.solo_key[a] = key;
+      sm.solo_id[a] = e;
+      sm.solo_leader[a] = leader ? 1 : 0;
+    }
+    if (leader) rb.tiles[tile] = gemm::TileInfo{le, row, __popc(group), 0};
+  }
+  __syncthreads();
+  int const tiles = sm.solo_tiles;
+  for (int m = tiles + tid; m < rp.num_tile_slots; m += kFusedThreads) {
+    rb.tiles[m] = gemm::TileInfo{-1, 0, 0, 0};
+  }
+  if (fp.tile_done != nullptr) {  // the gate/up counts start at zero (read after the flag)
+    for (int m = tid; m < rp.num_tile_slots; m += kFusedThreads) fp.tile_done[m] = 0;
+  }
+  // Per local expert (and EL: the totals): first dense row, first tile, rows.
+  int32_t* const tile_starts = rb.local_offsets + (EL + 1);
+  for (int le = tid; le <= EL; le += kFusedThreads) {
+    int rows_before = 0;
+    int tiles_before = 0;
+    int count = 0;
+    for (int j = 0; j < n; ++j) {
+      int const kj = sm.solo_key[j];
+      rows_before += kj < le ? 1 : 0;  // keys >= EL (not computed) never count
+      tiles_before += (kj < le && sm.solo_leader[j]) ? 1 : 0;
+      count += kj == le ? 1 : 0;
+    }
+    rb.local_offsets[le] = rows_before;
+    tile_starts[le] = tiles_before;
+    if (le < EL) rb.local_counts[le] = count;
+  }
+  if (fp.expert_load_out != nullptr) {  // final ids per expert of the routing space
+    for (int e = tid; e < E; e += kFusedThreads) {
+      int count = 0;
+      for (int j = 0; j < n; ++j) count += sm.solo_id[j] == e ? 1 : 0;
+      fp.expert_load_out[e] = count;
+    }
+  }
+  if (tid < 2 && fp.drop_reroute_out != nullptr) fp.drop_reroute_out[tid] = 0;  // no capacity
+}
+
 // Phases 1 and 2 (everything before the GEMM), not inlined: compiled apart from the GEMM body,
 // whose warpgroups run at 56 and 224 registers (setmaxnreg), so that neither allocation
 // constrains the other (inlined, ptxas spilled a few bytes).
@@ -355,14 +454,21 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
     } else if (fp.chunk <= kWarpgroupTopkMaxChunk) {
       int const wg = tid / 128;
       for (int t = t0 + wg; t < t1; t += 3) {
-        routing::topk_token<128, 2>(rp, rb, t, tid % 128, sm.topk.wg[wg],
-                                    routing::WarpgroupSync{kTopkBarrier + wg});
+        routing::topk_token<128, 2>(
+            rp, rb, t, tid % 128, sm.topk.wg[wg], routing::WarpgroupSync{kTopkBarrier + wg},
+            fp.timeline != nullptr && t == t0
+                ? fp.timeline + cta * kFusedTimelineSlots + kFusedTimelineTopkSlot
+                : nullptr);
         routing::WarpgroupSync{kTopkBarrier + wg}();  // the next token rewrites sm.topk.wg[wg]
       }
     } else {
       int const w = tid / 32;
       for (int t = t0 + w; t < t1; t += kWarps) {
-        routing::topk_token<32, 8>(rp, rb, t, tid % 32, sm.topk.warp[w], routing::WarpSync{});
+        routing::topk_token<32, 8>(
+            rp, rb, t, tid % 32, sm.topk.warp[w], routing::WarpSync{},
+            fp.timeline != nullptr && t == t0
+                ? fp.timeline + cta * kFusedTimelineSlots + kFusedTimelineTopkSlot
+                : nullptr);
         __syncwarp();  // the next token rewrites sm.topk.warp[w]
       }
     }
@@ -393,6 +499,30 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
          v < static_cast<int64_t>(t1) * row_vecs; v += kFusedThreads) {
       out[v] = make_uint4(0u, 0u, 0u, 0u);
     }
+  }
+  if (fp.solo) {  // CTA 0 owns every token: it dispatches them, the others wait for its flag
+    __syncthreads();  // phase 1's ids, weights and E4M3 rows
+    if (tid == 0) {
+      stamp(fp, 1);
+      stamp(fp, 2);
+    }
+    uint32_t* const done = fp.grid_sync + 2;
+    if (cta == 0) {
+      solo_dispatch(fp, sm);
+      __syncthreads();
+      if (tid == 0) {
+        stamp(fp, 3);
+        __threadfence();  // the CTA's writes (made visible to this thread by the CTA barrier)
+        st_release(done, 1u);
+      }
+    } else if (tid == 0) {
+      stamp(fp, 3);
+      while (ld_acquire(done) == 0u) __nanosleep(32);
+      __threadfence();
+    }
+    __syncthreads();
+    if (tid == 0) stamp(fp, 4);
+    return;
   }
   // The owned slots' ids per expert (the final ids: before capacity, the top-k's).
   count_owned(fp, sm, a0, a1, false);
@@ -569,7 +699,13 @@ inline FusedRoutingParams make_fused_routing_params(MoeProblem const& problem,
   r.hidden = static_cast<int32_t>(H);
   r.token_bf16 = problem.token_dtype == DType::kBFloat16 ? 1 : 0;
   r.tokens_vec16 = reinterpret_cast<std::uintptr_t>(args.tokens) % 16 == 0 && H % 8 == 0;
-  r.chunk = static_cast<int32_t>((T + ctas - 1) / ctas);
+  // Solo mode (solo_dispatch): CTA 0 takes every token when they fit its warpgroups.
+  // (An expert's rows then fit one tile: at most kSoloMaxSlots <= tile_m.)
+  r.solo = T >= 1 && T <= kSoloMaxTokens && T * r.rp.top_k <= kSoloMaxSlots &&
+                   kSoloMaxSlots <= r.rp.tile_m && r.rp.capacity == 0
+               ? 1
+               : 0;
+  r.chunk = static_cast<int32_t>(r.solo ? T : (T + ctas - 1) / ctas);
   r.active_ctas = static_cast<int32_t>((T + r.chunk - 1) / r.chunk);
   // The FP8 forward (the one whose phase 1 writes E4M3 rows) has its own rule (fused_limits.h).
   int64_t const atomic_max_tokens = fp8_rows ? kAtomicCombineMaxTokensFp8 : kAtomicCombineMaxTokens;

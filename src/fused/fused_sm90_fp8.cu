@@ -8,6 +8,9 @@
 //      barrier per warpgroup); then its twelve warps quantize the owned token rows to E4M3
 //      (quantize_row_warp, the pre-pass kernel's code). The CTA counts its final ids per expert
 //      into its row of the [CTAs, E] table.                                       -- barrier --
+//   Solo mode (T <= 2 tokens of <= 32 slots, no capacity): CTA 0 owns every token and, after
+//      phase 1, writes phase 2's outputs itself (solo_dispatch); the other CTAs wait for its flag
+//      instead of barriers 1 and 2.
 //   1b. capacity only (capacity_phases): each expert's slots listed in (token, slot) order, the
 //      experts over capacity cut by one CTA each (a radix select of the cap-th priority key),
 //      the reroute rounds by CTA 0, the final ids counted again.            -- 3 or 4 barriers --

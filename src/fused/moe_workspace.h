@@ -43,8 +43,9 @@ namespace flashmoe::fused {
 
 /// int32 per sm_90a GEMM work queue (kSm90Fp8SchedulerBytes == kSm90GemmSchedulerBytes).
 inline constexpr int kGemmSchedulerInts = 2;
-/// int32 of the fused kernel's grid barrier (arrivals, generation), after the two queues.
-inline constexpr int kFusedSyncInts = 2;
+/// int32 of the fused kernel's grid barrier (arrivals, generation) and its solo-dispatch flag,
+/// after the two queues.
+inline constexpr int kFusedSyncInts = 3;
 
 struct MoeWorkspace {
   routing::RoutingBuffers routing;

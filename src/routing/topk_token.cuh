@@ -56,13 +56,24 @@ __device__ __forceinline__ bool topk_before(uint64_t key, int32_t e, uint64_t be
   return key < best_key || (key == best_key && e < best_e);
 }
 
+/// Profiling (the fused kernel's timeline): thread 0 of the group writes %globaltimer to
+/// stamps[i] at the steps of topk_token; nothing when stamps is null.
+inline constexpr int kTopkStamps = 4;  // scores and their max, softmax sum, q ready, selected
+__device__ __forceinline__ void topk_stamp(uint64_t* stamps, int tid, int i) {
+  if (stamps == nullptr || tid != 0) return;
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  stamps[i] = t;
+}
+
 /// Token t's top-k: rb.orig_ids / final_ids / weights of its k slots (and the capacity keys when
 /// rp.capacity > 0, the softmax stats when rp.reroute). tid: 0..kThreads-1 within the group;
 /// sync(): a barrier of exactly those threads (and a memory fence among them). sm is the group's.
+/// stamps: null, or kTopkStamps profiling slots (topk_stamp).
 template <int kThreads, int kItems, class Sync>
 __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffers const& rb,
                                            int t, int tid, TopkSmem<kThreads, kItems>& sm,
-                                           Sync const& sync) {
+                                           Sync const& sync, uint64_t* stamps = nullptr) {
   constexpr int kWarps = kThreads / 32;
   int const E = rp.num_experts;
   int const k = rp.top_k;
@@ -88,6 +99,7 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
     for (int off = 16; off > 0; off >>= 1) zmax = fmax(zmax, __shfl_xor_sync(0xffffffffu, zmax, off));
     if (tid % 32 == 0) sm.warp_max[tid / 32] = zmax;
     sync();
+    topk_stamp(stamps, tid, 0);
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) zmax = fmax(zmax, sm.warp_max[w]);
     stats.zmax = zmax;
@@ -115,6 +127,7 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
     }
     sync();
     stats.sum = sm.sum;
+    topk_stamp(stamps, tid, 1);
   }
 #pragma unroll
   for (int i = 0; i < kItems; ++i) p[i] = score_prob(rp, p[i], stats);  // p[i] held s
@@ -183,6 +196,7 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
   uint64_t keys[kItems];
 #pragma unroll
   for (int i = 0; i < kItems; ++i) keys[i] = eligible[i] ? descending_key(q[i]) : ~uint64_t{0};
+  topk_stamp(stamps, tid, 2);
   unsigned taken = 0;  // bit i: item i went to an earlier slot
   int const lane = tid % 32;
   int const warp = tid / 32;
@@ -226,6 +240,7 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
     if (tid == 0) sm.selected[r] = best_e;
   }
   sync();  // sm.selected; sm.aux (q) is reused below
+  topk_stamp(stamps, tid, 3);
 
   // 5. Combine weights from p of the k selected experts (slot r = rank r).
   // (An expert >= E only if k exceeded the eligible experts, which validation excludes.)

@@ -561,8 +561,9 @@ TEST(GpuSmallFp8Fwd, SingleToken) {
   check_fp8(ffn_problem(1, 8, 2, 256, 128, Activation::kSilu), WeightScale::kChannel, 1023);
 }
 
-// Two and three tokens (one per CTA in the fused kernel's routing), also pre-routed and with an
-// expert map.
+// Two and three tokens: the one-kernel forward's solo dispatch (CTA 0 routes and dispatches up
+// to 2 tokens of up to 32 slots alone) at T = 2, the general dispatch over 3 CTAs at T = 3;
+// also pre-routed, with an expert map, at the solo slot limit (2 x 16).
 TEST(GpuSmallFp8Fwd, TwoAndThreeTokens) {
   FLASHMOE_REQUIRE_SM90();
   check_fp8(linear_problem(2, 16, 4, 256, 128), WeightScale::kChannel, 1031);
@@ -574,6 +575,28 @@ TEST(GpuSmallFp8Fwd, TwoAndThreeTokens) {
   m.has_expert_map = true;
   m.num_local_experts = 6;
   check_fp8(m, WeightScale::kChannel, 1034);
+  check_fp8(linear_problem(3, 16, 8, 256, 128), WeightScale::kBlock128, 1035);
+  check_fp8(linear_problem(2, 16, 16, 128, 64), WeightScale::kChannel, 1036);
+  check_fp8(linear_problem(3, 16, 11, 128, 64), WeightScale::kChannel, 1037);
+  check_fp8(ffn_problem(2, 16, 16, 128, 64, Activation::kSilu), WeightScale::kChannel, 1038);
+}
+
+// Solo dispatch with an expert map that sends every non-local expert to one local expert: 22 rows
+// of one local expert from 2 tokens (top-16 of 16), in (token, slot) order on both paths.
+TEST(GpuSmallFp8Fwd, SoloExpertMapManyGlobalsOneLocal) {
+  FLASHMOE_REQUIRE_SM90();
+  MoeProblem p = linear_problem(2, 16, 16, 256, 128);
+  p.has_expert_map = true;
+  p.num_local_experts = 6;
+  check_fp8(p, WeightScale::kChannel, 1039, Logits::kNormal, 0, [](HostData& d) {
+    int32_t first_local = -1;
+    for (size_t e = 0; e < d.expert_map.size(); ++e) {
+      if (d.expert_map[e] >= 0 && first_local < 0) first_local = static_cast<int32_t>(e);
+    }
+    for (int32_t& le : d.expert_map) {
+      if (le < 0) le = d.expert_map[first_local];
+    }
+  });
 }
 
 TEST(GpuSmallFp8Fwd, RaggedTwelveExperts) {

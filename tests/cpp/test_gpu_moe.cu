@@ -131,6 +131,25 @@ TEST(GpuSmall, LinearSingleToken) {
   check_problem(linear_problem(1, 8, 2, 64, 64, DType::kFloat16, WeightLayout::kOutIn), 102);
 }
 
+// Two and three tokens: the one-kernel forward's solo dispatch (CTA 0 routes and dispatches up
+// to 2 tokens of up to 32 slots alone) at T = 2, the general dispatch at T = 3; linear and
+// gated, pre-routed, with an expert map, at the solo slot limit (2 x 16); check_problem also runs
+// the atomic combine (deterministic = false).
+TEST(GpuSmall, TwoAndThreeTokens) {
+  FLASHMOE_REQUIRE_GPU();
+  check_problem(linear_problem(2, 16, 4, 64, 64), 111);
+  check_problem(ffn_problem(3, 16, 4, 64, 32, Activation::kSilu), 112);
+  MoeProblem r = linear_problem(3, 16, 4, 64, 64, DType::kFloat16, WeightLayout::kOutIn);
+  r.prerouted = true;
+  check_problem(r, 113);
+  MoeProblem m = ffn_problem(2, 16, 8, 64, 32, Activation::kGelu);
+  m.has_expert_map = true;
+  m.num_local_experts = 6;
+  check_problem(m, 114);
+  check_problem(linear_problem(2, 16, 16, 64, 64), 115);
+  check_problem(linear_problem(3, 16, 11, 64, 64), 116);
+}
+
 TEST(GpuSmall, LinearRaggedShapes) {
   FLASHMOE_REQUIRE_GPU();
   // T, H, D not multiples of any tile; E not a power of two; 16-row tiles (few rows/expert).
