@@ -343,13 +343,16 @@ __device__ __noinline__ void capacity_phases(FusedRoutingParams const& fp, Routi
 
 // Solo mode (T <= kSoloMaxTokens, T * k <= kSoloMaxSlots, no capacity): CTA 0 owns every token
 // and, after its phase 1, writes the whole dispatch of its <= 32 slots itself -- what phase 2
-// writes, in the same order and values -- in two steps: warp 0, one lane per slot, gives each
-// computed slot its dense row (the computed slots before it in (local expert, token, slot)
-// order) and each local expert's group leader (its first slot) the expert's tile (its <= 32
-// rows: one tile); then every thread writes its share of the rest (empty tile slots, per-local-expert
-// offsets, the FFN's counters, the user's loads). The caller then releases the other CTAs with
-// one flag: no count table, no grid barrier (at T = 1 those cost ~10 us of a ~100 us forward).
-__device__ __noinline__ void solo_dispatch(FusedRoutingParams const& fp, RoutingSmem& sm) {
+// writes, in the same order and values. Warp 0, one lane per slot, gives each computed slot its
+// dense row (the computed slots before it in (local expert, token, slot) order) and each local
+// expert's group leader (its first slot) the expert's tile (its <= 32 rows: one tile), writes
+// what the GEMM reads (the tile list with its empty slots, dense row -> token, the FFN's
+// counters) and releases the other CTAs with one flag `done` -- no count table, no grid barrier
+// (at T = 1 those cost ~10 us of a ~100 us forward). Then, while they stream, every thread writes
+// its share of the rest (slot -> row, per-local-expert offsets, the user's outputs), all read
+// after a later grid barrier or by the caller. Ends with a CTA barrier.
+__device__ __noinline__ void solo_dispatch(FusedRoutingParams const& fp, RoutingSmem& sm,
+                                           uint32_t* done) {
   routing::RoutingParams const& rp = fp.rp;
   routing::RoutingBuffers const& rb = fp.rb;
   int const tid = static_cast<int>(threadIdx.x);
@@ -375,30 +378,36 @@ __device__ __noinline__ void solo_dispatch(FusedRoutingParams const& fp, Routing
       row += (kj < EL && (kj < key || (kj == key && j < a))) ? 1 : 0;
       tile += (lj && kj < key) ? 1 : 0;
     }
-    unsigned const leaders = __ballot_sync(0xffffffffu, leader);
-    if (a == 0) sm.solo_tiles = __popc(leaders);
+    int const tiles = __popc(__ballot_sync(0xffffffffu, leader));
+    // What the GEMM reads, then the flag (the rows and scales of phase 1 were written before the
+    // caller's CTA barrier; __syncwarp orders the lanes' writes before lane 0's fence).
+    if (computed) {
+      rb.row_token[row] = a / k;
+      if (fp.atomic_combine) rb.row_weight[row] = rb.weights[a];
+    }
+    if (leader) rb.tiles[tile] = gemm::TileInfo{le, row, __popc(group), 0};
+    for (int m = tiles + a; m < rp.num_tile_slots; m += 32) {
+      rb.tiles[m] = gemm::TileInfo{-1, 0, 0, 0};
+    }
+    if (fp.tile_done != nullptr) {  // the gate/up counts start at zero
+      for (int m = a; m < rp.num_tile_slots; m += 32) fp.tile_done[m] = 0;
+    }
+    __syncwarp();
+    if (a == 0) {
+      stamp(fp, 3);
+      __threadfence();
+      st_release(done, 1u);
+    }
     if (valid) {
       rb.slot_row[a] = computed ? row : -1;
-      if (computed) {
-        rb.row_token[row] = a / k;
-        if (fp.atomic_combine) rb.row_weight[row] = rb.weights[a];
-      }
       if (fp.topk_ids_out != nullptr) fp.topk_ids_out[a] = e;
       if (fp.topk_weights_out != nullptr) fp.topk_weights_out[a] = e >= 0 ? rb.weights[a] : 0.f;
       sm.solo_key[a] = key;
       sm.solo_id[a] = e;
       sm.solo_leader[a] = leader ? 1 : 0;
     }
-    if (leader) rb.tiles[tile] = gemm::TileInfo{le, row, __popc(group), 0};
   }
   __syncthreads();
-  int const tiles = sm.solo_tiles;
-  for (int m = tiles + tid; m < rp.num_tile_slots; m += kFusedThreads) {
-    rb.tiles[m] = gemm::TileInfo{-1, 0, 0, 0};
-  }
-  if (fp.tile_done != nullptr) {  // the gate/up counts start at zero (read after the flag)
-    for (int m = tid; m < rp.num_tile_slots; m += kFusedThreads) fp.tile_done[m] = 0;
-  }
   // Per local expert (and EL: the totals): first dense row, first tile, rows.
   int32_t* const tile_starts = rb.local_offsets + (EL + 1);
   for (int le = tid; le <= EL; le += kFusedThreads) {
@@ -423,6 +432,7 @@ __device__ __noinline__ void solo_dispatch(FusedRoutingParams const& fp, Routing
     }
   }
   if (tid < 2 && fp.drop_reroute_out != nullptr) fp.drop_reroute_out[tid] = 0;  // no capacity
+  __syncthreads();  // sm.solo_* read; the GEMM's pipeline reuses the shared memory
 }
 
 // Phases 1 and 2 (everything before the GEMM), not inlined: compiled apart from the GEMM body,
@@ -508,19 +518,15 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
     }
     uint32_t* const done = fp.grid_sync + 2;
     if (cta == 0) {
-      solo_dispatch(fp, sm);
-      __syncthreads();
+      solo_dispatch(fp, sm, done);
+    } else {
       if (tid == 0) {
         stamp(fp, 3);
-        __threadfence();  // the CTA's writes (made visible to this thread by the CTA barrier)
-        st_release(done, 1u);
+        while (ld_acquire(done) == 0u) __nanosleep(32);
+        __threadfence();
       }
-    } else if (tid == 0) {
-      stamp(fp, 3);
-      while (ld_acquire(done) == 0u) __nanosleep(32);
-      __threadfence();
+      __syncthreads();
     }
-    __syncthreads();
     if (tid == 0) stamp(fp, 4);
     return;
   }

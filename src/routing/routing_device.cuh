@@ -46,16 +46,18 @@ __device__ __forceinline__ double softmax_numerator(double z, double zmax) {
   return z == -INFINITY ? 0.0 : exp(z - zmax);
 }
 
+/// Softmax p from its numerator (softmax_numerator) and the sum of all numerators.
+__device__ __forceinline__ double softmax_prob(double numerator, double sum) {
+  return sum > 0.0 ? numerator / sum : 0.0;
+}
+
 /// p[t][e] (routing.h step 1) from the raw score s; `stats` only for softmax.
 __device__ __forceinline__ double score_prob(RoutingParams const& rp, double s,
                                              TokenStats const& stats) {
   switch (static_cast<Scoring>(rp.scoring)) {
     case Scoring::kSigmoid: return 1.0 / (1.0 + exp(-scaled_logit(rp, s)));
     case Scoring::kNone: return s;
-    default: {
-      double const ex = softmax_numerator(scaled_logit(rp, s), stats.zmax);
-      return stats.sum > 0.0 ? ex / stats.sum : 0.0;
-    }
+    default: return softmax_prob(softmax_numerator(scaled_logit(rp, s), stats.zmax), stats.sum);
   }
 }
 

@@ -93,6 +93,7 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
     zmax_local = fmax(zmax_local, z[i]);
   }
   TokenStats stats{0.0, 0.0};
+  double numer[kItems];  // softmax: exp(z - zmax), kept for p (no second exp)
   if (scoring == Scoring::kSoftmax) {
     double zmax = zmax_local;
 #pragma unroll
@@ -106,7 +107,8 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       int const e = tid * kItems + i;
-      if (e < E) sm.p[e] = softmax_numerator(z[i], stats.zmax);
+      numer[i] = softmax_numerator(z[i], stats.zmax);
+      if (e < E) sm.p[e] = numer[i];
     }
     sync();
     if (tid == 0) {
@@ -130,7 +132,10 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
     topk_stamp(stamps, tid, 1);
   }
 #pragma unroll
-  for (int i = 0; i < kItems; ++i) p[i] = score_prob(rp, p[i], stats);  // p[i] held s
+  for (int i = 0; i < kItems; ++i) {  // p[i] held s; softmax: score_prob's value, bit for bit
+    p[i] = scoring == Scoring::kSoftmax ? softmax_prob(numer[i], stats.sum)
+                                        : score_prob(rp, p[i], stats);
+  }
   sync();  // sm.p is rewritten below
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
@@ -211,14 +216,17 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
         best_e = e;
       }
     }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      uint64_t const other_key = __shfl_xor_sync(0xffffffffu, best_key, off);
-      int32_t const other_e = __shfl_xor_sync(0xffffffffu, best_e, off);
-      if (topk_before(other_key, other_e, best_key, best_e)) {
-        best_key = other_key;
-        best_e = other_e;
-      }
+    // The warp's minimum (key, expert), lexicographic: three redux.sync steps -- the key's high
+    // word, its low word among the lanes holding that, the expert among the lanes holding both.
+    {
+      uint32_t const hi = static_cast<uint32_t>(best_key >> 32);
+      uint32_t const min_hi = __reduce_min_sync(0xffffffffu, hi);
+      uint32_t const lo = hi == min_hi ? static_cast<uint32_t>(best_key) : 0xffffffffu;
+      uint32_t const min_lo = __reduce_min_sync(0xffffffffu, lo);
+      uint32_t const ex = hi == min_hi && lo == min_lo ? static_cast<uint32_t>(best_e)
+                                                       : 0xffffffffu;
+      best_e = static_cast<int32_t>(__reduce_min_sync(0xffffffffu, ex));
+      best_key = (static_cast<uint64_t>(min_hi) << 32) | min_lo;
     }
     if (lane == 0) {
       sm.warp_key[r & 1][warp] = best_key;
