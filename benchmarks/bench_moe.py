@@ -44,6 +44,10 @@ def parse_args(argv=None):
     p.add_argument("--sweep", action="store_true",
                    help="run each configuration at T = 1, 2, 4, ..., 4096 and plot tokens/s vs T")
     p.add_argument("--quick", action="store_true", help="fewer warm-up calls and reps")
+    p.add_argument("--graph", action="store_true",
+                   help="time CUDA-graph replays (one graph per input set, "
+                   f"{timing.GRAPH_SETS} sets), as serving stacks run decode; an "
+                   "implementation that cannot be captured is recorded as skipped")
     p.add_argument("--reps", type=int, help="timed reps per implementation (default: by budget)")
     p.add_argument("--impl", action="extend", nargs="+", metavar="NAME",
                    help=f"implementations to time (default: all); known: {', '.join(baselines.IMPLS)}")
@@ -171,7 +175,7 @@ def measure_rel_err(name: str, small: dict) -> tuple:
 
 
 def run_impl(name: str, cfg: configs.MoeConfig, weights, inputs: dict, touched: dict,
-             ceil: dict, mode: str, reps, small: dict) -> dict:
+             ceil: dict, mode: str, reps, small: dict, graph: bool = False) -> dict:
     """{T: result entry} for one implementation over the token counts in `inputs`."""
     precision = baselines.IMPLS[name].precision
     try:
@@ -187,7 +191,17 @@ def run_impl(name: str, cfg: configs.MoeConfig, weights, inputs: dict, touched: 
     timed = {}
     for T, arg_sets in inputs.items():
         try:
-            samples = timing.bench(built.fn, arg_sets, mode, reps)
+            if graph:
+                try:
+                    samples = timing.bench_graph(built.fn, arg_sets, mode, reps)
+                except Exception as e:  # noqa: BLE001 -- recorded as skipped, not as an error
+                    torch.cuda.synchronize()
+                    timed[T] = report.failed_entry(
+                        name, precision, skipped=f"not capturable in a CUDA graph: {_error_text(e)}")
+                    log(f"  {name} T={T}: skipped (graph capture): {_error_text(e)}")
+                    continue
+            else:
+                samples = timing.bench(built.fn, arg_sets, mode, reps)
             kernels = timing.count_kernels(lambda: built.fn(*arg_sets[0]))
             path = _reported_path(built, arg_sets[0])
             timed[T] = (samples, kernels, path)
@@ -258,13 +272,15 @@ def run_config(cfg: configs.MoeConfig, token_counts, args, env: dict, ceil: dict
         for name in args.impl:
             log(f"[{cfg.name}] {name}")
             for T, entry in run_impl(name, cfg, weights, inputs, touched, ceil, mode, args.reps,
-                                     small).items():
+                                     small, graph=args.graph).items():
                 entries[T].append(entry)
 
     records = []
     for T in token_counts:
-        extra = {"timing": {"mode": mode, "input_sets": sets[T], "l2_bytes": l2,
-                            "warmup": timing.REPS[mode]["warmup"]},
+        extra = {"timing": {"mode": mode, "l2_bytes": l2, "warmup": timing.REPS[mode]["warmup"],
+                            "graph": bool(args.graph),
+                            "input_sets": min(sets[T], timing.GRAPH_SETS) if args.graph
+                            else sets[T]},
                  "routing": {"experts_touched": touched[T]}}
         if ceiling_errors:
             extra["ceiling_errors"] = ceiling_errors

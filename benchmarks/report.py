@@ -306,10 +306,14 @@ def readme_table(records: list) -> str:
                if any(r["impl"] == name and "median_ms" in r for rec in records for r in rec["results"])]
     ceil = [rec["ceilings"] for rec in records]
     span = lambda key: "-".join(sorted({_num(c.get(key), ".0f") for c in ceil}))  # noqa: E731
+    graphs = {bool((r.get("timing") or {}).get("graph")) for r in records}
+    if len(graphs) != 1:
+        raise ValueError("eager and CUDA-graph timings in one table")
+    how = "CUDA-graph replays" if graphs.pop() else "eager calls"
     lines = [f"{records[0]['gpu']}, commit `{commits.pop()}`; ceilings measured in the same runs: copy "
              f"{span('copy_gbps')} GB/s, bf16 {span('bf16_tflops')} TFLOP/s, fp8 "
-             f"{span('fp8_tflops')} TFLOP/s. Median ms, lower is better; the fastest of each "
-             "precision in bold.", ""]
+             f"{span('fp8_tflops')} TFLOP/s. Median ms of {how}, lower is better; the fastest of "
+             "each precision in bold.", ""]
     lines.append("| config | " + " | ".join(f"{n} ({_precision_of(records, n)})" for n in present) + " |")
     lines.append("|" + " --- |" * (len(present) + 1))
     key = lambda r: (r["config"]["T"], r["config"]["name"])  # noqa: E731

@@ -62,6 +62,38 @@ def bench(fn, arg_sets, mode: str, reps: int | None = None) -> list:
     return time_calls(fn, arg_sets, choose_reps(est_ms, mode, reps))
 
 
+# Graph mode: input sets captured (one CUDA graph each). Decode input sets are tiny, so the
+# rotation over L2 would ask for thousands; every call's weight stream exceeds the L2 anyway.
+GRAPH_SETS = 16
+
+
+def capture_graphs(fn, arg_sets) -> list:
+    """One CUDA graph per input set (at most GRAPH_SETS), each holding one call fn(*args),
+    captured after eager warm-up calls on a side stream (as torch.cuda.graph asks)."""
+    arg_sets = arg_sets[:GRAPH_SETS]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for args in arg_sets[:3]:
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graphs = []
+    for args in arg_sets:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn(*args)
+        graphs.append(g)
+    torch.cuda.synchronize()
+    return graphs
+
+
+def bench_graph(fn, arg_sets, mode: str, reps: int | None = None) -> list:
+    """bench() of CUDA-graph replays: every raw sample (ms) is one replay of one call."""
+    graphs = capture_graphs(fn, arg_sets)
+    return bench(lambda g: g.replay(), [(g,) for g in graphs], mode, reps)
+
+
 def count_kernels(fn):
     """CUDA kernels one call of fn() launches, counted with torch.profiler (kernel events on the
     device; memcpy/memset and user-annotation ranges are not kernels). None when the profiler

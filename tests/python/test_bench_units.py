@@ -269,6 +269,16 @@ def test_readme_table_refuses_mixed_cards():
         report.readme_table([_record(), other])
 
 
+def test_readme_table_names_the_timing_and_refuses_mixing_it():
+    eager = _record()
+    assert "Median ms of eager calls" in report.readme_table([eager])
+    graph = _record(cfg=configs.CONFIGS["decode-1"])
+    graph["timing"] = {"mode": "quick", "graph": True}
+    assert "Median ms of CUDA-graph replays" in report.readme_table([graph])
+    with pytest.raises(ValueError):
+        report.readme_table([eager, graph])
+
+
 def test_statistics_median_is_the_median_of_samples():
     e = report.result_entry("x", "bf16", [5.0, 1.0, 3.0, 2.0], configs.CONFIGS["seed"],
                             CEILINGS, 256)
