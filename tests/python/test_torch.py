@@ -210,3 +210,27 @@ def test_non_finite_number_options_are_refused(rng):
     for bad in (float("nan"), float("inf"), -float("inf")):
         with pytest.raises(ValueError, match="temperature must be finite"):
             fused_moe(t(tokens), t(w), t(logits), 2, temperature=bad)
+
+
+def test_eager_calls_skip_the_dispatcher_and_dispatch_modes_still_see_the_op(rng):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from flashmoe_science import torch_library
+
+    tokens, w, logits = linear_case(rng)
+    args = (t(tokens), t(w), t(logits), 4)
+    assert torch_library.eager_call_ok(args[0])
+    eager = fused_moe(*args)
+
+    seen = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        assert not torch_library.eager_call_ok(args[0])
+        logged = fused_moe(*args)
+    assert any("flashmoe.fused_moe" in name for name in seen)
+    assert torch.equal(logged, eager)
