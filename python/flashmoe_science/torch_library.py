@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _C
 from ._checks import dtype_name
@@ -320,8 +321,6 @@ def eager_call_ok(tokens: Tensor) -> bool:
     forward's kernel; tracing, fake tensors and dispatch modes still see the op."""
     if torch.compiler.is_compiling() or type(tokens) is not torch.Tensor:
         return False
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return _get_current_dispatch_mode() is None and _eager_impl() is not None
 
 

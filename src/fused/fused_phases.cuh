@@ -20,6 +20,7 @@
 #include <cub/warp/warp_scan.cuh>
 
 #include "fused/combine.h"
+#include "common/globaltimer.cuh"
 #include "common/str_cat.h"
 #include "fused/combine_device.cuh"
 #include "fused/cuda_check.h"
@@ -117,11 +118,10 @@ struct RoutingSmem {
   int32_t dropped;
   int32_t rerouted;
   // Solo mode, per slot a < T * k: its key (local expert, or >= E_local when not computed here),
-  // its final id, 1 if it leads its local expert's group; the tile count.
+  // its final id, 1 if it leads its local expert's group.
   int32_t solo_key[kSoloMaxSlots];
   int32_t solo_id[kSoloMaxSlots];
   int32_t solo_leader[kSoloMaxSlots];
-  int32_t solo_tiles;
 };
 
 
@@ -151,7 +151,7 @@ __device__ __forceinline__ void grid_arrive_wait(uint32_t* sync, uint32_t ctas) 
 
 __device__ __forceinline__ void stamp(FusedRoutingParams const& fp, int slot) {
   if (fp.timeline == nullptr) return;
-  gemm::sm90_util::stamp_globaltimer(fp.timeline + blockIdx.x * kFusedTimelineSlots + slot);
+  stamp_globaltimer(fp.timeline + blockIdx.x * kFusedTimelineSlots + slot);
 }
 
 __device__ __forceinline__ void cta_grid_sync(uint32_t* sync) {
@@ -457,6 +457,10 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
 
   // ---- phase 1: top-k of the owned tokens, one warpgroup per token; their E4M3 rows.
   {
+    // Profiling: the top-k steps of the CTA's first token (routing::topk_stamp).
+    uint64_t* const topk_stamps =
+        fp.timeline != nullptr ? fp.timeline + cta * kFusedTimelineSlots + kFusedTimelineTopkSlot
+                               : nullptr;
     if (rp.prerouted) {
       for (int64_t a = a0 + tid; a < a1; a += kFusedThreads) {
         routing::prerouted_assignment(rp, rb, a);
@@ -466,9 +470,7 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
       for (int t = t0 + wg; t < t1; t += 3) {
         routing::topk_token<128, 2>(
             rp, rb, t, tid % 128, sm.topk.wg[wg], routing::WarpgroupSync{kTopkBarrier + wg},
-            fp.timeline != nullptr && t == t0
-                ? fp.timeline + cta * kFusedTimelineSlots + kFusedTimelineTopkSlot
-                : nullptr);
+            t == t0 ? topk_stamps : nullptr);
         routing::WarpgroupSync{kTopkBarrier + wg}();  // the next token rewrites sm.topk.wg[wg]
       }
     } else {
@@ -476,9 +478,7 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
       for (int t = t0 + w; t < t1; t += kWarps) {
         routing::topk_token<32, 8>(
             rp, rb, t, tid % 32, sm.topk.warp[w], routing::WarpSync{},
-            fp.timeline != nullptr && t == t0
-                ? fp.timeline + cta * kFusedTimelineSlots + kFusedTimelineTopkSlot
-                : nullptr);
+            t == t0 ? topk_stamps : nullptr);
         __syncwarp();  // the next token rewrites sm.topk.warp[w]
       }
     }

@@ -80,13 +80,6 @@ __device__ __forceinline__ void store_quad_pair(void* out, int64_t row_elem, uin
   }
 }
 
-/// Profiling: the %globaltimer nanoseconds into *slot (the one-kernel forwards' timeline).
-__device__ __forceinline__ void stamp_globaltimer(uint64_t* slot) {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  *slot = t;
-}
-
 /// Ends the kernel with a launch error (an illegal-address fault: a store to the null page).
 /// Not __trap(): with a trap anywhere in the math warpgroups' code, ptxas keeps their register
 /// allocation at the launch bound (168) instead of the setmaxnreg budget, and the 128-row

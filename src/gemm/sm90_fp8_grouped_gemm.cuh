@@ -57,6 +57,7 @@
 #include <cutlass/arch/reg_reconfig.h>
 
 #include "gemm/grouped_gemm_args.h"
+#include "common/globaltimer.cuh"
 #include "gemm/sm90_device_util.cuh"
 #include "gemm/sm90_fp8_grouped_gemm.h"
 
@@ -619,7 +620,7 @@ namespace sm90_fp8_detail {
 /// Profiling stamp i of Sm90Fp8KernelParams::timeline (nothing without one).
 __device__ __forceinline__ void pipe_stamp(Sm90Fp8KernelParams const& p, int i) {
   if (p.timeline == nullptr) return;
-  sm90_util::stamp_globaltimer(p.timeline + static_cast<int64_t>(blockIdx.x) * p.timeline_stride + i);
+  stamp_globaltimer(p.timeline + static_cast<int64_t>(blockIdx.x) * p.timeline_stride + i);
 }
 
 template <class Cfg>

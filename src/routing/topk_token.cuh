@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "common/globaltimer.cuh"
 #include "routing/routing_device.cuh"
 #include "routing/routing_params.h"
 
@@ -56,14 +57,11 @@ __device__ __forceinline__ bool topk_before(uint64_t key, int32_t e, uint64_t be
   return key < best_key || (key == best_key && e < best_e);
 }
 
-/// Profiling (the fused kernel's timeline): thread 0 of the group writes %globaltimer to
-/// stamps[i] at the steps of topk_token; nothing when stamps is null.
+/// Profiling (the fused kernel's timeline): thread 0 of the group stamps stamps[i] at the steps
+/// of topk_token; nothing when stamps is null.
 inline constexpr int kTopkStamps = 4;  // scores and their max, softmax sum, q ready, selected
 __device__ __forceinline__ void topk_stamp(uint64_t* stamps, int tid, int i) {
-  if (stamps == nullptr || tid != 0) return;
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  stamps[i] = t;
+  if (stamps != nullptr && tid == 0) stamp_globaltimer(stamps + i);
 }
 
 /// Token t's top-k: rb.orig_ids / final_ids / weights of its k slots (and the capacity keys when

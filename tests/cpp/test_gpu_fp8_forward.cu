@@ -581,6 +581,14 @@ TEST(GpuSmallFp8Fwd, TwoAndThreeTokens) {
   check_fp8(ffn_problem(2, 16, 16, 128, 64, Activation::kSilu), WeightScale::kChannel, 1038);
 }
 
+// The first global expert with a local one (the expert-map tests send other experts to it).
+int32_t first_local_expert(std::vector<int32_t> const& expert_map) {
+  for (size_t e = 0; e < expert_map.size(); ++e) {
+    if (expert_map[e] >= 0) return static_cast<int32_t>(e);
+  }
+  return -1;
+}
+
 // Solo dispatch with an expert map that sends every non-local expert to one local expert: 22 rows
 // of one local expert from 2 tokens (top-16 of 16), in (token, slot) order on both paths.
 TEST(GpuSmallFp8Fwd, SoloExpertMapManyGlobalsOneLocal) {
@@ -589,10 +597,7 @@ TEST(GpuSmallFp8Fwd, SoloExpertMapManyGlobalsOneLocal) {
   p.has_expert_map = true;
   p.num_local_experts = 6;
   check_fp8(p, WeightScale::kChannel, 1039, Logits::kNormal, 0, [](HostData& d) {
-    int32_t first_local = -1;
-    for (size_t e = 0; e < d.expert_map.size(); ++e) {
-      if (d.expert_map[e] >= 0 && first_local < 0) first_local = static_cast<int32_t>(e);
-    }
+    int32_t const first_local = first_local_expert(d.expert_map);
     for (int32_t& le : d.expert_map) {
       if (le < 0) le = d.expert_map[first_local];
     }
@@ -727,10 +732,7 @@ TEST(GpuSmallFp8Fwd, ExpertMapTwoGlobalsOneLocal) {
   p.has_expert_map = true;
   p.num_local_experts = 6;
   check_fp8(p, WeightScale::kChannel, 1063, Logits::kNormal, 0, [](HostData& d) {
-    int32_t first_local = -1;
-    for (size_t e = 0; e < d.expert_map.size(); ++e) {
-      if (d.expert_map[e] >= 0 && first_local < 0) first_local = static_cast<int32_t>(e);
-    }
+    int32_t const first_local = first_local_expert(d.expert_map);
     for (size_t e = 0; e < d.expert_map.size(); ++e) {
       if (d.expert_map[e] < 0) {  // the first non-local expert joins the first local one's weights
         d.expert_map[e] = d.expert_map[first_local];

@@ -1,0 +1,16 @@
+// flashmoe (internal): the one profiling stamp every timeline uses (the one-kernel forwards'
+// phases, the FP8 GEMM body's items, the top-k's steps).
+#pragma once
+
+#include <cstdint>
+
+namespace flashmoe {
+
+/// The %globaltimer nanoseconds into *slot.
+__device__ __forceinline__ void stamp_globaltimer(uint64_t* slot) {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  *slot = t;
+}
+
+}  // namespace flashmoe
