@@ -13,6 +13,8 @@
 // The GPU side (declared at the end): prepare_experts_fp8() turns raw expert weights into the
 // prepared FP8 layout that the Hopper FP8 forward reads (MoeProblem::weights_prepared; the layout
 // is spelled out at MoeArgs in flashmoe/options.h). It runs once per set of weights, not per call.
+// prepare_quantized_experts_fp8() packs weights that are already E4M3 (a checkpoint with its own
+// scales) into the same layout without re-quantizing them.
 #pragma once
 
 #include <cstddef>
@@ -96,5 +98,26 @@ std::size_t prepared_scale_bytes(MoeProblem const& problem, int which, WeightSca
 Status prepare_experts_fp8(MoeProblem const& problem, void const* w1_raw, void const* w2_raw,
                            WeightScale scale, void* w1_fp8, float* w1_scale, void* w2_fp8,
                            float* w2_scale, cudaStream_t stream);
+
+/// Packs already-quantized expert weights -- E4M3 bytes with their float32 scales, as FP8
+/// checkpoints ship them (DeepSeek-V3's 128 x 128 block scales, or one scale per channel) --
+/// into the prepared layout, on the GPU, on `stream`. Nothing is re-quantized: the bytes move
+/// into the prepared rows as they are (gate/up interleave, zero padding rows, the transpose of
+/// kInOut) and the scales are copied, so the result dequantizes to exactly the checkpoint's
+/// values (q * s; DeepSeek-V3 names s `weight_scale_inv`). NaN codes stay NaN.
+///
+/// `problem` as for prepare_experts_fp8, with weight_dtype = kFloat8E4M3 (OCP e4m3fn). w1_q /
+/// w2_q: the E4M3 arrays laid out as raw weights (MoeArgs::w1 / w2; gated FFN: gate channels
+/// 0..I-1, then up I..2I-1). w1_q_scale / w2_q_scale (device, w2 for gated FFN only): their
+/// scales in the prepared scale layout, i.e. raw channel order and channel-major whatever the
+/// weights' layout: kChannel [E_local, N_raw]; kBlock128 [E_local, ceil(N_raw / 128),
+/// ceil(K / 128)] -- for a gate/up pair stored apart with I % 128 == 0, the gate blocks then the
+/// up blocks. Outputs, requirements and the run settings as for prepare_experts_fp8; enqueues a
+/// scale copy and one kernel per matrix, never allocates, never synchronizes.
+Status prepare_quantized_experts_fp8(MoeProblem const& problem, void const* w1_q,
+                                     float const* w1_q_scale, void const* w2_q,
+                                     float const* w2_q_scale, WeightScale scale, void* w1_fp8,
+                                     float* w1_scale, void* w2_fp8, float* w2_scale,
+                                     cudaStream_t stream);
 
 }  // namespace flashmoe

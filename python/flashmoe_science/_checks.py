@@ -487,7 +487,8 @@ def check_call(
             if prepared is None and w_dt not in ("bfloat16", "float16", "float32"):
                 raise TypeError(
                     f"precision='fp8' on CUDA quantizes raw bfloat16/float16/float32 weights; "
-                    f"{weight_names[0]} has dtype {w_dt} (pass a PreparedExperts for FP8 weights)"
+                    f"{weight_names[0]} has dtype {w_dt} (already-quantized FP8 weights: pass "
+                    "prepare_experts(weights, weight_scales=...), a PreparedExperts)"
                 )
         elif precision == "bf16":
             if w_dt not in FLOAT_DTYPES:

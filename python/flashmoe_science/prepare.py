@@ -154,8 +154,10 @@ def prepare_experts(
     precision: str = "fp8",
     scale: str = "channel",
     layout: str = "in_out",
+    weight_scales: Any = None,
 ) -> PreparedExperts:
-    """Quantizes raw expert weights once into the FP8 layout that fused_moe(precision="fp8") runs.
+    """Quantizes raw expert weights once into the FP8 layout that fused_moe(precision="fp8") runs,
+    or packs already-quantized FP8 weights (a checkpoint's E4M3 bytes and scales) into it.
 
     Args:
         expert_weights: W [E, H, D] (linear experts) or (w_gate_up [E, H, 2I], w_down [E, I, H])
@@ -165,19 +167,33 @@ def prepare_experts(
         scale: "channel" (one float32 scale per expert and output channel) or "block128" (one per
             128 x 128 block, the DeepSeek-V3 checkpoint grouping; gated FFN needs I % 64 == 0).
         layout: the raw weights' layout, "in_out" or "out_in".
+        weight_scales: only for already-quantized weights (expert_weights of dtype
+            torch.float8_e4m3fn): their scales (float32, bfloat16 or float16), the dequantized
+            weight being q * s (what DeepSeek-V3 calls weight_scale_inv); one tensor for linear
+            experts, a pair (gate_up scales, down scales) for gated FFN. Shapes follow the
+            weights' layout:
+              scale="channel":  [E, N] (also [E, N, 1] with out_in, [E, 1, N] with in_out);
+              scale="block128": out_in [E, ceil(N / 128), ceil(K / 128)],
+                                in_out [E, ceil(K / 128), ceil(N / 128)];
+            N = output channels (D; 2I for gate/up, gate first; H for down), K = inputs.
+            DeepSeek-V3 ships gate_proj and up_proj apart ([E, I, H] each, out_in): pass
+            torch.cat([gate, up], 1) and torch.cat([gate_scale, up_scale], 1) (exact when
+            I % 128 == 0, as in DeepSeek-V3; otherwise a 128-channel block would straddle gate
+            and up, and the shape check refuses the pair).
 
-    Returns a PreparedExperts holding the device tensors. The quantization runs on the GPU, on
-    torch's current stream, and does not synchronize. scale = amax / 448 per group (1 for an
+    Returns a PreparedExperts holding the device tensors. The work runs on the GPU, on torch's
+    current stream, and does not synchronize. Raw weights: scale = amax / 448 per group (1 for an
     all-zero group), q = e4m3(w / scale) rounded to nearest even (flashmoe/quantization.h).
-
-    Already-quantized checkpoints (E4M3 weights with their own scales) are not accepted yet:
-    pass the raw (or dequantized) weights.
+    Already-quantized weights are not re-quantized: their bytes are moved into the prepared rows
+    and their scales copied, so the result dequantizes to exactly the checkpoint's values.
 
     Raises:
         ValueError for CPU (or NumPy) weights -- prepared weights are GPU-only; on the CPU,
         fused_moe(..., precision="fp8") with raw weights runs the reference's fake quantization
         instead --, bad option strings or shapes; TypeError for other dtypes;
-        NotImplementedError for sizes the FP8 kernels do not take (H % 16, I % 16, ...).
+        NotImplementedError for sizes the FP8 kernels do not take (H % 16, I % 16, ...);
+        for already-quantized weights also ValueError / TypeError for missing or misshapen
+        weight_scales (checked before the device).
     """
     _checks._choice("precision", precision, ("fp8",))
     _checks._choice("scale", scale, SCALES)
@@ -191,17 +207,9 @@ def prepare_experts(
                 "fused_moe(..., precision='fp8'), which runs the reference's fake quantization"
             )
     E, H, D, I = _dims(kind, w1, w2, layout)
-    for name, w in (("expert_weights", w1), ("expert_weights[1] (w_down)", w2)):
-        if w is not None and w.device.type != "cuda":
-            raise ValueError(
-                f"prepare_experts quantizes on the GPU, but {name} is on {w.device}. Prepared "
-                "FP8 weights are GPU-only: on the CPU, pass the raw weights to "
-                "fused_moe(..., precision='fp8'), which runs the reference's fake quantization"
-            )
-    if w2 is not None and w2.device != w1.device:
-        raise ValueError(
-            f"expert weights must be on one device, got {w1.device} and {w2.device}"
-        )
+    if weight_scales is not None or _checks.dtype_name(w1) == "float8_e4m3fn":
+        return _pack(kind, w1, w2, weight_scales, E, H, D, I, scale, layout)
+    _require_cuda(w1, w2)
     dt = _checks._dtype("expert_weights", w1, ("bfloat16", "float16", "float32"), "raw float weights")
     if w2 is not None and _checks.dtype_name(w2) != dt:
         raise TypeError(
@@ -209,6 +217,132 @@ def prepare_experts(
             f"got {dt} and {_checks.dtype_name(w2)}"
         )
     return _quantize(kind, w1, w2, E, H, D, I, scale, layout, dt)
+
+
+def _require_cuda(w1, w2) -> None:
+    for name, w in (("expert_weights", w1), ("expert_weights[1] (w_down)", w2)):
+        if w is not None and w.device.type != "cuda":
+            raise ValueError(
+                f"prepare_experts runs on the GPU, but {name} is on {w.device}. Prepared "
+                "FP8 weights are GPU-only: on the CPU, pass the raw weights to "
+                "fused_moe(..., precision='fp8'), which runs the reference's fake quantization"
+            )
+    if w2 is not None and w2.device != w1.device:
+        raise ValueError(
+            f"expert weights must be on one device, got {w1.device} and {w2.device}"
+        )
+
+
+def _source_scale(name, s, lay, scale, layout, device):
+    """One matrix's checkpoint scales as float32 in the prepared scale layout (see
+    prepare_experts' weight_scales); errors name the argument and the shapes it takes."""
+    if not _checks.is_torch(s):
+        raise TypeError(f"{name} must be a torch tensor, got {type(s).__name__}")
+    if s.device != device:
+        raise ValueError(f"{name} is on {s.device} but the expert weights are on {device}")
+    _checks._dtype(name, s, ("float32", "bfloat16", "float16"), "float scales")
+    want = tuple(int(v) for v in lay["scale_shape"])
+    got = tuple(int(v) for v in s.shape)
+    E = want[0]
+    if scale == "channel":
+        N = want[1]
+        forms = [(E, N), (E, N, 1) if layout == "out_in" else (E, 1, N)]
+        if got in forms:
+            return s.detach().reshape(E, N).to(torch.float32).contiguous()
+    else:
+        nb, kb = want[1], want[2]
+        forms = [(E, nb, kb) if layout == "out_in" else (E, kb, nb)]
+        if got == forms[0]:
+            t = s.detach() if layout == "out_in" else s.detach().transpose(1, 2)
+            return t.to(torch.float32).contiguous()
+    hint = ""
+    if lay["gate_up"] and scale == "block128":
+        hint = (
+            " (a gate/up pair: the scales of torch.cat([gate, up]) over its 2I channels, one "
+            "per 128 of them)"
+        )
+    shapes = " or ".join(str(list(f)) for f in forms)
+    raise ValueError(
+        f"{name} must have shape {shapes} for scale={scale!r} with layout={layout!r}, got "
+        f"{list(got)}{hint}"
+    )
+
+
+def _pack(kind, w1, w2, weight_scales, E, H, D, I, scale, layout) -> PreparedExperts:
+    """prepare_experts for already-quantized E4M3 weights: bytes and scales packed, no rounding."""
+    global quantize_calls
+    names = ("expert_weights", None)
+    if kind == "gated_ffn":
+        names = ("expert_weights[0] (w_gate_up)", "expert_weights[1] (w_down)")
+    if weight_scales is None:  # here only when the weights are float8_e4m3fn
+        raise ValueError(
+            f"{names[0]} is float8_e4m3fn (already quantized): pass its scales as "
+            "weight_scales=... (see prepare_experts' docstring for their shapes)"
+        )
+    for name, w in ((names[0], w1), (names[1], w2)):
+        if w is not None and _checks.dtype_name(w) != "float8_e4m3fn":
+            raise TypeError(
+                f"weight_scales is given, so {name} must hold already-quantized weights of dtype "
+                f"float8_e4m3fn, got {_checks.dtype_name(w)} (raw weights are quantized here: "
+                "leave weight_scales out)"
+            )
+    pair = isinstance(weight_scales, (tuple, list))
+    if kind == "gated_ffn" and not (pair and len(weight_scales) == 2):
+        raise ValueError(
+            "gated-FFN weight_scales must be a pair (gate_up scales, down scales), got "
+            + (f"a sequence of {len(weight_scales)}" if pair else type(weight_scales).__name__)
+        )
+    if kind == "linear" and pair:
+        raise ValueError("linear experts take one weight_scales tensor, not a sequence")
+    raw_scales = tuple(weight_scales) if pair else (weight_scales,)
+    problem = raw_problem(kind, E, H, D, I, layout, "bfloat16")  # sizes only
+    dev = w1.device
+    lays, sources = [], []
+    for which, s in zip((1, 2), raw_scales):
+        lays.append(_C.prepared_layout(problem, which, scale))
+        name = "weight_scales" if kind == "linear" else f"weight_scales[{which - 1}]"
+        sources.append(_source_scale(name, s, lays[-1], scale, layout, dev))
+    _require_cuda(w1, w2)
+    outs = []
+    for lay in lays:
+        q = torch.empty(
+            (lay["experts"], lay["rows"], lay["cols"]), dtype=torch.float8_e4m3fn, device=dev
+        )
+        outs.append((q, torch.empty(tuple(lay["scale_shape"]), dtype=torch.float32, device=dev)))
+    (q1, s1), (q2, s2) = outs[0], (outs[1] if len(outs) > 1 else (None, None))
+    r1 = w1.detach().contiguous().view(torch.uint8)
+    r2 = None if w2 is None else w2.detach().contiguous().view(torch.uint8)
+    with torch.cuda.device(dev):
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        _C.prepare_experts_fp8(
+            problem,
+            r1,
+            r2,
+            scale,
+            q1.view(torch.uint8),
+            s1,
+            None if q2 is None else q2.view(torch.uint8),
+            s2,
+            stream,
+            sources[0],
+            sources[1] if len(sources) > 1 else None,
+        )
+    quantize_calls += 1
+    return PreparedExperts(
+        w1=q1,
+        w1_scale=s1,
+        w2=q2,
+        w2_scale=s2,
+        kind=kind,
+        E=E,
+        H=H,
+        D=D,
+        I=I,
+        scale=scale,
+        layout=layout,
+        source_dtype="float8_e4m3fn",
+        source=source_key((w1, w2) if w2 is not None else w1),
+    )
 
 
 def _quantize(kind, w1, w2, E, H, D, I, scale, layout, dt) -> PreparedExperts:

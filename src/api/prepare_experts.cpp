@@ -69,9 +69,9 @@ Status check_pointer(void const* ptr, char const* name) {
   return Status::Ok();
 }
 
-// Quantizes one matrix.
-Status prepare_matrix(MoeProblem const& p, int which, void const* raw, WeightScale scale,
-                      void* w_fp8, float* w_scale, cudaStream_t stream) {
+// Quantizes one matrix (or packs it, with its source scales, when it is already E4M3).
+Status prepare_matrix(MoeProblem const& p, int which, void const* raw, float const* raw_scale,
+                      WeightScale scale, void* w_fp8, float* w_scale, cudaStream_t stream) {
   PreparedLayout layout;
   FLASHMOE_RETURN_IF_ERROR(prepared_layout(p, which, scale, &layout));
   gemm::QuantizeWeightsFp8Params q;
@@ -86,6 +86,7 @@ Status prepare_matrix(MoeProblem const& p, int which, void const* raw, WeightSca
                                                  : gemm::Fp8ScaleKind::kChannel;
   q.w_fp8 = w_fp8;
   q.scales = w_scale;
+  q.source_scales = raw_scale;
   return gemm::launch_quantize_weights_fp8(q, stream);
 }
 
@@ -144,19 +145,34 @@ std::size_t prepared_scale_bytes(MoeProblem const& problem, int which, WeightSca
   return l.scale_bytes;
 }
 
-Status prepare_experts_fp8(MoeProblem const& problem, void const* w1_raw, void const* w2_raw,
-                           WeightScale scale, void* w1_fp8, float* w1_scale, void* w2_fp8,
-                           float* w2_scale, cudaStream_t stream) {
+namespace {
+
+// prepare_experts_fp8 (raw_scale null: quantize) and prepare_quantized_experts_fp8 (E4M3 weights
+// with their scales: pack), which share every check but the weights' dtype.
+Status prepare_or_pack(MoeProblem const& problem, void const* w1_raw, float const* w1_raw_scale,
+                       void const* w2_raw, float const* w2_raw_scale, WeightScale scale,
+                       void* w1_fp8, float* w1_scale, void* w2_fp8, float* w2_scale,
+                       cudaStream_t stream) {
   MoeProblem const& p = problem;
+  bool const packed = w1_raw_scale != nullptr;
   if (p.weights_prepared) {
     return Status::Invalid(
         "prepare_experts: the problem must describe the raw weights (weights_prepared = false)");
   }
-  if (p.weight_dtype != DType::kBFloat16 && p.weight_dtype != DType::kFloat16 &&
+  if (packed && p.weight_dtype != DType::kFloat8E4M3) {
+    return Status::BadType(cat("prepare_experts: already-quantized expert_weights must be "
+                               "float8_e4m3fn, got ",
+                               dtype_name(p.weight_dtype)));
+  }
+  if (!packed && p.weight_dtype != DType::kBFloat16 && p.weight_dtype != DType::kFloat16 &&
       p.weight_dtype != DType::kFloat32) {
     return Status::BadType(cat("prepare_experts: expert_weights must be bfloat16, float16 or "
                                "float32, got ",
-                               dtype_name(p.weight_dtype)));
+                               dtype_name(p.weight_dtype),
+                               p.weight_dtype == DType::kFloat8E4M3
+                                   ? " (already-quantized weights need their scales: "
+                                     "prepare_quantized_experts_fp8)"
+                                   : ""));
   }
   int const layout = static_cast<int>(p.layout);
   if (layout < 0 || layout > 1) {
@@ -186,6 +202,7 @@ Status prepare_experts_fp8(MoeProblem const& problem, void const* w1_raw, void c
     }
   }
   FLASHMOE_RETURN_IF_ERROR(check_pointer(w1_raw, ffn ? "w_gate_up" : "expert_weights"));
+  if (packed && ffn) FLASHMOE_RETURN_IF_ERROR(check_pointer(w2_raw_scale, "w_down's scales"));
   FLASHMOE_RETURN_IF_ERROR(check_pointer(w1_fp8, "w1_fp8"));
   FLASHMOE_RETURN_IF_ERROR(check_pointer(w1_scale, "w1_scale"));
   if (ffn) {
@@ -197,11 +214,37 @@ Status prepare_experts_fp8(MoeProblem const& problem, void const* w1_raw, void c
       (ffn && reinterpret_cast<std::uintptr_t>(w2_fp8) % 16 != 0)) {
     return Status::Invalid("prepare_experts: w1_fp8 and w2_fp8 must be 16-byte aligned");
   }
-  FLASHMOE_RETURN_IF_ERROR(prepare_matrix(p, 1, w1_raw, scale, w1_fp8, w1_scale, stream));
+  FLASHMOE_RETURN_IF_ERROR(
+      prepare_matrix(p, 1, w1_raw, w1_raw_scale, scale, w1_fp8, w1_scale, stream));
   if (ffn) {
-    FLASHMOE_RETURN_IF_ERROR(prepare_matrix(p, 2, w2_raw, scale, w2_fp8, w2_scale, stream));
+    FLASHMOE_RETURN_IF_ERROR(
+        prepare_matrix(p, 2, w2_raw, packed ? w2_raw_scale : nullptr, scale, w2_fp8, w2_scale,
+                       stream));
   }
   return Status::Ok();
+}
+
+}  // namespace
+
+Status prepare_experts_fp8(MoeProblem const& problem, void const* w1_raw, void const* w2_raw,
+                           WeightScale scale, void* w1_fp8, float* w1_scale, void* w2_fp8,
+                           float* w2_scale, cudaStream_t stream) {
+  return prepare_or_pack(problem, w1_raw, nullptr, w2_raw, nullptr, scale, w1_fp8, w1_scale,
+                         w2_fp8, w2_scale, stream);
+}
+
+Status prepare_quantized_experts_fp8(MoeProblem const& problem, void const* w1_q,
+                                     float const* w1_q_scale, void const* w2_q,
+                                     float const* w2_q_scale, WeightScale scale, void* w1_fp8,
+                                     float* w1_scale, void* w2_fp8, float* w2_scale,
+                                     cudaStream_t stream) {
+  if (w1_q_scale == nullptr) {
+    return Status::Invalid(cat("prepare_quantized_experts_fp8: ",
+                               problem.kind == ExpertKind::kGatedFFN ? "w_gate_up" : "expert_weights",
+                               "'s scales must not be null"));
+  }
+  return prepare_or_pack(problem, w1_q, w1_q_scale, w2_q, w2_q_scale, scale, w1_fp8, w1_scale,
+                         w2_fp8, w2_scale, stream);
 }
 
 }  // namespace flashmoe

@@ -2,11 +2,14 @@
 //
 // Two kernels on the caller's stream:
 //   1. amax: the scales (channel: one thread or one warp per channel, reading along the
-//      contiguous dimension of the raw layout; block128: one CTA per 128 x 128 block).
+//      contiguous dimension of the raw layout; block128: one CTA per 128 x 128 block). For an
+//      already-quantized E4M3 source (a checkpoint) a copy of its scales instead.
 //   2. quantize: one CTA per (expert, 128 prepared rows, 128 inputs): reads the raw values along
 //      their contiguous dimension, quantizes them with their group's scale into a shared tile
 //      (the transpose of kInOut happens there), and writes the prepared rows with 4-byte stores
-//      along K. Padding rows (gate-up, I % 64 != 0) are written as zeros.
+//      along K. Padding rows (gate-up, I % 64 != 0) are written as zeros. An E4M3 source's
+//      bytes are moved as they are (same rows, same transpose), so the packed weights
+//      dequantize to exactly the checkpoint's values.
 #include "gemm/quantize_weights_fp8.h"
 
 #include <cuda_bf16.h>
@@ -16,6 +19,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "flashmoe/quantization.h"
 #include "fused/cuda_check.h"
@@ -110,7 +114,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-/// The prepared bytes of (kb, 128-row block pb, e).
+/// The prepared bytes of (kb, 128-row block pb, e). T = uint8_t: E4M3 source bytes, moved as they
+/// are (no scale is read).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     fp8_quantize_kernel(T const* __restrict__ w, bool out_in, bool gate_up, bool block_scales,
@@ -130,7 +135,7 @@ __global__ void __launch_bounds__(kThreads)
     int64_t const p = p0 + threadIdx.x;
     int64_t const ch = p < Np ? fp8_prepared_row_channel(p, N, gate_up) : -1;
     float s = 1.0f;
-    if (ch >= 0) {
+    if (!std::is_same_v<T, uint8_t> && ch >= 0) {
       s = block_scales ? scales[(e * num_nb + ch / kTile) * num_kb + kb] : scales[e * N + ch];
     }
     row_channel[threadIdx.x] = ch;
@@ -147,8 +152,12 @@ __global__ void __launch_bounds__(kThreads)
     int64_t const ch = row_channel[r];
     uint8_t q = 0;
     if (ch >= 0 && k < K) {
-      float const v = raw_at(w, out_in, e, k, ch, K, N);
-      q = __nv_cvt_float_to_fp8(__fdiv_rn(v, row_scale[r]), __NV_SATFINITE, __NV_E4M3);
+      if constexpr (std::is_same_v<T, uint8_t>) {
+        q = w[out_in ? (e * N + ch) * K + k : (e * K + k) * N + ch];
+      } else {
+        float const v = raw_at(w, out_in, e, k, ch, K, N);
+        q = __nv_cvt_float_to_fp8(__fdiv_rn(v, row_scale[r]), __NV_SATFINITE, __NV_E4M3);
+      }
     }
     tile[r * kPitch + kk] = q;
   }
@@ -178,7 +187,12 @@ Status launch_typed(QuantizeWeightsFp8Params const& p, cudaStream_t stream) {
   unsigned const num_kb = static_cast<unsigned>((K + kTile - 1) / kTile);
   unsigned const num_nb = static_cast<unsigned>((N + kTile - 1) / kTile);
 
-  if (block) {
+  if constexpr (std::is_same_v<T, uint8_t>) {
+    std::size_t const bytes = sizeof(float) * static_cast<std::size_t>(p.num_experts) *
+                              static_cast<std::size_t>(fp8_scales_per_expert(N, K, p.scale_kind));
+    FLASHMOE_CUDA_CHECK(cudaMemcpyAsync(p.scales, p.source_scales, bytes,
+                                        cudaMemcpyDeviceToDevice, stream));
+  } else if (block) {
     fp8_block_amax_kernel<T><<<dim3(num_kb, num_nb, E), kThreads, 0, stream>>>(w, out_in, K, N,
                                                                                p.scales);
     FLASHMOE_LAUNCH_CHECK("fp8_block_amax_kernel");
@@ -202,9 +216,14 @@ Status launch_typed(QuantizeWeightsFp8Params const& p, cudaStream_t stream) {
 
 Status check_quantize_weights_fp8(QuantizeWeightsFp8Params const& p) {
   if (p.w_dtype != DType::kBFloat16 && p.w_dtype != DType::kFloat16 &&
-      p.w_dtype != DType::kFloat32) {
-    return Status::BadType(std::string("quantize fp8: weights must be bfloat16, float16 or "
-                                       "float32, got ") + dtype_name(p.w_dtype));
+      p.w_dtype != DType::kFloat32 && p.w_dtype != DType::kFloat8E4M3) {
+    return Status::BadType(std::string("quantize fp8: weights must be bfloat16, float16, "
+                                       "float32 or (already quantized) float8_e4m3fn, got ") +
+                           dtype_name(p.w_dtype));
+  }
+  if ((p.w_dtype == DType::kFloat8E4M3) != (p.source_scales != nullptr)) {
+    return Status::Invalid("quantize fp8: source_scales must be given exactly when the weights "
+                           "are already quantized (float8_e4m3fn)");
   }
   if (p.num_experts <= 0 || p.k <= 0 || p.n_raw <= 0) {
     return Status::Invalid("quantize fp8: num_experts, k and n_raw must be positive");
@@ -242,6 +261,8 @@ Status launch_quantize_weights_fp8(QuantizeWeightsFp8Params const& p, cudaStream
       return launch_typed<__nv_bfloat16>(p, stream);
     case DType::kFloat16:
       return launch_typed<__half>(p, stream);
+    case DType::kFloat8E4M3:
+      return launch_typed<uint8_t>(p, stream);
     default:
       return launch_typed<float>(p, stream);
   }

@@ -1,6 +1,7 @@
 // flashmoe (internal): FP8 E4M3 expert weights as the sm_90a grouped GEMM reads them, and the GPU
 // kernel that produces them from raw bf16 / fp16 / fp32 weights (the rules of
-// flashmoe/quantization.h).
+// flashmoe/quantization.h) or packs already-quantized E4M3 weights (a checkpoint's bytes and
+// scales) into the same layout.
 //
 // Prepared weights of E experts, each mapping K inputs to N_raw output channels:
 //   bytes  [E, Np, K] E4M3 (OCP e4m3fn), K contiguous: row p holds the weights of one output
@@ -66,7 +67,9 @@ inline constexpr int64_t fp8_scales_per_expert(int64_t n_raw, int64_t k, Fp8Scal
 /// What launch_quantize_weights_fp8 reads and writes (device pointers).
 struct QuantizeWeightsFp8Params {
   void const* w = nullptr;               // raw weights, w_dtype
-  DType w_dtype = DType::kBFloat16;      // bf16, fp16 or fp32
+  // bf16, fp16 or fp32: quantized here. kFloat8E4M3 (already-quantized bytes): packed -- the
+  // bytes moved into the prepared rows as they are, the scales copied from source_scales.
+  DType w_dtype = DType::kBFloat16;
   WeightLayout layout = WeightLayout::kInOut;  // kInOut: [E, K, N_raw]; kOutIn: [E, N_raw, K]
   int64_t num_experts = 0;
   int64_t k = 0;                         // inputs per channel (K % 16 == 0)
@@ -75,13 +78,15 @@ struct QuantizeWeightsFp8Params {
   Fp8ScaleKind scale_kind = Fp8ScaleKind::kChannel;
   void* w_fp8 = nullptr;                 // [E, Np, K] E4M3, every byte written
   float* scales = nullptr;               // fp8_scales_per_expert(...) * E floats
+  // kFloat8E4M3 sources only: their scales, in the layout of `scales` (raw channel order)
+  float const* source_scales = nullptr;
 };
 
 /// Checks shapes, types and the alignment of the pointers (no device access).
 Status check_quantize_weights_fp8(QuantizeWeightsFp8Params const& params);
 
-/// Enqueues the quantization on `stream` (two kernels: amax -> scales, then the bytes).
-/// Never allocates, never synchronizes.
+/// Enqueues the quantization on `stream` (two kernels: amax -> scales, then the bytes; for E4M3
+/// sources a scale copy, then the bytes). Never allocates, never synchronizes.
 Status launch_quantize_weights_fp8(QuantizeWeightsFp8Params const& params, cudaStream_t stream);
 
 }  // namespace flashmoe::gemm

@@ -485,26 +485,36 @@ nb::dict prepared_layout_dict(nb::dict problem_dict, int which, std::string cons
   return d;
 }
 
-// Quantizes raw CUDA expert weights into caller-allocated prepared arrays on `stream`.
+// Quantizes raw CUDA expert weights into caller-allocated prepared arrays on `stream`; with
+// source scales, packs already-quantized E4M3 weights (prepare_quantized_experts_fp8) instead.
 void prepare_fp8(nb::dict problem_dict, InArray w1_raw, OptIn w2_raw, std::string const& scale,
                  OutArray w1_fp8, OutArray w1_scale, OptOut w2_fp8, OptOut w2_scale,
-                 uintptr_t stream) {
+                 uintptr_t stream, OptIn w1_source_scale, OptIn w2_source_scale) {
   MoeProblem p = parse_problem(problem_dict);
   flashmoe::WeightScale const ws = parse_weight_scale("scale", scale);
   p.weights_prepared = false;
   p.weight_scale = flashmoe::WeightScale::kNone;
-  p.weight_dtype = array_dtype("expert_weights", w1_raw);
+  bool const packed = w1_source_scale.has_value();
+  p.weight_dtype = packed ? prepared_dtype("expert_weights", w1_raw)
+                          : array_dtype("expert_weights", w1_raw);
   bool const ffn = p.kind == flashmoe::ExpertKind::kGatedFFN;
   if (ffn != w2_raw.has_value() || ffn != w2_fp8.has_value() || ffn != w2_scale.has_value()) {
     raise(PyExc_ValueError, ffn ? "gated-FFN experts need w_down, w2_fp8 and w2_scale"
                                 : "linear experts take one array (no w2)");
+  }
+  if ((ffn && packed) != w2_source_scale.has_value()) {
+    raise(PyExc_ValueError, packed ? "already-quantized gated-FFN experts need the scales of "
+                                     "w_down too (w2_source_scale)"
+                                   : "w2_source_scale is given without w1_source_scale");
   }
   int64_t const H = p.hidden, El = p.num_local_experts, D = p.out_dim, I = p.inter_dim;
   if (H <= 0 || El <= 0 || (ffn ? I <= 0 : D <= 0)) {
     raise(PyExc_ValueError, "prepare_experts: H, E and D (or I) must be positive");
   }
   bool const oi = p.layout == flashmoe::WeightLayout::kOutIn;
-  std::vector<DType> const raw = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+  std::vector<DType> const raw =
+      packed ? std::vector<DType>{DType::kFloat8E4M3}
+             : std::vector<DType>{DType::kFloat32, DType::kFloat16, DType::kBFloat16};
   DeviceCheck dev;
   void const* w1p;
   void const* w2p = nullptr;
@@ -534,11 +544,24 @@ void prepare_fp8(nb::dict problem_dict, InArray w1_raw, OptIn w2_raw, std::strin
     s2 = static_cast<float*>(const_cast<void*>(
         checked_data("w2_scale", *w2_scale, {DType::kFloat32}, scale_shape(l2), &dev)));
   }
+  float const* src1 = nullptr;
+  float const* src2 = nullptr;
+  if (packed) {
+    std::vector<DType> const f32 = {DType::kFloat32};
+    src1 = static_cast<float const*>(
+        checked_data("w1_source_scale", *w1_source_scale, f32, scale_shape(l1), &dev));
+    if (ffn) {
+      src2 = static_cast<float const*>(checked_data("w2_source_scale", *w2_source_scale, f32,
+                                                    scale_shape(layout_of(p, 2, ws)), &dev));
+    }
+  }
   Status s;
   {
     nb::gil_scoped_release release;
-    s = flashmoe::prepare_experts_fp8(p, w1p, w2p, ws, q1, s1, q2, s2,
-                                      reinterpret_cast<cudaStream_t>(stream));
+    cudaStream_t const st = reinterpret_cast<cudaStream_t>(stream);
+    s = packed ? flashmoe::prepare_quantized_experts_fp8(p, w1p, src1, w2p, src2, ws, q1, s1, q2,
+                                                         s2, st)
+               : flashmoe::prepare_experts_fp8(p, w1p, w2p, ws, q1, s1, q2, s2, st);
   }
   check_ok(s);
 }
@@ -572,9 +595,14 @@ NB_MODULE(_C, m) {
   m.def("prepare_experts_fp8", &prepare_fp8, nb::arg("problem"), nb::arg("w1"),
         nb::arg("w2").none(), nb::arg("scale"), nb::arg("w1_fp8"), nb::arg("w1_scale"),
         nb::arg("w2_fp8").none(), nb::arg("w2_scale").none(), nb::arg("stream") = 0,
+        nb::arg("w1_source_scale").none() = nb::none(),
+        nb::arg("w2_source_scale").none() = nb::none(),
         "Quantizes raw CUDA expert weights (problem describes them: kind, hidden, out_dim / "
         "inter_dim, num_local_experts, layout) into the caller's prepared arrays (uint8 or "
-        "float8_e4m3fn [E, rows, cols], float32 scales), enqueued on `stream`; never syncs.");
+        "float8_e4m3fn [E, rows, cols], float32 scales), enqueued on `stream`; never syncs. "
+        "With w1_source_scale (and w2_source_scale for gated FFN; float32 in the prepared scale "
+        "shape) the weights are already E4M3 (float8_e4m3fn or uint8) and are packed, not "
+        "re-quantized.");
   m.def("workspace_size", &workspace_size, nb::arg("problem"),
         "Bytes of device workspace a CUDA forward of `problem` needs.");
   m.def("annealed_temperature", &flashmoe::annealed_temperature, nb::arg("step"),

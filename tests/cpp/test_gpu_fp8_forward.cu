@@ -604,6 +604,93 @@ TEST(GpuSmallFp8Fwd, SoloExpertMapManyGlobalsOneLocal) {
   });
 }
 
+/// What an FP8 checkpoint of prepared matrix `l` holds: its E4M3 bytes in the raw layout
+/// ([E, K, N] in_out, [E, N, K] out_in; raw channel order), unpacked from the prepared rows.
+std::vector<uint8_t> checkpoint_bytes(PreparedLayout const& l, std::vector<uint8_t> const& bytes,
+                                      bool out_in) {
+  int64_t const E = l.experts, Np = l.rows, K = l.cols, N = l.channels;
+  std::vector<uint8_t> raw(static_cast<size_t>(E * N * K), 0x7f);  // NaN where nothing lands
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t p = 0; p < Np; ++p) {
+      int64_t const ch = gemm::fp8_prepared_row_channel(p, N, l.gate_up);
+      if (ch < 0) continue;
+      for (int64_t k = 0; k < K; ++k) {
+        raw[out_in ? (e * N + ch) * K + k : (e * K + k) * N + ch] = bytes[(e * Np + p) * K + k];
+      }
+    }
+  }
+  return raw;
+}
+
+// An already-quantized checkpoint (E4M3 bytes + scales in the raw channel order) packed by
+// prepare_quantized_experts_fp8 gives the prepared bytes and scales that quantizing the raw
+// weights gave, bit for bit: the checkpoint is made from those by undoing the row interleave
+// (and the transpose of in_out), outputs poisoned before the packing.
+TEST(GpuSmallFp8Fwd, PackQuantizedCheckpoint) {
+  FLASHMOE_REQUIRE_SM90();
+  struct Case {
+    MoeProblem raw;
+    WeightScale scale;
+  };
+  std::vector<Case> cases;
+  for (WeightLayout lay : {WeightLayout::kInOut, WeightLayout::kOutIn}) {
+    for (WeightScale sc : {WeightScale::kChannel, WeightScale::kBlock128}) {
+      cases.push_back({linear_problem(4, 3, 1, 256, 200, DType::kBFloat16, lay), sc});
+      cases.push_back({ffn_problem(4, 3, 1, 192, 128, Activation::kSilu, DType::kBFloat16, lay),
+                       sc});
+    }
+    cases.push_back(  // I % 64 != 0: zero padding rows in the interleave (channel scales only)
+        {ffn_problem(4, 3, 1, 128, 96, Activation::kSilu, DType::kFloat16, lay),
+         WeightScale::kChannel});
+  }
+  uint32_t seed = 71;
+  for (Case const& c : cases) {
+    SCOPED_TRACE(describe(c.raw, c.scale));
+    bool const ffn = c.raw.kind == ExpertKind::kGatedFFN;
+    bool const out_in = c.raw.layout == WeightLayout::kOutIn;
+    HostData const d = make_data(c.raw, seed++);
+    DeviceInputs in;
+    in.load(c.raw, d);
+    Prepared want;
+    Status const ps = prepare(c.raw, in, c.scale, &want);
+    ASSERT_TRUE(ps.ok()) << ps.message();
+
+    DeviceBuffer q1, qs1, q2, qs2;
+    upload(&q1, checkpoint_bytes(want.l1, want.h_w1, out_in));
+    upload(&qs1, want.h_s1);
+    if (ffn) {
+      upload(&q2, checkpoint_bytes(want.l2, want.h_w2, out_in));
+      upload(&qs2, want.h_s2);
+    }
+    MoeProblem ck = c.raw;
+    ck.weight_dtype = DType::kFloat8E4M3;
+    Prepared got;
+    got.w1.resize(want.l1.weight_bytes);
+    got.s1.resize(want.l1.scale_bytes);
+    cudaMemset(got.w1.get(), 0xAB, want.l1.weight_bytes);
+    cudaMemset(got.s1.get(), 0xFF, want.l1.scale_bytes);
+    if (ffn) {
+      got.w2.resize(want.l2.weight_bytes);
+      got.s2.resize(want.l2.scale_bytes);
+      cudaMemset(got.w2.get(), 0xAB, want.l2.weight_bytes);
+      cudaMemset(got.s2.get(), 0xFF, want.l2.scale_bytes);
+    }
+    cudaDeviceSynchronize();
+    Status const s = prepare_quantized_experts_fp8(
+        ck, q1.get(), qs1.get<float>(), ffn ? q2.get() : nullptr, ffn ? qs2.get<float>() : nullptr,
+        c.scale, got.w1.get(), got.s1.get<float>(), ffn ? got.w2.get() : nullptr,
+        ffn ? got.s2.get<float>() : nullptr, nullptr);
+    ASSERT_TRUE(s.ok()) << s.message();
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_TRUE(download<uint8_t>(got.w1, want.l1.weight_bytes) == want.h_w1);
+    EXPECT_TRUE(download<float>(got.s1, want.h_s1.size()) == want.h_s1);
+    if (ffn) {
+      EXPECT_TRUE(download<uint8_t>(got.w2, want.l2.weight_bytes) == want.h_w2);
+      EXPECT_TRUE(download<float>(got.s2, want.h_s2.size()) == want.h_s2);
+    }
+  }
+}
+
 TEST(GpuSmallFp8Fwd, RaggedTwelveExperts) {
   FLASHMOE_REQUIRE_SM90();
   // E = 12 (not a power of two), T = 37, H = 208 and D = 136 (not multiples of 64 or 128):
@@ -1098,6 +1185,35 @@ TEST(Fp8FwdHost, PrepareArgumentErrors) {
                           nullptr, nullptr);
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("16-byte aligned"), std::string::npos) << s.message();
+
+  // Already-quantized weights: E4M3 only, with their scales; E4M3 weights without scales are
+  // pointed to the packing entry point.
+  MoeProblem e4m3 = linear_problem(4, 8, 2, 128, 64);
+  e4m3.weight_dtype = DType::kFloat8E4M3;
+  s = prepare_experts_fp8(e4m3, dummy, nullptr, WeightScale::kChannel, dummy, scales, nullptr,
+                          nullptr, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kUnsupportedType);
+  EXPECT_NE(s.message().find("prepare_quantized_experts_fp8"), std::string::npos) << s.message();
+  s = prepare_quantized_experts_fp8(lin, dummy, scales, nullptr, nullptr, WeightScale::kChannel,
+                                    dummy, scales, nullptr, nullptr, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kUnsupportedType);
+  EXPECT_NE(s.message().find("must be float8_e4m3fn, got bfloat16"), std::string::npos)
+      << s.message();
+  s = prepare_quantized_experts_fp8(e4m3, dummy, nullptr, nullptr, nullptr, WeightScale::kChannel,
+                                    dummy, scales, nullptr, nullptr, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("scales must not be null"), std::string::npos) << s.message();
+  MoeProblem ffn8 = ffn_problem(4, 8, 2, 128, 128, Activation::kSilu);
+  ffn8.weight_dtype = DType::kFloat8E4M3;
+  s = prepare_quantized_experts_fp8(ffn8, dummy, scales, dummy, nullptr, WeightScale::kChannel,
+                                    dummy, scales, dummy, scales, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("w_down's scales"), std::string::npos) << s.message();
+  MoeProblem odd8 = linear_problem(4, 8, 2, 200, 64);
+  odd8.weight_dtype = DType::kFloat8E4M3;
+  s = prepare_quantized_experts_fp8(odd8, dummy, scales, nullptr, nullptr, WeightScale::kChannel,
+                                    dummy, scales, nullptr, nullptr, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kNotSupported);
 }
 
 }  // namespace

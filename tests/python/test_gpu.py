@@ -355,6 +355,70 @@ def test_gpu_fp8_prepared_and_layouts(kind):
     assert torch.equal(a, b) and torch.equal(a, c)
 
 
+def e4m3_checkpoint(w_oi, scale):
+    """An FP8 checkpoint of out_in weights [E, N, K] as DeepSeek-V3 ships one, quantized here on
+    the CPU in float32 (not by flashmoe): scale = amax / 448 per channel or 128 x 128 block,
+    q = e4m3(w / scale). Returns (q [E, N, K] float8_e4m3fn, scales [E, N] or [E, nb, kb])."""
+    w = w_oi.float().cpu()
+    E, N, K = w.shape
+    if scale == "channel":
+        amax = w.abs().amax(dim=2)
+        s = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
+        full = s[:, :, None]
+    else:
+        nb, kb = -(-N // 128), -(-K // 128)
+        pad = torch.nn.functional.pad(w, (0, kb * 128 - K, 0, nb * 128 - N))
+        amax = pad.view(E, nb, 128, kb, 128).abs().amax(dim=(2, 4))
+        s = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
+        full = s.repeat_interleave(128, 1).repeat_interleave(128, 2)[:, :N, :K]
+    return (w / full).to(torch.float8_e4m3fn), s
+
+
+def to_in_out(q):
+    return q.view(torch.uint8).transpose(1, 2).contiguous().view(torch.float8_e4m3fn)
+
+
+@needs_sm90
+@pytest.mark.parametrize("layout", ["out_in", "in_out"])
+@pytest.mark.parametrize("scale", ["channel", "block128"])
+@pytest.mark.parametrize("kind", ["linear", "ffn"])
+def test_gpu_fp8_quantized_checkpoint_is_packed_not_requantized(kind, scale, layout):
+    """A checkpoint's E4M3 bytes and scales, packed by prepare_experts(weight_scales=...), give
+    exactly what quantizing the raw weights gives (same rule, so the same bytes), and the
+    forward runs them. Gated FFN: gate and up quantized apart and concatenated, as DeepSeek-V3
+    ships them (I % 128 == 0)."""
+    tokens, weights, logits = case(47, 90, 256, 8, 128, kind, torch.bfloat16)
+    oi = lambda w: w.transpose(1, 2)  # raw in_out [E, K, N] -> out_in [E, N, K]
+    if kind == "linear":
+        q, s = e4m3_checkpoint(oi(weights), scale)
+        mats = [(q, s)]
+    else:
+        wgu, wd = weights
+        I = wd.shape[1]
+        (qg, sg), (qu, su) = (e4m3_checkpoint(oi(wgu)[:, sl], scale)
+                              for sl in (slice(0, I), slice(I, 2 * I)))
+        mats = [(torch.cat([qg, qu], 1), torch.cat([sg, su], 1)), e4m3_checkpoint(oi(wd), scale)]
+    if layout == "in_out":  # the same checkpoint stored [E, K, N], its scales to match
+        mats = [(to_in_out(q), s[:, None, :] if scale == "channel" else s.transpose(1, 2))
+                for q, s in mats]
+    ckpt = tuple(q.cuda() for q, _ in mats)
+    scales = tuple(s.cuda() for _, s in mats)
+    packed = prepare_experts(
+        ckpt if kind == "ffn" else ckpt[0], scale=scale, layout=layout,
+        weight_scales=scales if kind == "ffn" else scales[0],
+    )
+    assert packed.source_dtype == "float8_e4m3fn" and packed.scale == scale
+    quantized = prepare_experts(weights, scale=scale)
+    assert torch.equal(packed.w1.view(torch.uint8), quantized.w1.view(torch.uint8))
+    assert torch.equal(packed.w1_scale, quantized.w1_scale)
+    if kind == "ffn":
+        assert torch.equal(packed.w2.view(torch.uint8), quantized.w2.view(torch.uint8))
+        assert torch.equal(packed.w2_scale, quantized.w2_scale)
+    a, _ = fp8_compare(tokens, packed, logits, 2, scale, raw=weights)
+    b, _ = fp8_compare(tokens, quantized, logits, 2, scale, raw=weights)
+    assert torch.equal(a, b)
+
+
 @needs_sm90
 def test_gpu_fp8_cache_quantizes_once_and_after_in_place_changes():
     from flashmoe_science import prepare

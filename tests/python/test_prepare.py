@@ -209,3 +209,61 @@ def test_source_key_parts():
     v = key[5]
     w.add_(1)
     assert prepare.source_key(w)[0][5] != v
+
+
+# ---------------------------------------------------------------- already-quantized checkpoints
+# The checks that fire before anything runs on the GPU (the packing itself: test_gpu.py).
+
+
+def e4m3(*shape):
+    return torch.zeros(*shape, dtype=torch.float8_e4m3fn)
+
+
+def test_quantized_weights_need_their_scales():
+    with pytest.raises(ValueError, match=r"expert_weights is float8_e4m3fn \(already quantized\)"):
+        prepare_experts(e4m3(4, 32, 16))
+    with pytest.raises(TypeError, match="weight_scales is given, so expert_weights must hold"):
+        prepare_experts(torch.zeros(4, 32, 16), weight_scales=torch.ones(4, 16))
+    with pytest.raises(TypeError, match=r"w_down\) must hold already-quantized.*got float32"):
+        prepare_experts(
+            (e4m3(4, 32, 32), torch.zeros(4, 16, 32)),
+            weight_scales=(torch.ones(4, 32), torch.ones(4, 32)),
+        )
+    with pytest.raises(ValueError, match="must be a pair.*got Tensor"):
+        prepare_experts((e4m3(4, 32, 32), e4m3(4, 16, 32)), weight_scales=torch.ones(4, 32))
+    with pytest.raises(ValueError, match="linear experts take one weight_scales tensor"):
+        prepare_experts(e4m3(4, 32, 16), weight_scales=(torch.ones(4, 16),))
+
+
+@pytest.mark.parametrize(
+    "layout, scale, shape, match",
+    [
+        # linear in_out [E=4, H=256, D=200]: N = 200 channels over K = 256 inputs
+        ("in_out", "channel", (4, 256), r"shape \[4, 200\] or \[4, 1, 200\].*got \[4, 256\]"),
+        ("in_out", "block128", (4, 2, 2), "GPU-only"),  # the right shape: on to the device check
+        ("in_out", "block128", (4, 200), r"shape \[4, 2, 2\] for scale='block128'"),
+        ("out_in", "channel", (4, 1, 200), r"shape \[4, 200\] or \[4, 200, 1\]"),
+    ],
+)
+def test_quantized_scale_shapes_are_checked(layout, scale, shape, match):
+    w = e4m3(4, 256, 200) if layout == "in_out" else e4m3(4, 200, 256)
+    with pytest.raises(ValueError, match=match):
+        prepare_experts(w, scale=scale, layout=layout, weight_scales=torch.ones(*shape))
+
+
+def test_quantized_gate_up_block_scales_explain_the_pair():
+    # I = 64: a DeepSeek-style pair of gate and up block scales (1 + 1 blocks) is not the
+    # ceil(2I / 128) = 1 block of the concatenated channels.
+    wgu, wd = e4m3(2, 128, 64 * 2), e4m3(2, 64, 128)
+    with pytest.raises(ValueError, match=r"\[2, 1, 1\].*got \[2, 1, 2\].*torch.cat\(\[gate, up\]\)"):
+        prepare_experts(
+            (wgu, wd),
+            scale="block128",
+            weight_scales=(torch.ones(2, 1, 2), torch.ones(2, 1, 1)),
+        )
+    with pytest.raises(TypeError, match="weight_scales\\[1\\] must be float scales"):
+        prepare_experts(
+            (wgu, wd),
+            scale="block128",
+            weight_scales=(torch.ones(2, 1, 1), torch.ones(2, 1, 1, dtype=torch.int32)),
+        )
