@@ -139,6 +139,14 @@ __device__ __forceinline__ void cp_async_wait_all() {
 
 /// Arrives on `bar` when this thread's earlier cp.async copies have landed (counts as one of the
 /// barrier's expected arrivals).
+/// 4 bytes global -> shared through L1 (.ca: for data that no SM writes during the launch),
+/// zero-filled when src_bytes is 0.
+__device__ __forceinline__ void cp_async_4(uint32_t smem_addr, void const* gmem, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr), "l"(gmem),
+               "r"(src_bytes)
+               : "memory");
+}
+
 __device__ __forceinline__ void cp_async_arrive_noinc(uint64_t const* bar) {
   uint32_t const addr = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(addr) : "memory");

@@ -329,7 +329,7 @@ __global__ void __launch_bounds__(Sm90Fp8ConvTile::kThreads, 1)
     for (int h = 0; h < 2; ++h) {
       if (h < halves) {
         sm90_fp8_detail::pipe_epilogue(p, total[h], e, row0, rows, 64 * h, chunk128, warp, lane,
-                                       gate_up);
+                                       gate_up, sm90_fp8_detail::EpScalesLoaded{});
       }
     }
   }

@@ -637,16 +637,46 @@ struct PipeControl {
                                     // read is rewritten only after the next tile boundary)
   int32_t src[Cfg::kMetaSlots][Cfg::kBlockM];  // source row of each row of a tile
   float inv[Cfg::kMetaSlots][Cfg::kBlockM];    // 1 / its scale (bf16/fp16 gather)
+  // A tile's channel scales (channel-scaled weights only), copied by the producer warpgroup
+  // with the tile's first stage (cp.async, no wait) so that the math warpgroups' epilogue reads
+  // them from shared memory instead of waiting on 32 global loads per thread (round 112).
+  // Double-buffered by the parity of the tile's position in the ring (tag_ep).
+  uint64_t ep_full[2];                  // producer -> math: 128 cp.async arrivals
+  uint64_t ep_free[2];                  // math -> producer: one arrival per math warp
+  float ep_col_scale[2][Cfg::kBlockN];  // warpgroup w's 128 from 128 w (gate/up: its 64 gate,
+                                        // then its 64 up channels)
+};
+
+/// pipe_epilogue's channel scales: loaded by the epilogue itself (the convert kernel) ...
+struct EpScalesLoaded {
+  static constexpr bool kShared = false;
+  __device__ __forceinline__ float col_scale(int) const { return 0.0f; }
+};
+
+/// ... or read from buffer `b` of PipeControl::ep_col_scale (the pipelined body; warpgroup
+/// `wg`'s columns). Addressed through the control block (already in a register) and two small
+/// ints: pointers of their own made the 224-register math warpgroups spill.
+template <class Cfg>
+struct EpScalesShared {
+  static constexpr bool kShared = true;
+  PipeControl<Cfg> const* ctl;
+  int b;
+  int wg;
+  __device__ __forceinline__ float col_scale(int j) const {
+    return ctl->ep_col_scale[b][128 * wg + j];
+  }
 };
 
 /// A tile's tag (PipeControl::tile_tag): its GEMM of the body (bit 0), its K range (bits 1-7,
-/// split-K) and its m slot (bits 8+).
-__device__ __forceinline__ int pipe_tag(int gemm, int split, int slot) {
-  return gemm | (split << 1) | (slot << 8);
+/// split-K), its epilogue-scalar buffer and that buffer's use parity (bits 8 and 9: the
+/// producer's count of tiles mod 4, see pipe_producer) and its m slot (bits 10+).
+__device__ __forceinline__ int pipe_tag(int gemm, int split, int ep, int slot) {
+  return gemm | (split << 1) | (ep << 8) | (slot << 10);
 }
 __device__ __forceinline__ int tag_gemm(int tag) { return tag & 1; }
 __device__ __forceinline__ int tag_split(int tag) { return (tag >> 1) & 127; }
-__device__ __forceinline__ int tag_slot(int tag) { return tag >> 8; }
+__device__ __forceinline__ int tag_ep(int tag) { return (tag >> 8) & 3; }
+__device__ __forceinline__ int tag_slot(int tag) { return tag >> 10; }
 
 /// Shared memory plan of one launch.
 struct PipeSmemPlan {
@@ -719,7 +749,9 @@ __device__ __forceinline__ int4 resolve_item(Sm90Fp8KernelParams const& p, int& 
 
 /// The producer warpgroup of the pipelined kernel for GEMM `gemm` (0 or 1) of the body. kMode:
 /// 0 bf16 rows, 1 fp16 rows, 2 e4m3 rows. stage and phase carry the ring's position from one
-/// GEMM to the next; `last`: after its items, the end marker.
+/// GEMM to the next (phase bit 0: the stage ring's parity; bits 1-2: the count of tiles mod 4,
+/// whose bit 0 picks the tile's epilogue-scalar buffer and bit 1 is that buffer's use parity --
+/// packed there because a separate counter costs the 56-register producer a spill); `last`: after its items, the end marker.
 template <class Cfg, int kMode, class Deps>
 __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint8_t* smem_a,
                                               uint8_t* smem_b, uint8_t* staging,
@@ -830,6 +862,34 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
     }
   };
 
+  // The channel scales of tile `t` (PipeControl::ep_col_scale) into buffer ep & 1 (ep = phase
+  // bits 1-2: the count of such tiles mod 4), once the math warpgroups are done with that
+  // buffer's previous tile: two 4-byte cp.async per thread (the scales are weights: no SM writes
+  // them during the launch, so L1 may cache them), whose completion arrives on ep_full -- the
+  // producer does not wait for them. Only with channel scales (block128 epilogues have none).
+  auto fetch_col_scales = [&](int4 const& t) {
+    if (p.scale_block) return;
+    uint32_t const ep = (phase >> 1) & 3;
+    int const b = static_cast<int>(ep & 1);
+    wait_barrier(&ctl->ep_free[b], (ep >> 1) ^ 1);
+    bool const gate_up = p.epilogue != static_cast<int32_t>(Fp8Epilogue::kPlain);
+    int const base = t.x * p.n_raw;  // the expert's first scale (E_local * N_raw < 2^31)
+    uint32_t const dst = static_cast<uint32_t>(__cvta_generic_to_shared(&ctl->ep_col_scale[b][0]));
+#pragma unroll
+    for (int i = 0; i < Cfg::kBlockN / 128; ++i) {
+      int const c = pt + 128 * i;  // column of the CTA tile: warpgroup c / 128, its c % 128
+      int const chunk128 = t.w * Cfg::kNumMathWG + (c >> 7);
+      int const j = c & 127;
+      // plain: output channel n; gate/up: gate (j < 64) or up index n, the up scales after I
+      int const n = gate_up ? 64 * chunk128 + (j & 63) : 128 * chunk128 + j;
+      bool const in = n < p.n_out;
+      int const idx = in ? base + n + (gate_up && j >= 64 ? p.n_out : 0) : 0;
+      cp_async_4(dst + 4 * c, p.w_scales + idx, in ? 4 : 0);
+    }
+    cp_async_arrive_noinc(&ctl->ep_full[b]);
+    phase = (phase & 1) | (((ep + 1) & 3) << 1);
+  };
+
   // The first tile: resolved and its rows loaded before any copy. (After a previous GEMM of the
   // body, the barrier first: a lagging thread may still read ctl->next of its last boundary.)
   int meta = 0;
@@ -852,11 +912,12 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
     int const kb0 = ctl->next_split[meta] * p.kb_per_split;
     int const kb1 = min(p.num_kb, kb0 + p.kb_per_split);
     for (int kb = kb0; kb < kb1; ++kb) {
-      wait_barrier(&ctl->empty[stage], phase ^ 1);
+      wait_barrier(&ctl->empty[stage], (phase & 1) ^ 1);
       if (pt == 0) {
         if (kb == kb0) {  // published by this thread's (release) arrival
           ctl->tile[stage] = tile;
-          ctl->tile_tag[stage] = pipe_tag(gemm, ctl->next_split[meta], ctl->next_slot[meta]);
+          ctl->tile_tag[stage] = pipe_tag(gemm, ctl->next_split[meta],
+                                          static_cast<int>(phase >> 1) & 3, ctl->next_slot[meta]);
         }
         if constexpr (kFp8) {
           // The copies' arrivals are asynchronous: this plain arrival (the 129th) releases the
@@ -927,6 +988,7 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
         stage = 0;
         phase ^= 1;
       }
+      if (kb == kb0) fetch_col_scales(tile);
       if (kb - kb0 == kResolveAt) resolve_next(meta ^ 1);
       if (kb - kb0 == kResolveAt + 1) {
         producer_sync();  // ctl->next[meta ^ 1] written
@@ -949,7 +1011,7 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
   // ---- the end marker (everything was drained at the last boundary)
   cp_async_wait_all();
   if (last) {
-    wait_barrier(&ctl->empty[stage], phase ^ 1);
+    wait_barrier(&ctl->empty[stage], (phase & 1) ^ 1);
     if (pt == 0) ctl->tile[stage] = make_int4(-1, 0, 0, 0);
     arrive_barrier(&ctl->full[stage]);
     if (kFp8 && pt == 0) arrive_barrier(&ctl->full[stage]);  // the 129th arrival
@@ -962,10 +1024,15 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
 }
 
 /// Scales one 64-row half of a math warpgroup's promoted sums and stores them (the first
-/// kernel's epilogue; `half_row` = 64 * half).
+/// kernel's epilogue; `half_row` = 64 * half). The channel scales come from `ep`
+/// (EpScalesShared: copied by the producer, the pipelined body) or are loaded here
+/// (EpScalesLoaded: the convert kernel).
+template <class Ep>
 __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, float const (&total)[64],
                                               int e, int row0, int rows, int half_row,
-                                              int chunk128, int warp, int lane, bool gate_up) {
+                                              int chunk128, int warp, int lane, bool gate_up,
+                                              Ep const& ep) {
+  constexpr bool kSmemScalars = Ep::kShared;
   bool const channel = !p.scale_block;
   int const r0 = half_row + 16 * warp + (lane >> 2);
   int const c0 = 2 * (lane & 3);
@@ -991,6 +1058,15 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
     }
   }
   float const* const cs = p.w_scales + static_cast<int64_t>(e) * p.n_raw;
+  // The channel scale at cs[n], which is the warpgroup's column `local` (0..127; gate/up: the
+  // gate at 0..63, the up at 64..127).
+  auto col_scale = [&](int n, int local) -> float {
+    if constexpr (kSmemScalars) {
+      return ep.col_scale(local);
+    } else {
+      return __ldg(cs + n);
+    }
+  };
   // 8-byte stores (store_quad_pair) when the warpgroup's columns are all inside N and the
   // output is 16-bit with 8-byte aligned rows, and stored (not added atomically).
   if (!gate_up && p.out_vec8 && p.combine_out == nullptr && (chunk128 + 1) * 128 <= p.n_out) {
@@ -998,10 +1074,11 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
     for (int m = 0; m < 8; ++m) {  // groups j = 2 m, 2 m + 1: columns 128 chunk128 + 16 m + [0, 16)
       int const j = 2 * m;
       int const n = chunk128 * 128 + 16 * m + c0;
-      float const sa0 = channel ? __ldg(cs + n) : 1.0f;
-      float const sa1 = channel ? __ldg(cs + n + 1) : 1.0f;
-      float const sb0 = channel ? __ldg(cs + n + 8) : 1.0f;
-      float const sb1 = channel ? __ldg(cs + n + 9) : 1.0f;
+      int const l = 16 * m + c0;
+      float const sa0 = channel ? col_scale(n, l) : 1.0f;
+      float const sa1 = channel ? col_scale(n + 1, l + 1) : 1.0f;
+      float const sb0 = channel ? col_scale(n + 8, l + 8) : 1.0f;
+      float const sb1 = channel ? col_scale(n + 9, l + 9) : 1.0f;
 #pragma unroll
       for (int i1 = 0; i1 < 2; ++i1) {
         uint32_t const w0 = pack_pair(p.out_dtype, total[4 * j + 2 * i1] * s_tok[i1] * sa0,
@@ -1019,8 +1096,8 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
         float sw0 = 1.0f;
         float sw1 = 1.0f;
         if (channel) {
-          sw0 = __ldg(cs + n);
-          sw1 = __ldg(cs + n + 1);
+          sw0 = col_scale(n, 8 * j + c0);
+          sw1 = col_scale(n + 1, 8 * j + c0 + 1);
         }
 #pragma unroll
         for (int i1 = 0; i1 < 2; ++i1) {
@@ -1044,10 +1121,11 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
       if (h < p.n_out) {
         float sg0 = 1.0f, sg1 = 1.0f, su0 = 1.0f, su1 = 1.0f;
         if (channel) {
-          sg0 = __ldg(cs + h);
-          sg1 = __ldg(cs + h + 1);
-          su0 = __ldg(cs + p.n_out + h);
-          su1 = __ldg(cs + p.n_out + h + 1);
+          int const l = 8 * j + c0;
+          sg0 = col_scale(h, l);
+          sg1 = col_scale(h + 1, l + 1);
+          su0 = col_scale(p.n_out + h, 64 + l);
+          su1 = col_scale(p.n_out + h + 1, 64 + l + 1);
         }
 #pragma unroll
         for (int i1 = 0; i1 < 2; ++i1) {
@@ -1214,6 +1292,10 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
       Barrier::init(&ctl->full[s], full_count);
       Barrier::init(&ctl->empty[s], 4 * Cfg::kNumMathWG);
     }
+    for (int b = 0; b < 2; ++b) {
+      Barrier::init(&ctl->ep_full[b], 128u);
+      Barrier::init(&ctl->ep_free[b], 4u * Cfg::kNumMathWG);
+    }
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
@@ -1362,20 +1444,33 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
       }
       if (mt == 0) sm90_fp8_detail::pipe_stamp(p, 4);
       // Split-K: only the CTA that completes the item's last K range goes on, with the sum.
-      if (kGemm == 0 && p.k_splits > 1 &&
-          !sm90_fp8_detail::split_k_reduce<kHalves>(p, total, tag, n_tile, rows, active, mt,
-                                                    &ctl->deps_word)) {
-        return;
-      }
-      if (active) {
+      bool const finish = !(kGemm == 0 && p.k_splits > 1) ||
+                          sm90_fp8_detail::split_k_reduce<kHalves>(p, total, tag, n_tile, rows,
+                                                                   active, mt, &ctl->deps_word);
+      // With channel scales every tile uses one buffer of them, read or not: wait for it only
+      // to read it, hand it back in any case (the producer refills it two tiles later).
+      // (The tag made opaque here: ptxas hoisted the buffer index to the tile's start and spilled
+      // it across the K loop.)
+      int ept = sm90_fp8_detail::tag_ep(tag);
+      asm volatile("" : "+r"(ept));
+      int const epb = ept & 1;
+      bool const channel = !p.scale_block;
+      if (finish && active) {
+        if (channel) sm90_fp8_detail::wait_barrier(&ctl->ep_full[epb], ept >> 1);
+        sm90_fp8_detail::EpScalesShared<Cfg> const ep{ctl, epb, wg};
 #pragma unroll
         for (int h = 0; h < kHalves; ++h) {
           if (h < halves) {
             sm90_fp8_detail::pipe_epilogue(p, total[h], e, row0, rows, 64 * h, chunk128, warp,
-                                           lane, gate_up);
+                                           lane, gate_up, ep);
           }
         }
       }
+      if (channel) {
+        __syncwarp();
+        if (lane == 0) sm90_fp8_detail::arrive_barrier(&ctl->ep_free[epb]);
+      }
+      if (!finish) return;
       if (mt == 0) sm90_fp8_detail::pipe_stamp(p, 5);
       if constexpr (Deps::kActive) {
         deps.item_done(kGemm, sm90_fp8_detail::tag_slot(tag), row0, rows, mt,
