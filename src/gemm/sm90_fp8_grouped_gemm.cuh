@@ -668,8 +668,8 @@ struct EpScalesShared {
 };
 
 /// A tile's tag (PipeControl::tile_tag): its GEMM of the body (bit 0), its K range (bits 1-7,
-/// split-K), its epilogue-scalar buffer and that buffer's use parity (bits 8 and 9: the
-/// producer's count of tiles mod 4, see pipe_producer) and its m slot (bits 10+).
+/// split-K), its channel-scale buffer and that buffer's use parity (bits 8 and 9: the producer's
+/// count of channel-scaled tiles mod 4, see pipe_producer) and its m slot (bits 10+).
 __device__ __forceinline__ int pipe_tag(int gemm, int split, int ep, int slot) {
   return gemm | (split << 1) | (ep << 8) | (slot << 10);
 }
@@ -749,9 +749,10 @@ __device__ __forceinline__ int4 resolve_item(Sm90Fp8KernelParams const& p, int& 
 
 /// The producer warpgroup of the pipelined kernel for GEMM `gemm` (0 or 1) of the body. kMode:
 /// 0 bf16 rows, 1 fp16 rows, 2 e4m3 rows. stage and phase carry the ring's position from one
-/// GEMM to the next (phase bit 0: the stage ring's parity; bits 1-2: the count of tiles mod 4,
-/// whose bit 0 picks the tile's epilogue-scalar buffer and bit 1 is that buffer's use parity --
-/// packed there because a separate counter costs the 56-register producer a spill); `last`: after its items, the end marker.
+/// GEMM to the next (phase bit 0: the stage ring's parity; bits 1-2: the count of channel-scaled
+/// tiles mod 4, whose bit 0 picks the tile's channel-scale buffer and bit 1 is that buffer's use
+/// parity -- packed there because a separate counter cost the 56-register producer a spill);
+/// `last`: after its items, the end marker.
 template <class Cfg, int kMode, class Deps>
 __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint8_t* smem_a,
                                               uint8_t* smem_b, uint8_t* staging,
@@ -1032,7 +1033,7 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
                                               int e, int row0, int rows, int half_row,
                                               int chunk128, int warp, int lane, bool gate_up,
                                               Ep const& ep) {
-  constexpr bool kSmemScalars = Ep::kShared;
+  constexpr bool kSharedScales = Ep::kShared;
   bool const channel = !p.scale_block;
   int const r0 = half_row + 16 * warp + (lane >> 2);
   int const c0 = 2 * (lane & 3);
@@ -1061,7 +1062,7 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
   // The channel scale at cs[n], which is the warpgroup's column `local` (0..127; gate/up: the
   // gate at 0..63, the up at 64..127).
   auto col_scale = [&](int n, int local) -> float {
-    if constexpr (kSmemScalars) {
+    if constexpr (kSharedScales) {
       return ep.col_scale(local);
     } else {
       return __ldg(cs + n);
