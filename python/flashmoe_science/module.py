@@ -7,6 +7,12 @@ so a checkpoint's matrices are copied in as they are, without a transpose:
     linear:    weight    [E, D, H]
 The router (`router.weight` [E, H]) is kept in the module's dtype and evaluated in float32 (or
 float64 for a float64 module). Shared experts (DeepSeek, Qwen2-MoE) are not part of this module.
+
+FP8 checkpoints (DeepSeek-V3: float8_e4m3fn expert weights with a `weight_scale_inv` beside each,
+128 x 128 blocks or one per output channel) are dequantized (q * s) into the module's dtype on
+load. To run the layer in FP8, construct it with precision="fp8" (fused_moe quantizes the
+parameters once and caches them); to run a checkpoint's own E4M3 bytes and scales without a
+dequantized copy, call prepare_experts(..., weight_scales=...) and fused_moe directly.
 """
 
 from __future__ import annotations
@@ -32,6 +38,41 @@ def _style(style: str) -> tuple:
     if style not in _STYLES:
         raise ValueError(f"style must be one of {', '.join(map(repr, _STYLES))}; got {style!r}")
     return _STYLES[style]
+
+
+def _blocks(n: int) -> int:
+    return (n + 127) // 128
+
+
+def _expert_matrix(state_dict: Mapping[str, Tensor], key: str, shape: tuple) -> Tensor:
+    """Expert matrix `key` ([out, in]): as stored, or -- an FP8 checkpoint's float8_e4m3fn weight --
+    dequantized as q * s with the `weight_scale_inv` stored beside it (128 x 128 blocks
+    [ceil(out/128), ceil(in/128)], or one per output channel [out] / [out, 1]). The product is
+    formed in float64, where it is exact (4 significant bits times 24), so the only rounding is
+    the copy into the module's dtype."""
+    w = _get(state_dict, key, shape)
+    if not w.dtype.is_floating_point or w.dtype.itemsize != 1:
+        return w
+    if w.dtype != torch.float8_e4m3fn:
+        raise TypeError(f"{key!r} has dtype {w.dtype}; FP8 checkpoints are loaded from float8_e4m3fn")
+    skey = key[: -len("weight")] + "weight_scale_inv"
+    if skey not in state_dict:
+        raise ValueError(
+            f"{key!r} is float8_e4m3fn (an FP8 checkpoint) but the state dict has no {skey!r} "
+            "to dequantize it with"
+        )
+    s = state_dict[skey].to(device=w.device, dtype=torch.float64)
+    out, inp = shape
+    if tuple(s.shape) == (_blocks(out), _blocks(inp)):
+        s = s.repeat_interleave(128, 0).repeat_interleave(128, 1)[:out, :inp]
+    elif tuple(s.shape) in ((out,), (out, 1)):
+        s = s.reshape(out, 1)
+    else:
+        raise ValueError(
+            f"{skey!r} must have shape {[_blocks(out), _blocks(inp)]} (128 x 128 blocks) or "
+            f"{[out]} (one per output channel), got {list(s.shape)}"
+        )
+    return w.to(torch.float64) * s
 
 
 def _get(state_dict: Mapping[str, Tensor], key: str, shape: Optional[tuple] = None) -> Tensor:
@@ -70,6 +111,8 @@ class FusedMoE(nn.Module):
         capacity_factor: Optional[float] = None,
         overflow: str = "drop",
         deterministic: bool = True,
+        precision: str = "auto",
+        fp8_scale: str = "channel",
         dtype: Optional[torch.dtype] = None,
         device: Optional[torch.device] = None,
     ):
@@ -97,6 +140,8 @@ class FusedMoE(nn.Module):
             capacity_factor=capacity_factor,
             overflow=overflow,
             deterministic=deterministic,
+            precision=precision,
+            fp8_scale=fp8_scale,
         )
         if I is not None:
             self.options["activation"] = activation
@@ -139,7 +184,9 @@ class FusedMoE(nn.Module):
         from `state_dict` keys `prefix + "block_sparse_moe."...` (mixtral: gate.weight,
         experts.{e}.w1/w3/w2.weight) or `prefix + "mlp."...` (qwen3/deepseek: gate.weight,
         experts.{e}.gate_proj/up_proj/down_proj.weight, deepseek: gate.e_score_correction_bias).
-        Raises KeyError / ValueError naming a missing or misshaped key. Returns self."""
+        float8_e4m3fn expert weights are dequantized with their `weight_scale_inv` (see the
+        module's docstring). Raises KeyError / ValueError naming a missing or misshaped key.
+        Returns self."""
         block, router_key, (g, u, d), bias_key = _style(style)
         if self.intermediate_size is None:
             raise ValueError(f"style={style!r} holds gated experts; this module's are linear")
@@ -148,9 +195,9 @@ class FusedMoE(nn.Module):
         self.router.weight.copy_(_get(state_dict, p + router_key, (E, H)))
         for e in range(E):
             key = f"{p}experts.{e}.{{}}.weight"
-            self.w_gate_up[e, :I].copy_(_get(state_dict, key.format(g), (I, H)))
-            self.w_gate_up[e, I:].copy_(_get(state_dict, key.format(u), (I, H)))
-            self.w_down[e].copy_(_get(state_dict, key.format(d), (H, I)))
+            self.w_gate_up[e, :I].copy_(_expert_matrix(state_dict, key.format(g), (I, H)))
+            self.w_gate_up[e, I:].copy_(_expert_matrix(state_dict, key.format(u), (I, H)))
+            self.w_down[e].copy_(_expert_matrix(state_dict, key.format(d), (H, I)))
         if self.e_score_correction_bias is not None:
             if bias_key is None:
                 raise ValueError(f"style={style!r} has no correction bias; use style='deepseek'")

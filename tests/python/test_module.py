@@ -192,3 +192,72 @@ def test_compile_block_fullgraph_matches_eager():
         eager = block(x)
         compiled = torch.compile(block, fullgraph=True)(x)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def fp8_checkpoint(sd, style="deepseek", scale="block128"):
+    """`sd` with every expert weight quantized as DeepSeek-V3 ships it: float8_e4m3fn weight and
+    a float32 `weight_scale_inv` (amax / 448 per 128 x 128 block, or per output channel);
+    returns (the FP8 state dict, the dequantized float64 weights q * s under the same keys)."""
+    fp8, deq = dict(sd), dict(sd)
+    for key, w in sd.items():
+        if ".experts." not in key:
+            continue
+        out, inp = w.shape
+        w32 = w.float()
+        if scale == "block128":
+            nb, kb = -(-out // 128), -(-inp // 128)
+            pad = F.pad(w32, (0, kb * 128 - inp, 0, nb * 128 - out))
+            s = pad.view(nb, 128, kb, 128).abs().amax(dim=(1, 3)) / 448.0
+            full = s.repeat_interleave(128, 0).repeat_interleave(128, 1)[:out, :inp]
+        else:
+            s = w32.abs().amax(dim=1) / 448.0
+            full = s[:, None]
+        q = (w32 / full).to(torch.float8_e4m3fn)
+        fp8[key] = q
+        fp8[key[: -len("weight")] + "weight_scale_inv"] = s
+        deq[key] = q.double() * full.double()
+    return fp8, deq
+
+
+@pytest.mark.parametrize("scale", ["block128", "channel"])
+def test_fp8_checkpoint_is_dequantized_on_load(scale):
+    # I = 136: the block scales' last row of blocks is partial.
+    sd = hf_state_dict("deepseek", E=4, H=32, I=136, seed=5)
+    fp8, deq = fp8_checkpoint(sd, scale=scale)
+    moe = FusedMoE.from_state_dict(fp8, PREFIX, "deepseek", top_k=2, dtype=torch.float64)
+    ref = FusedMoE.from_state_dict(deq, PREFIX, "deepseek", top_k=2, dtype=torch.float64)
+    assert torch.equal(moe.w_gate_up, ref.w_gate_up) and torch.equal(moe.w_down, ref.w_down)
+    # the dequantized weights are close to, not equal to, the original ones (E4M3 rounding)
+    assert 0 < rel_err(moe.w_down[1].detach(), sd[PREFIX + "mlp.experts.1.down_proj.weight"]) < 5e-2
+
+
+def test_fp8_checkpoint_errors_name_the_key():
+    sd = hf_state_dict("deepseek", E=4, H=32, I=24, seed=6)
+    fp8, _ = fp8_checkpoint(sd)
+    key = PREFIX + "mlp.experts.2.up_proj.weight_scale_inv"
+    missing = {k: v for k, v in fp8.items() if k != key}
+    with pytest.raises(ValueError, match=r"experts.2.up_proj.weight' is float8_e4m3fn.*weight_scale_inv"):
+        FusedMoE.from_state_dict(missing, PREFIX, "deepseek", top_k=2)
+    bad = dict(fp8)
+    bad[key] = torch.ones(3, 3)
+    with pytest.raises(ValueError, match=r"up_proj.weight_scale_inv' must have shape \[1, 1\].*\[24\]"):
+        FusedMoE.from_state_dict(bad, PREFIX, "deepseek", top_k=2)
+    e5 = dict(fp8)
+    w = PREFIX + "mlp.experts.0.gate_proj.weight"
+    e5[w] = fp8[w].float().to(torch.float8_e5m2)
+    with pytest.raises(TypeError, match="float8_e5m2; FP8 checkpoints are loaded from float8_e4m3fn"):
+        FusedMoE.from_state_dict(e5, PREFIX, "deepseek", top_k=2)
+
+
+def test_precision_option_reaches_fused_moe():
+    # precision="fp8" on the CPU runs the reference's fake quantization of the parameters.
+    sd = hf_state_dict("qwen3", E=8, H=32, I=24, seed=7)
+    x = torch.randn(5, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    moe8 = FusedMoE.from_state_dict(sd, PREFIX, "qwen3", top_k=2, precision="fp8")
+    moe = FusedMoE.from_state_dict(sd, PREFIX, "qwen3", top_k=2)
+    with torch.no_grad():
+        logits = F.linear(x, moe.router.weight)
+        want = fused_moe(x, moe._experts(), logits, 2, layout="out_in", precision="fp8")
+        got, exact = moe8(x), moe(x)
+    assert torch.equal(got, want)
+    assert 0 < rel_err(got, exact) < 8e-2
