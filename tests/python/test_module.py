@@ -39,13 +39,15 @@ def hf_state_dict(style, E=8, H=32, I=24, seed=0, bias=False):
     return sd
 
 
-def per_expert_loop(x, sd, style, top_k, scoring="softmax", n_group=None, topk_group=None, rsf=1):
+def per_expert_loop(x, sd, style, top_k, scoring="softmax", n_group=None, topk_group=None, rsf=1,
+                    logits=None):
     """The MoE block written out in float64, one expert at a time, from the per-expert weights:
-    scores, (biased, grouped) top-k selection, renormalized combine weights, SwiGLU experts."""
+    scores, (biased, grouped) top-k selection, renormalized combine weights, SwiGLU experts.
+    `logits`: the router's output if given (else x @ gate.weight^T in float64)."""
     block, gate, up, down = HF_NAMES[style]
     p = PREFIX + block
     x = x.double().reshape(-1, x.shape[-1])
-    logits = x @ sd[p + "gate.weight"].double().T
+    logits = x @ sd[p + "gate.weight"].double().T if logits is None else logits.double().cpu()
     scores = logits.softmax(-1) if scoring == "softmax" else logits.sigmoid()
     bias = sd.get(p + "gate.e_score_correction_bias")
     q = scores if bias is None else scores + bias.double()
@@ -261,3 +263,32 @@ def test_precision_option_reaches_fused_moe():
         got, exact = moe8(x), moe(x)
     assert torch.equal(got, want)
     assert 0 < rel_err(got, exact) < 8e-2
+
+
+@pytest.mark.skipif(
+    torch is None or not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+    reason="needs an sm_90 GPU: FP8 module test not run",
+)
+@pytest.mark.parametrize("fp8_scale", ["block128", "channel"])
+def test_gpu_fp8_checkpoint_module_runs_fp8(fp8_scale):
+    """An FP8 checkpoint loaded into a bf16 FusedMoE on the GPU and run with precision='fp8':
+    close to the float64 per-expert loop on the dequantized weights (the FP8 format's error;
+    the routing compared through the same router output and the float32 bias the module holds)."""
+    sd = hf_state_dict("deepseek", E=16, H=256, I=128, seed=8, bias=True)
+    fp8, deq = fp8_checkpoint(sd)
+    opts = dict(scoring="sigmoid", n_group=4, topk_group=2, routed_scaling_factor=2.5)
+    moe = FusedMoE.from_state_dict(fp8, PREFIX, "deepseek", top_k=4, dtype=torch.bfloat16,
+                                   device="cuda", precision="fp8", fp8_scale=fp8_scale, **opts)
+    x = torch.randn(40, 256, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    with torch.no_grad():
+        got = moe(x.cuda()).double().cpu()
+        # the module's own router output (float32 on the GPU), so both sides route alike
+        logits = F.linear(x.cuda().float(), moe.router.weight.float())
+    bias = PREFIX + "mlp.gate.e_score_correction_bias"
+    deq[bias] = deq[bias].float().double()  # the module keeps it in float32
+    want = per_expert_loop(x, deq, "deepseek", 4, scoring="sigmoid", n_group=4, topk_group=2,
+                           rsf=2.5, logits=logits)
+    assert bool(torch.isfinite(got).all())
+    err = rel_err(got, want)
+    print(f"fp8 module ({fp8_scale}) vs float64 loop on the dequantized weights: {err:.3e}")
+    assert err < 8e-2
