@@ -270,7 +270,6 @@ def _source_scale(name, s, lay, scale, layout, device):
 
 def _pack(kind, w1, w2, weight_scales, E, H, D, I, scale, layout) -> PreparedExperts:
     """prepare_experts for already-quantized E4M3 weights: bytes and scales packed, no rounding."""
-    global quantize_calls
     names = ("expert_weights", None)
     if kind == "gated_ffn":
         names = ("expert_weights[0] (w_gate_up)", "expert_weights[1] (w_down)")
@@ -296,35 +295,72 @@ def _pack(kind, w1, w2, weight_scales, E, H, D, I, scale, layout) -> PreparedExp
         raise ValueError("linear experts take one weight_scales tensor, not a sequence")
     raw_scales = tuple(weight_scales) if pair else (weight_scales,)
     problem = raw_problem(kind, E, H, D, I, layout, "bfloat16")  # sizes only
-    dev = w1.device
-    lays, sources = [], []
-    for which, s in zip((1, 2), raw_scales):
-        lays.append(_C.prepared_layout(problem, which, scale))
-        name = "weight_scales" if kind == "linear" else f"weight_scales[{which - 1}]"
-        sources.append(_source_scale(name, s, lays[-1], scale, layout, dev))
-    _require_cuda(w1, w2)
-    outs = []
-    for lay in lays:
-        q = torch.empty(
-            (lay["experts"], lay["rows"], lay["cols"]), dtype=torch.float8_e4m3fn, device=dev
+    lays = _layouts(kind, problem, scale)
+    sources = tuple(
+        _source_scale(
+            "weight_scales" if kind == "linear" else f"weight_scales[{i}]",
+            s,
+            lay,
+            scale,
+            layout,
+            w1.device,
         )
-        outs.append((q, torch.empty(tuple(lay["scale_shape"]), dtype=torch.float32, device=dev)))
+        for i, (s, lay) in enumerate(zip(raw_scales, lays))
+    )
+    _require_cuda(w1, w2)
+    return _run(kind, w1, w2, E, H, D, I, scale, layout, problem, lays, "float8_e4m3fn", sources)
+
+
+def _quantize(kind, w1, w2, E, H, D, I, scale, layout, dt) -> PreparedExperts:
+    problem = raw_problem(kind, E, H, D, I, layout, dt)
+    lays = _layouts(kind, problem, scale)
+    return _run(kind, w1, w2, E, H, D, I, scale, layout, problem, lays, dt, ())
+
+
+def _layouts(kind, problem, scale) -> Tuple[Dict, ...]:
+    """_C.prepared_layout of each matrix: w1, and w2 for gated FFN."""
+    return tuple(
+        _C.prepared_layout(problem, which, scale)
+        for which in ((1, 2) if kind == "gated_ffn" else (1,))
+    )
+
+
+def _run(kind, w1, w2, E, H, D, I, scale, layout, problem, lays, source_dtype, sources):
+    """Allocates the prepared arrays of `lays`, fills them on the GPU (quantizes raw weights, or
+    with `sources` -- the checkpoint's scales -- packs E4M3 ones) and wraps them."""
+    global quantize_calls
+    dev = w1.device
+    outs = [
+        (
+            torch.empty(
+                (lay["experts"], lay["rows"], lay["cols"]), dtype=torch.float8_e4m3fn, device=dev
+            ),
+            torch.empty(tuple(lay["scale_shape"]), dtype=torch.float32, device=dev),
+        )
+        for lay in lays
+    ]
     (q1, s1), (q2, s2) = outs[0], (outs[1] if len(outs) > 1 else (None, None))
-    r1 = w1.detach().contiguous().view(torch.uint8)
-    r2 = None if w2 is None else w2.detach().contiguous().view(torch.uint8)
+    packed = len(sources) > 0
+
+    def raw(w):  # E4M3 sources travel as their bytes
+        if w is None:
+            return None
+        w = w.detach().contiguous()
+        return w.view(torch.uint8) if packed else w
+
     with torch.cuda.device(dev):
         stream = torch.cuda.current_stream(dev).cuda_stream
         _C.prepare_experts_fp8(
             problem,
-            r1,
-            r2,
+            raw(w1),
+            raw(w2),
             scale,
             q1.view(torch.uint8),
             s1,
             None if q2 is None else q2.view(torch.uint8),
             s2,
             stream,
-            sources[0],
+            sources[0] if packed else None,
             sources[1] if len(sources) > 1 else None,
         )
     quantize_calls += 1
@@ -340,52 +376,7 @@ def _pack(kind, w1, w2, weight_scales, E, H, D, I, scale, layout) -> PreparedExp
         I=I,
         scale=scale,
         layout=layout,
-        source_dtype="float8_e4m3fn",
-        source=source_key((w1, w2) if w2 is not None else w1),
-    )
-
-
-def _quantize(kind, w1, w2, E, H, D, I, scale, layout, dt) -> PreparedExperts:
-    global quantize_calls
-    problem = raw_problem(kind, E, H, D, I, layout, dt)
-    dev = w1.device
-    outs = []
-    for which in (1, 2) if kind == "gated_ffn" else (1,):
-        lay = _C.prepared_layout(problem, which, scale)
-        q = torch.empty(
-            (lay["experts"], lay["rows"], lay["cols"]), dtype=torch.float8_e4m3fn, device=dev
-        )
-        s = torch.empty(tuple(lay["scale_shape"]), dtype=torch.float32, device=dev)
-        outs.append((q, s))
-    (q1, s1), (q2, s2) = outs[0], (outs[1] if len(outs) > 1 else (None, None))
-    r1, r2 = w1.detach().contiguous(), None if w2 is None else w2.detach().contiguous()
-    with torch.cuda.device(dev):
-        stream = torch.cuda.current_stream(dev).cuda_stream
-        _C.prepare_experts_fp8(
-            problem,
-            r1,
-            r2,
-            scale,
-            q1.view(torch.uint8),
-            s1,
-            None if q2 is None else q2.view(torch.uint8),
-            s2,
-            stream,
-        )
-    quantize_calls += 1
-    return PreparedExperts(
-        w1=q1,
-        w1_scale=s1,
-        w2=q2,
-        w2_scale=s2,
-        kind=kind,
-        E=E,
-        H=H,
-        D=D,
-        I=I,
-        scale=scale,
-        layout=layout,
-        source_dtype=dt,
+        source_dtype=source_dtype,
         source=source_key((w1, w2) if w2 is not None else w1),
     )
 

@@ -146,8 +146,10 @@ struct Prepared {
   std::vector<float> h_s1, h_s2;
 };
 
-/// prepare_experts_fp8 into poisoned buffers; downloads the result.
-Status prepare(MoeProblem const& raw, DeviceInputs const& in, WeightScale scale, Prepared* w) {
+/// `fill` (a prepare_experts_fp8 or prepare_quantized_experts_fp8 call on the stream it gets)
+/// into poisoned buffers sized for the raw problem `raw`; downloads the result.
+Status fill_prepared(MoeProblem const& raw, WeightScale scale, Prepared* w,
+                     std::function<Status(cudaStream_t)> const& fill) {
   bool const ffn = raw.kind == ExpertKind::kGatedFFN;
   FLASHMOE_RETURN_IF_ERROR(prepared_layout(raw, 1, scale, &w->l1));
   EXPECT_EQ(prepared_weight_bytes(raw, 1), w->l1.weight_bytes);
@@ -166,10 +168,7 @@ Status prepare(MoeProblem const& raw, DeviceInputs const& in, WeightScale scale,
   cudaDeviceSynchronize();
   cudaStream_t stream = nullptr;
   cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-  Status const s = prepare_experts_fp8(raw, in.w1.get(), ffn ? in.w2.get() : nullptr, scale,
-                                       w->w1.get(), w->s1.get<float>(),
-                                       ffn ? w->w2.get() : nullptr, ffn ? w->s2.get<float>() : nullptr,
-                                       stream);
+  Status const s = fill(stream);
   cudaError_t const sync = cudaStreamSynchronize(stream);
   cudaStreamDestroy(stream);
   FLASHMOE_RETURN_IF_ERROR(s);
@@ -183,6 +182,16 @@ Status prepare(MoeProblem const& raw, DeviceInputs const& in, WeightScale scale,
     w->h_s2 = download<float>(w->s2, w->l2.scale_bytes / sizeof(float));
   }
   return Status::Ok();
+}
+
+/// prepare_experts_fp8 of the raw weights `in` into poisoned buffers; downloads the result.
+Status prepare(MoeProblem const& raw, DeviceInputs const& in, WeightScale scale, Prepared* w) {
+  bool const ffn = raw.kind == ExpertKind::kGatedFFN;
+  return fill_prepared(raw, scale, w, [&](cudaStream_t stream) {
+    return prepare_experts_fp8(raw, in.w1.get(), ffn ? in.w2.get() : nullptr, scale, w->w1.get(),
+                               w->s1.get<float>(), ffn ? w->w2.get() : nullptr,
+                               ffn ? w->s2.get<float>() : nullptr, stream);
+  });
 }
 
 /// One prepared matrix dequantized as [E_local][N_raw][K] (K contiguous), in raw channel order.
@@ -665,28 +674,18 @@ TEST(GpuSmallFp8Fwd, PackQuantizedCheckpoint) {
     MoeProblem ck = c.raw;
     ck.weight_dtype = DType::kFloat8E4M3;
     Prepared got;
-    got.w1.resize(want.l1.weight_bytes);
-    got.s1.resize(want.l1.scale_bytes);
-    cudaMemset(got.w1.get(), 0xAB, want.l1.weight_bytes);
-    cudaMemset(got.s1.get(), 0xFF, want.l1.scale_bytes);
-    if (ffn) {
-      got.w2.resize(want.l2.weight_bytes);
-      got.s2.resize(want.l2.scale_bytes);
-      cudaMemset(got.w2.get(), 0xAB, want.l2.weight_bytes);
-      cudaMemset(got.s2.get(), 0xFF, want.l2.scale_bytes);
-    }
-    cudaDeviceSynchronize();
-    Status const s = prepare_quantized_experts_fp8(
-        ck, q1.get(), qs1.get<float>(), ffn ? q2.get() : nullptr, ffn ? qs2.get<float>() : nullptr,
-        c.scale, got.w1.get(), got.s1.get<float>(), ffn ? got.w2.get() : nullptr,
-        ffn ? got.s2.get<float>() : nullptr, nullptr);
+    Status const s = fill_prepared(c.raw, c.scale, &got, [&](cudaStream_t stream) {
+      return prepare_quantized_experts_fp8(
+          ck, q1.get(), qs1.get<float>(), ffn ? q2.get() : nullptr,
+          ffn ? qs2.get<float>() : nullptr, c.scale, got.w1.get(), got.s1.get<float>(),
+          ffn ? got.w2.get() : nullptr, ffn ? got.s2.get<float>() : nullptr, stream);
+    });
     ASSERT_TRUE(s.ok()) << s.message();
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    EXPECT_TRUE(download<uint8_t>(got.w1, want.l1.weight_bytes) == want.h_w1);
-    EXPECT_TRUE(download<float>(got.s1, want.h_s1.size()) == want.h_s1);
+    EXPECT_TRUE(got.h_w1 == want.h_w1);
+    EXPECT_TRUE(got.h_s1 == want.h_s1);
     if (ffn) {
-      EXPECT_TRUE(download<uint8_t>(got.w2, want.l2.weight_bytes) == want.h_w2);
-      EXPECT_TRUE(download<float>(got.s2, want.h_s2.size()) == want.h_s2);
+      EXPECT_TRUE(got.h_w2 == want.h_w2);
+      EXPECT_TRUE(got.h_s2 == want.h_s2);
     }
   }
 }

@@ -44,3 +44,25 @@ def ffn_case(rng, T=24, H=32, E=6, I=16, dtype=np.float32):
     wd = randn(rng, E, I, H, dtype=dtype, scale=I**-0.5)
     logits = randn(rng, T, E, dtype=np.float32)
     return tokens, (wgu, wd), logits
+
+
+def e4m3_checkpoint(w, scale):
+    """An FP8 checkpoint of out_in weights [..., N, K] as DeepSeek-V3 ships one, quantized here on
+    the CPU in float32 (not by flashmoe): scale = amax / 448 (1 for an all-zero group) per output
+    channel or per 128 x 128 block, q = e4m3(w / scale). Returns (q [..., N, K] float8_e4m3fn,
+    scales [..., N] or [..., ceil(N/128), ceil(K/128)], q * scale in float64, where it is exact)."""
+    w = w.float().cpu()
+    N, K = w.shape[-2:]
+    lead = w.shape[:-2]
+    if scale == "channel":
+        amax = w.abs().amax(dim=-1)
+        s = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
+        full = s[..., None]
+    else:
+        nb, kb = -(-N // 128), -(-K // 128)
+        pad = torch.nn.functional.pad(w, (0, kb * 128 - K, 0, nb * 128 - N))
+        amax = pad.view(*lead, nb, 128, kb, 128).abs().amax(dim=(-3, -1))
+        s = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
+        full = s.repeat_interleave(128, -2).repeat_interleave(128, -1)[..., :N, :K]
+    q = (w / full).to(torch.float8_e4m3fn)
+    return q, s, q.double() * full.double()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import numpy_moe
-from conftest import torch
+from conftest import e4m3_checkpoint, torch
 from flashmoe_science import (
     PreparedExperts,
     clear_prepare_cache,
@@ -355,25 +355,6 @@ def test_gpu_fp8_prepared_and_layouts(kind):
     assert torch.equal(a, b) and torch.equal(a, c)
 
 
-def e4m3_checkpoint(w_oi, scale):
-    """An FP8 checkpoint of out_in weights [E, N, K] as DeepSeek-V3 ships one, quantized here on
-    the CPU in float32 (not by flashmoe): scale = amax / 448 per channel or 128 x 128 block,
-    q = e4m3(w / scale). Returns (q [E, N, K] float8_e4m3fn, scales [E, N] or [E, nb, kb])."""
-    w = w_oi.float().cpu()
-    E, N, K = w.shape
-    if scale == "channel":
-        amax = w.abs().amax(dim=2)
-        s = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
-        full = s[:, :, None]
-    else:
-        nb, kb = -(-N // 128), -(-K // 128)
-        pad = torch.nn.functional.pad(w, (0, kb * 128 - K, 0, nb * 128 - N))
-        amax = pad.view(E, nb, 128, kb, 128).abs().amax(dim=(2, 4))
-        s = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
-        full = s.repeat_interleave(128, 1).repeat_interleave(128, 2)[:, :N, :K]
-    return (w / full).to(torch.float8_e4m3fn), s
-
-
 def to_in_out(q):
     return q.view(torch.uint8).transpose(1, 2).contiguous().view(torch.float8_e4m3fn)
 
@@ -390,14 +371,13 @@ def test_gpu_fp8_quantized_checkpoint_is_packed_not_requantized(kind, scale, lay
     tokens, weights, logits = case(47, 90, 256, 8, 128, kind, torch.bfloat16)
     oi = lambda w: w.transpose(1, 2)  # raw in_out [E, K, N] -> out_in [E, N, K]
     if kind == "linear":
-        q, s = e4m3_checkpoint(oi(weights), scale)
-        mats = [(q, s)]
+        mats = [e4m3_checkpoint(oi(weights), scale)[:2]]
     else:
         wgu, wd = weights
         I = wd.shape[1]
-        (qg, sg), (qu, su) = (e4m3_checkpoint(oi(wgu)[:, sl], scale)
-                              for sl in (slice(0, I), slice(I, 2 * I)))
-        mats = [(torch.cat([qg, qu], 1), torch.cat([sg, su], 1)), e4m3_checkpoint(oi(wd), scale)]
+        (qg, sg, _), (qu, su, _) = (e4m3_checkpoint(oi(wgu)[:, sl], scale)
+                                    for sl in (slice(0, I), slice(I, 2 * I)))
+        mats = [(torch.cat([qg, qu], 1), torch.cat([sg, su], 1)), e4m3_checkpoint(oi(wd), scale)[:2]]
     if layout == "in_out":  # the same checkpoint stored [E, K, N], its scales to match
         mats = [(to_in_out(q), s[:, None, :] if scale == "channel" else s.transpose(1, 2))
                 for q, s in mats]

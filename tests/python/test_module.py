@@ -3,7 +3,7 @@ explicit per-expert PyTorch loop in float64, load errors, torch.compile of a mod
 
 import pytest
 
-from conftest import requires_torch, torch
+from conftest import e4m3_checkpoint, requires_torch, torch
 
 pytestmark = requires_torch
 
@@ -196,28 +196,16 @@ def test_compile_block_fullgraph_matches_eager():
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
-def fp8_checkpoint(sd, style="deepseek", scale="block128"):
-    """`sd` with every expert weight quantized as DeepSeek-V3 ships it: float8_e4m3fn weight and
-    a float32 `weight_scale_inv` (amax / 448 per 128 x 128 block, or per output channel);
-    returns (the FP8 state dict, the dequantized float64 weights q * s under the same keys)."""
+def fp8_checkpoint(sd, scale="block128"):
+    """`sd` with every expert weight quantized as DeepSeek-V3 ships it (conftest.e4m3_checkpoint):
+    float8_e4m3fn weight and a float32 `weight_scale_inv` beside it; returns (the FP8 state dict,
+    the dequantized float64 weights q * s under the same keys)."""
     fp8, deq = dict(sd), dict(sd)
     for key, w in sd.items():
-        if ".experts." not in key:
-            continue
-        out, inp = w.shape
-        w32 = w.float()
-        if scale == "block128":
-            nb, kb = -(-out // 128), -(-inp // 128)
-            pad = F.pad(w32, (0, kb * 128 - inp, 0, nb * 128 - out))
-            s = pad.view(nb, 128, kb, 128).abs().amax(dim=(1, 3)) / 448.0
-            full = s.repeat_interleave(128, 0).repeat_interleave(128, 1)[:out, :inp]
-        else:
-            s = w32.abs().amax(dim=1) / 448.0
-            full = s[:, None]
-        q = (w32 / full).to(torch.float8_e4m3fn)
-        fp8[key] = q
-        fp8[key[: -len("weight")] + "weight_scale_inv"] = s
-        deq[key] = q.double() * full.double()
+        if ".experts." in key:
+            fp8[key], fp8[key[: -len("weight")] + "weight_scale_inv"], deq[key] = e4m3_checkpoint(
+                w, scale
+            )
     return fp8, deq
 
 
