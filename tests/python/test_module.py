@@ -280,3 +280,151 @@ def test_gpu_fp8_checkpoint_module_runs_fp8(fp8_scale):
     err = rel_err(got, want)
     print(f"fp8 module ({fp8_scale}) vs float64 loop on the dequantized weights: {err:.3e}")
     assert err < 8e-2
+
+
+# ----------------------------------------------------------------- packed FP8 experts (keep_fp8)
+
+
+def test_keep_fp8_errors_before_anything_is_copied():
+    """keep_fp8=True: the checkpoint is checked whole first (dtype, one scale kind, I % 128 for
+    block scales), then the device; a CPU module cannot pack (prepare_experts is GPU-only)."""
+    sd = hf_state_dict("deepseek", E=4, H=32, I=24, seed=9)
+    fp8, _ = fp8_checkpoint(sd, scale="channel")
+    with pytest.raises(ValueError, match="keep_fp8=True packs the experts on the GPU.*device='cuda'"):
+        FusedMoE.from_state_dict(fp8, PREFIX, "deepseek", top_k=2, keep_fp8=True)
+    with pytest.raises(TypeError, match="keep_fp8=True needs float8_e4m3fn.*experts.0.gate_proj"):
+        FusedMoE.from_state_dict(sd, PREFIX, "deepseek", top_k=2, keep_fp8=True)
+    mixed = dict(fp8)
+    block, _ = fp8_checkpoint(sd, scale="block128")
+    for n in ("gate_proj", "up_proj", "down_proj"):
+        for suffix in ("weight", "weight_scale_inv"):
+            key = PREFIX + f"mlp.experts.3.{n}.{suffix}"
+            mixed[key] = block[key]
+    with pytest.raises(ValueError, match="experts.3.gate_proj.weight_scale_inv' holds block128 "
+                                         "scales but earlier experts hold channel"):
+        FusedMoE.from_state_dict(mixed, PREFIX, "deepseek", top_k=2, keep_fp8=True)
+    with pytest.raises(ValueError, match=r"intermediate_size % 128 == 0.*got 24"):
+        FusedMoE.from_state_dict(block, PREFIX, "deepseek", top_k=2, keep_fp8=True)
+    moe = FusedMoE(32, 4, 2, 24)
+    with pytest.raises(ValueError, match="quantize_experts_ runs on the GPU.*cpu"):
+        moe.quantize_experts_()
+    with pytest.raises(ValueError, match="scale must be one of 'channel', 'block128'"):
+        moe.quantize_experts_("tensor")
+    assert not moe.fp8_packed and moe.w_gate_up is not None  # nothing changed
+
+
+def test_packed_experts_keep_their_bytes_under_dtype_casts():
+    """module.to(dtype) / .half() convert floating buffers as numbers; the packed E4M3 bytes and
+    float32 scales must only follow the device. (A PreparedExperts of CPU tensors built here by
+    hand: packing itself needs the GPU.)"""
+    from flashmoe_science import PreparedExperts
+
+    g = torch.Generator().manual_seed(10)
+    w1 = torch.randn(4, 128, 32, generator=g).to(torch.float8_e4m3fn)
+    w2 = torch.randn(4, 32, 24, generator=g).to(torch.float8_e4m3fn)
+    s1, s2 = torch.rand(4, 48, generator=g) + 0.5, torch.rand(4, 32, generator=g) + 0.5
+    prepared = PreparedExperts(w1, s1, w2, s2, "gated_ffn", 4, 32, 0, 24, "channel", "out_in",
+                               "float8_e4m3fn", ())
+    moe = FusedMoE(32, 4, 2, 24, dtype=torch.float32)
+    moe._set_packed(prepared)
+    assert moe.fp8_packed and moe.w_gate_up is None and moe.w_down is None
+    assert [n for n, _ in moe.named_parameters()] == ["router.weight"]
+    keys = set(moe.state_dict())
+    assert {"fp8_w1", "fp8_w1_scale", "fp8_w2", "fp8_w2_scale", "router.weight"} <= keys
+    assert "w_gate_up" not in keys and "experts=" in repr(moe)
+    for cast in (lambda m: m.to(torch.float64), lambda m: m.half(), lambda m: m.bfloat16()):
+        cast(moe)
+        assert moe.router.weight.dtype != torch.float32  # the router did follow
+        assert moe.fp8_w1.dtype == torch.float8_e4m3fn and moe.fp8_w1_scale.dtype == torch.float32
+        assert torch.equal(moe.fp8_w1.view(torch.uint8), w1.view(torch.uint8))
+        assert torch.equal(moe.fp8_w2_scale, s2)
+        assert moe._experts().w1 is moe.fp8_w1 and moe._experts().w2_scale is moe.fp8_w2_scale
+    with pytest.raises(ValueError, match="already packed"):
+        moe.quantize_experts_()
+    with pytest.raises(ValueError, match="no parameters to reset"):
+        moe.reset_parameters()
+
+
+requires_sm90 = pytest.mark.skipif(
+    torch is None or not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+    reason="needs an sm_90 GPU: packed FP8 module test not run",
+)
+
+
+@requires_sm90
+@pytest.mark.parametrize("scale,I", [("block128", 128), ("channel", 96)])
+def test_gpu_keep_fp8_packs_the_checkpoint(scale, I):
+    """keep_fp8=True: no expert parameters; the buffers are what prepare_experts packs from the
+    concatenated checkpoint bit for bit (E = 20: two packing chunks); the forward equals fused_moe
+    on that PreparedExperts bit for bit and is close to the float64 loop on the dequantized
+    weights; a state-dict round trip into a module packed by quantize_experts_ (same shapes)
+    and a move to the CPU and back reproduce it; torch.compile(fullgraph) equals eager."""
+    from flashmoe_science import prepare_experts
+
+    E, H = 20, 256
+    sd = hf_state_dict("deepseek", E=E, H=H, I=I, seed=11, bias=True)
+    fp8, deq = fp8_checkpoint(sd, scale=scale)
+    opts = dict(scoring="sigmoid", n_group=4, topk_group=2, routed_scaling_factor=2.5)
+    moe = FusedMoE.from_state_dict(fp8, PREFIX, "deepseek", top_k=4, dtype=torch.bfloat16,
+                                   device="cuda", keep_fp8=True, **opts)
+    assert moe.fp8_packed and [n for n, _ in moe.named_parameters()] == ["router.weight"]
+    p = PREFIX + "mlp.experts.{}.{}.weight"
+    ps = PREFIX + "mlp.experts.{}.{}.weight_scale_inv"
+
+    def stack(fn):
+        return torch.stack([fn(e) for e in range(E)])
+
+    gate_up = ("gate_proj", "up_proj")
+    gu = stack(lambda e: torch.cat([fp8[p.format(e, n)].view(torch.uint8) for n in gate_up]))
+    dn = stack(lambda e: fp8[p.format(e, "down_proj")].view(torch.uint8))
+    s1 = stack(lambda e: torch.cat([fp8[ps.format(e, n)] for n in gate_up]))
+    s2 = stack(lambda e: fp8[ps.format(e, "down_proj")])
+    want_p = prepare_experts(
+        (gu.view(torch.float8_e4m3fn).cuda(), dn.view(torch.float8_e4m3fn).cuda()),
+        scale=scale, layout="out_in", weight_scales=(s1.float().cuda(), s2.float().cuda()))
+    for got_t, want_t in zip((moe.fp8_w1, moe.fp8_w1_scale, moe.fp8_w2, moe.fp8_w2_scale),
+                             (want_p.w1, want_p.w1_scale, want_p.w2, want_p.w2_scale)):
+        assert got_t.dtype == want_t.dtype and got_t.shape == want_t.shape
+        assert torch.equal(got_t.view(torch.uint8), want_t.view(torch.uint8))
+    x = torch.randn(40, H, generator=torch.Generator().manual_seed(12)).to(torch.bfloat16).cuda()
+    with torch.no_grad():
+        got = moe(x)
+        logits = F.linear(x.float(), moe.router.weight.float())
+        want = fused_moe(x, want_p, logits, 4, correction_bias=moe.e_score_correction_bias,
+                         layout="out_in", precision="fp8", **opts)
+    assert torch.equal(got, want)
+    bias = PREFIX + "mlp.gate.e_score_correction_bias"
+    deq[bias] = deq[bias].float().double()  # the module keeps it in float32
+    ref = per_expert_loop(x.cpu(), deq, "deepseek", 4, scoring="sigmoid", n_group=4,
+                          topk_group=2, rsf=2.5, logits=logits)
+    err = rel_err(got.double().cpu(), ref)
+    print(f"keep_fp8 ({scale}) vs float64 loop on the dequantized weights: {err:.3e}")
+    assert err < 8e-2
+    # state dict -> a module of the same shapes packed by quantize_experts_
+    copy = FusedMoE(H, E, 4, I, dtype=torch.bfloat16, device="cuda", use_correction_bias=True,
+                    **opts).quantize_experts_(scale)
+    copy.load_state_dict(moe.state_dict())
+    moe.cpu().cuda()  # the packed experts move with the module (their PreparedExperts too)
+    with torch.no_grad():
+        assert torch.equal(copy(x), got) and torch.equal(moe(x), got)
+        torch._dynamo.reset()
+        compiled = torch.compile(moe, fullgraph=True)(x)
+    assert torch.equal(compiled, got)
+
+
+@requires_sm90
+@pytest.mark.parametrize("scale", ["channel", "block128"])
+def test_gpu_quantize_experts_matches_precision_fp8(scale):
+    """quantize_experts_() packs what fused_moe(precision='fp8') quantizes on its first call:
+    the packed module's output equals the unpacked one's with precision='fp8', bit for bit, and
+    its expert memory is one byte per weight."""
+    sd = {k: v.to(torch.bfloat16) for k, v in hf_state_dict("qwen3", E=16, H=256, I=128,
+                                                             seed=13).items()}
+    kw = dict(top_k=2, device="cuda", precision="fp8", fp8_scale=scale)
+    moe = FusedMoE.from_state_dict(sd, PREFIX, "qwen3", **kw)
+    packed = FusedMoE.from_state_dict(sd, PREFIX, "qwen3", **kw).quantize_experts_(scale)
+    assert packed.fp8_packed and packed.fp8_w1.element_size() == 1
+    assert packed.fp8_w1.numel() + packed.fp8_w2.numel() >= 16 * 3 * 128 * 256
+    x = torch.randn(33, 256, generator=torch.Generator().manual_seed(14)).to(torch.bfloat16).cuda()
+    with torch.no_grad():
+        assert torch.equal(packed(x), moe(x))
