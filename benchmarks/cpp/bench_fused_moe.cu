@@ -65,6 +65,7 @@ struct Opts {
   double capacity = 0.0;  // > 0: capacity_factor (routing.h step 6)
   bool reroute = false;   // overflow "reroute" instead of "drop"
   bool deterministic = true;  // false: MoeProblem::deterministic false (atomic combine)
+  bool zeroed_ws = false;     // the workspace zero-filled once, MoeArgs::workspace_zeroed
   WeightLayout layout = WeightLayout::kInOut;  // of the raw bf16 weights (--layout)
 };
 struct Ctx {
@@ -225,6 +226,7 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
   // Bytes one forward reads when it touches every expert: the raw bf16 or the prepared E4M3.
   size_t const wbytes = fp8 ? w1q + w2q : 2 * (w1e + w2e), ws_bytes = fused_moe_workspace_size(p);
   void* ws = dalloc<char>(ws_bytes, &owned);
+  if (o.zeroed_ws) CK(cudaMemset(ws, 0, ws_bytes));
   auto* out = dalloc<__nv_bfloat16>(size_t(T * outN), &owned);
   auto* load = dalloc<int32_t>(size_t(E), &owned);
   size_t fr = 0, tot = 0;
@@ -346,6 +348,7 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
     }
     a.out = out;
     a.expert_load = ld;
+    a.workspace_zeroed = o.zeroed_ws;
     return a;
   };
   auto run = [&](int64_t i, int32_t* ld) {
@@ -587,6 +590,7 @@ int main(int argc, char** argv) {
     else if (a == "--zipf" && has) o.zipf = std::atof(argv[++i]);
     else if (a == "--capacity" && has) o.capacity = std::atof(argv[++i]);
     else if (a == "--nondeterministic") o.deterministic = false;
+    else if (a == "--zeroed-workspace") o.zeroed_ws = true;
     else if (a == "--layout" && has) {
       std::string const v = argv[++i];
       if (v != "in_out" && v != "out_in") die(__FILE__, __LINE__, "--layout", "in_out|out_in");
@@ -605,7 +609,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr, "usage: %s [--config NAME]... [--tokens T] [--reps N] [--warmup N] "
                    "[--fp8 channel|block128] [--zipf S] [--capacity C] [--overflow drop|reroute] "
-                   "[--nondeterministic] [--layout in_out|out_in] "
+                   "[--nondeterministic] [--zeroed-workspace] [--layout in_out|out_in] "
                    "[--json PATH]\nconfigs: all", argv[0]);
       for (auto const& s : kShapes) std::fprintf(stderr, " %s", s.name);
       std::fprintf(stderr, "\n");

@@ -40,13 +40,14 @@ enum class KernelPath : int {
   // precision kFP8 with prepared weights, linear or gated-FFN experts, any routing option
   // (capacity included), E <= 256, on a compute capability 9.0 device: ONE persistent kernel
   // (routing, activation quantization, the sm_90a FP8 GEMM(s) and the combine; launched
-  // cooperatively after one memset of its counters), bit for bit the kMultiKernelSm90Fp8 output. FLASHMOE_FUSED=0 selects
+  // cooperatively after one memset of its counters, or alone with MoeArgs::workspace_zeroed),
+  // bit for bit the kMultiKernelSm90Fp8 output. FLASHMOE_FUSED=0 selects
   // kMultiKernelSm90Fp8 instead.
   kFusedSm90Fp8 = 5,
   // bf16/fp16, linear or gated-FFN experts, any routing option, E <= 256, on a compute
   // capability 9.0 device with this build's sm_90a code: ONE persistent kernel (routing, the
   // sm_90a wgmma GEMM(s) and the combine; launched cooperatively after one memset of its
-  // counters), bit for bit the kMultiKernelSm90 output. FLASHMOE_FUSED=0 selects
+  // counters, or alone with MoeArgs::workspace_zeroed), bit for bit the kMultiKernelSm90 output. FLASHMOE_FUSED=0 selects
   // kMultiKernelSm90 instead.
   kFusedSm90 = 6,
 };

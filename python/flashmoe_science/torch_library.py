@@ -88,6 +88,7 @@ def fused_moe_op(
     weight_scale: str = "none",
     check_finite: bool = True,
     deterministic: bool = True,
+    workspace_zeroed: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """tokens [T, H] -> out [T, D or H] (written in place). Returns (topk_ids [T, k] int32,
     topk_weights [T, k] float32, expert_load [E] int32, counts [3] int64 = dropped, rerouted,
@@ -95,7 +96,8 @@ def fused_moe_op(
 
     weight_scale != "none": w1/w2 are prepared FP8 weights (prepare.py; float8_e4m3fn or uint8
     [E, rows, K]) with their float32 scales w1_scale/w2_scale. check_finite=False skips the CUDA
-    non-finite check of routing_weights (a host sync)."""
+    non-finite check of routing_weights (a host sync). workspace_zeroed: fused_moe's promise
+    about `workspace` (the one-kernel forwards then skip their memset)."""
     from .ops import build_problem, check_index_range
 
     dev = tokens.device
@@ -200,6 +202,7 @@ def fused_moe_op(
             stream,
             w1_scale if prepared else None,
             w2_scale if prepared else None,
+            workspace_zeroed=on_cuda and workspace is not None and workspace_zeroed,
         )
         if run_out is not out:
             out.copy_(run_out)
@@ -239,6 +242,7 @@ def _fused_moe_fake(
     weight_scale="none",
     check_finite=True,
     deterministic=True,
+    workspace_zeroed=False,
 ):
     T = tokens.shape[0] if return_stats else 0
     k = top_k if return_stats else 0
@@ -260,6 +264,7 @@ def run(
     return_stats: bool,
     scales: Tuple[Optional[Tensor], Optional[Tensor], str] = (None, None, "none"),
     check_finite: bool = True,
+    workspace_zeroed: bool = False,
 ) -> Any:
     """fused_moe for torch inputs (already validated by _checks): allocate, call the op.
     `scales` = (w1_scale, w2_scale, weight_scale) when w1/w2 are prepared FP8 weights."""
@@ -299,6 +304,7 @@ def run(
         w2_scale=scales[1],
         weight_scale=scales[2],
         check_finite=check_finite,
+        workspace_zeroed=workspace_zeroed,
         **options,
     )
     if not return_stats:

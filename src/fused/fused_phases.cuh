@@ -76,7 +76,10 @@ struct FusedRoutingParams {
   float* token_scales;  // FP8 GEMMs: the E4M3 token rows phase 1 writes and their scales;
   uint8_t* token_fp8;   // null: the GEMM reads the 16-bit rows (no quantization)
   int32_t* cta_counts;  // [E, kFusedMaxCtas]: column c = CTA c's final ids per expert
-  uint32_t* grid_sync;  // [3] arrivals, generation, solo dispatch done (zero at launch)
+  uint32_t* grid_sync;  // [3] arrivals, generation, solo dispatch done: zero at launch but for
+                        // the generation (relative); the run leaves them so (the barrier's last
+                        // arrival, and the first GEMM's last CTA done for the flag:
+                        // Sm90Fp8KernelParams::clear_on_done)
   int32_t* topk_ids_out;
   float* topk_weights_out;
   int32_t* expert_load_out;
@@ -720,10 +723,13 @@ inline FusedRoutingParams make_fused_routing_params(MoeProblem const& problem,
 }
 
 /// What every one-kernel forward does first on the host: refuses a problem it cannot run, sizes
-/// its grid (one CTA per SM, at most kFusedMaxCtas) and zeroes its GEMMs' work queues and grid
-/// barrier arrivals on `stream`. `name` prefixes the messages.
-inline Status begin_fused_forward(MoeProblem const& problem, MoeWorkspace const& ws,
-                                  cudaStream_t stream, char const* name, int* ctas) {
+/// its grid (one CTA per SM, at most kFusedMaxCtas) and zeroes the workspace's sync region on
+/// `stream` -- unless the caller promised it clean (MoeArgs::workspace_zeroed: the previous run
+/// on the workspace left it so), when the forward is the kernel alone. `name` prefixes the
+/// messages.
+inline Status begin_fused_forward(MoeProblem const& problem, MoeArgs const& args,
+                                  MoeWorkspace const& ws, cudaStream_t stream, char const* name,
+                                  int* ctas) {
   std::string const why = one_kernel_unsupported_reason(problem);
   if (!why.empty()) {
     return Status(StatusCode::kInternal,
@@ -732,6 +738,7 @@ inline Status begin_fused_forward(MoeProblem const& problem, MoeWorkspace const&
   int num_sms = 0;
   FLASHMOE_RETURN_IF_ERROR(gemm::sm90_device_sms(name, &num_sms));
   *ctas = std::max(1, std::min(num_sms, kFusedMaxCtas));
+  if (args.workspace_zeroed) return Status::Ok();
   return zero_gemm_queues(ws, stream);
 }
 

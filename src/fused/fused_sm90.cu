@@ -103,7 +103,7 @@ Status run_fused_sm90(MoeProblem const& problem, MoeArgs const& args, MoeConfig 
                   "fused sm90: configuration or workspace not carved for the sm_90a GEMM");
   }
   int ctas = 0;
-  FLASHMOE_RETURN_IF_ERROR(begin_fused_forward(problem, ws, stream, "fused sm90", &ctas));
+  FLASHMOE_RETURN_IF_ERROR(begin_fused_forward(problem, args, ws, stream, "fused sm90", &ctas));
 
   FusedSm90Params fp{};
   DType const dtype = problem.token_dtype;
@@ -118,6 +118,8 @@ Status run_fused_sm90(MoeProblem const& problem, MoeArgs const& args, MoeConfig 
     fp.ffn = 1;
   }
   fp.r = make_fused_routing_params(problem, args, config, ws, ctas, /*fp8_rows=*/false);
+  // Solo mode: the first GEMM's last CTA done clears the flag every CTA waited on by then.
+  fp.gemm.clear_on_done = fp.r.solo ? fp.r.grid_sync + 2 : nullptr;
   if (fp.r.atomic_combine) {  // the last GEMM adds its rows into out (MoeProblem::deterministic)
     gemm::Sm90GemmKernelParams& last = ffn ? fp.gemm2 : fp.gemm;
     last.combine_out = args.out;

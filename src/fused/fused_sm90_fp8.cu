@@ -151,7 +151,7 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
     return Status(StatusCode::kInternal, "fused fp8: workspace carved without the FP8 slices");
   }
   int ctas = 0;
-  FLASHMOE_RETURN_IF_ERROR(begin_fused_forward(problem, ws, stream, "fused fp8", &ctas));
+  FLASHMOE_RETURN_IF_ERROR(begin_fused_forward(problem, args, ws, stream, "fused fp8", &ctas));
 
   // The multi-kernel forward's first GEMM on the E4M3 token rows the kernel writes in phase 1
   // (the m128 body runs whatever variant the configuration names).
@@ -181,6 +181,8 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
   }
   smem_bytes = std::max(smem_bytes, static_cast<int>(sizeof(RoutingSmem)));
   fp.r = make_fused_routing_params(problem, args, config, ws, ctas, /*fp8_rows=*/true);
+  // Solo mode: the first GEMM's last CTA done clears the flag every CTA waited on by then.
+  fp.gemm.clear_on_done = fp.r.solo ? fp.r.grid_sync + 2 : nullptr;
   if (fp.r.timeline != nullptr) {  // profiling: the GEMM body's own stamps (fused_limits.h)
     for (gemm::Sm90Fp8KernelParams* g : {&fp.gemm, &fp.gemm2}) {
       g->timeline = fp.r.timeline + kFusedTimelineGemmSlot;

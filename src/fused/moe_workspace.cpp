@@ -61,6 +61,8 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
       &cub_bytes));
 
   Carver c(base);
+  // The sync region first: at the same place for every problem (moe_workspace.h).
+  ws->gemm_scheduler = c.take<int32_t>(kSyncRegionInts);
   routing::RoutingBuffers& rb = ws->routing;
   rb = routing::RoutingBuffers{};
   rb.orig_ids = c.take<int32_t>(n);
@@ -133,19 +135,19 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
   static_assert(gemm::kSm90Fp8SchedulerBytes == kGemmSchedulerInts * sizeof(int32_t) &&
                     gemm::kSm90GemmSchedulerBytes == kGemmSchedulerInts * sizeof(int32_t),
                 "one queue layout for both sm_90a GEMMs");
-  // Split-K counts follow the queues with no gap (int32 alignment: c.take aligns to 256, so
-  // they are carved as one slice), zeroed by the same memset.
+  // Split-K counts: in the sync region, after the queues and the fused kernels' words.
   ws->split_count_ints = 0;
   if (fp8 && config.fp8_k_splits > 1) {
+    if (config.fp8_split_items > kSyncSplitMaxInts) {
+      return Status(StatusCode::kInternal, "fp8 split-K: more items than the sync region counts");
+    }
     ws->split_count_ints = config.fp8_split_items;
     ws->split_partial = c.take<float>(static_cast<std::size_t>(ws->split_count_ints) *
                                       config.fp8_k_splits * gemm::kSm90Fp8SplitPartialFloats);
   } else {
     ws->split_partial = nullptr;
   }
-  ws->gemm_scheduler = c.take<int32_t>(2 * kGemmSchedulerInts + kFusedSyncInts +
-                                       static_cast<std::size_t>(ws->split_count_ints));
-  ws->split_count = ws->split_count_ints > 0
+  ws->split_count = ws->split_count_ints > 0 && ws->gemm_scheduler != nullptr
                         ? ws->gemm_scheduler + 2 * kGemmSchedulerInts + kFusedSyncInts
                         : nullptr;
   ws->bytes = c.bytes();
@@ -157,10 +159,7 @@ Status zero_gemm_queues(MoeWorkspace const& ws, cudaStream_t stream) {
     return Status(StatusCode::kInternal, "workspace carved without the GEMM work queues");
   }
   FLASHMOE_CUDA_CHECK(
-      cudaMemsetAsync(ws.gemm_scheduler, 0,
-                      (2 * kGemmSchedulerInts + kFusedSyncInts + ws.split_count_ints) *
-                          sizeof(int32_t),
-                      stream));
+      cudaMemsetAsync(ws.gemm_scheduler, 0, kSyncRegionInts * sizeof(int32_t), stream));
   return Status::Ok();
 }
 

@@ -23,9 +23,14 @@
 //                                      bf16/fp16 with the sm_90a GEMM)
 //   fused_tile_done [tile slots]       the fused gated-FFN kernels' per-m-slot counts of
 //                                      finished gate/up items (FFN only; zeroed in-kernel)
-//   gemm_scheduler  2 x 8 bytes: the two sm_90a GEMMs' work queues (FP8 or bf16/fp16), then 8
-//                   bytes of the fused kernel's grid barrier; zeroed by every run that uses them
-//   split_count    [split slots x N tiles] right after it (FP8 split-K only; zeroed with it)
+//   sync region     the FIRST 256 bytes of every workspace, whatever the problem (kSyncRegionInts
+//                   int32): the two sm_90a GEMMs' work queues (FP8 or bf16/fp16), the fused
+//                   kernels' grid barrier and solo-dispatch flag, and the FP8 split-K counts
+//                   [split slots x N tiles]. Zeroed before a run (zero_gemm_queues), unless the
+//                   caller promises MoeArgs::workspace_zeroed: every run leaves this region as
+//                   it found it (the queues, barrier arrivals, flag and counts back at zero; the
+//                   barrier's generation word is relative), and the region does not move with
+//                   the problem, so a workspace zeroed once and used only by runs stays ready.
 //   split_partial  [split slots x N tiles x k_splits x 128 x 256] fp32 (FP8 split-K only)
 #pragma once
 
@@ -43,9 +48,14 @@ namespace flashmoe::fused {
 
 /// int32 per sm_90a GEMM work queue (kSm90Fp8SchedulerBytes == kSm90GemmSchedulerBytes).
 inline constexpr int kGemmSchedulerInts = 2;
-/// int32 of the fused kernel's grid barrier (arrivals, generation) and its solo-dispatch flag,
+/// int32 of the fused kernels' grid barrier (arrivals, generation) and their solo-dispatch flag,
 /// after the two queues.
 inline constexpr int kFusedSyncInts = 3;
+/// int32 of the sync region at the start of every workspace (256 bytes).
+inline constexpr int kSyncRegionInts = 64;
+/// FP8 split-K counts the sync region holds after the queues and the fused kernels' words (split-K
+/// runs at most kSplitTargetCtas / 4 items; carve_moe_workspace checks).
+inline constexpr int kSyncSplitMaxInts = kSyncRegionInts - 2 * kGemmSchedulerInts - kFusedSyncInts;
 
 struct MoeWorkspace {
   routing::RoutingBuffers routing;
@@ -59,18 +69,19 @@ struct MoeWorkspace {
   int32_t* fused_counts = nullptr;    // [E, kFusedMaxCtas] the fused kernels' per-CTA counts
   uint64_t* fused_timeline = nullptr;  // [kFusedMaxCtas, kFusedTimelineSlots] (profiling)
   int32_t* fused_tile_done = nullptr;  // gated FFN: [num_tile_slots]
-  int32_t* gemm_scheduler = nullptr;  // two queues of kGemmSchedulerInts int32
+  int32_t* gemm_scheduler = nullptr;  // the sync region: two queues of kGemmSchedulerInts int32, ..
   // FP8 split-K of the first GEMM (MoeConfig::fp8_k_splits > 1, else null / 0): the per-item
-  // range counts (right after gemm_scheduler: one memset zeroes both) and the fp32 partials.
+  // range counts (in the sync region, after the fused kernels' words) and the fp32 partials.
   int32_t* split_count = nullptr;
   int64_t split_count_ints = 0;
   float* split_partial = nullptr;
   std::size_t bytes = 0;  // total bytes the carve needs (including alignment of the base)
 };
 
-/// Zeroes the two sm_90a GEMM work queues (and the fused kernel's barrier) on `stream`: a fresh (or poisoned) workspace holds
-/// garbage there. Each GEMM leaves its queue zero when it completes, but a run does not rely on a
-/// previous one. kInternal if `ws` was carved without them.
+/// Zeroes the sync region (the GEMMs' work queues, the fused kernels' barrier and flag, the
+/// split-K counts) on `stream`: a fresh (or poisoned) workspace holds garbage there. Every run
+/// leaves the region clean, but only MoeArgs::workspace_zeroed lets a run rely on a previous one.
+/// kInternal if `ws` was carved without it.
 Status zero_gemm_queues(MoeWorkspace const& ws, cudaStream_t stream);
 
 /// Carves the workspace of `problem` with `config` from `base` (nullptr: sizes only, every

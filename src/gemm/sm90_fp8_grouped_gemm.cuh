@@ -111,6 +111,9 @@ struct Sm90Fp8KernelParams {
   float const* a_scales;
   TileInfo const* tiles;
   int32_t* scheduler;              // [0] next work item, [1] CTAs done
+  // The pipelined kernel: null, or a word zeroed with the queue by the last CTA done (the fused
+  // kernels' solo flag, which every CTA has passed by then: the workspace is left clean).
+  uint32_t* clear_on_done;
   float const* w_scales;
   void* out;
   int64_t a_row_stride;
@@ -1021,6 +1024,7 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
     __threadfence();
     p.scheduler[0] = 0;
     p.scheduler[1] = 0;
+    if (p.clear_on_done != nullptr) *p.clear_on_done = 0u;
   }
 }
 
@@ -1194,7 +1198,9 @@ __device__ __forceinline__ bool split_k_reduce(Sm90Fp8KernelParams const& p,
   cutlass::arch::NamedBarrier::sync(256, 2);  // the item's partial stores
   if (mt == 0) {
     __threadfence();
-    *word = atomicAdd(p.split_count + item, 1) == p.k_splits - 1;
+    bool const last = atomicAdd(p.split_count + item, 1) == p.k_splits - 1;
+    if (last) p.split_count[item] = 0;  // every range has counted: leave the workspace clean
+    *word = last;
   }
   cutlass::arch::NamedBarrier::sync(256, 2);
   if (*word == 0) return false;  // the same for all 256 threads

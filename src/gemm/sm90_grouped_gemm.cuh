@@ -90,6 +90,7 @@ struct Sm90GemmKernelParams {
   void* c;
   TileInfo const* tiles;
   int32_t* scheduler;            // [0] next work item, [1] CTAs done
+  uint32_t* clear_on_done;       // null, or a word zeroed with the queue (Sm90Fp8KernelParams)
   int64_t a_row_stride;          // elements (= k)
   int64_t c_row_stride;          // elements (= n_out)
   int32_t num_tile_slots;
@@ -268,6 +269,7 @@ __device__ __forceinline__ void producer(Sm90GemmKernelParams const& p, uint8_t*
     __threadfence();
     p.scheduler[0] = 0;
     p.scheduler[1] = 0;
+    if (p.clear_on_done != nullptr) *p.clear_on_done = 0u;
   }
 }
 

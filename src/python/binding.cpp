@@ -346,7 +346,7 @@ std::string forward(nb::dict problem_dict, InArray tokens, InArray w1, OptIn w2,
                     OptIn routing_weights, OptIn correction_bias, OptIn topk_ids,
                     OptIn topk_weights, OptIn expert_map, OutArray out, OptOut topk_ids_out,
                     OptOut topk_weights_out, OptOut expert_load, OptOut counts, OptOut workspace,
-                    uintptr_t stream, OptIn w1_scale, OptIn w2_scale) {
+                    uintptr_t stream, OptIn w1_scale, OptIn w2_scale, bool workspace_zeroed) {
   MoeProblem p = parse_problem(problem_dict);
   // The arrays are the truth for types and presence; the dict gives shapes and options.
   p.token_dtype = array_dtype("tokens", tokens);
@@ -458,6 +458,7 @@ std::string forward(nb::dict problem_dict, InArray tokens, InArray w1, OptIn w2,
                                 " bytes, got " + std::to_string(ws_bytes));
   }
   flashmoe::KernelPath path = flashmoe::KernelPath::kNone;
+  a.workspace_zeroed = workspace_zeroed && ws != nullptr;
   Status s;
   {
     nb::gil_scoped_release release;
@@ -583,7 +584,7 @@ NB_MODULE(_C, m) {
         nb::arg("out"), nb::arg("topk_ids_out").none(), nb::arg("topk_weights_out").none(),
         nb::arg("expert_load").none(), nb::arg("counts").none(), nb::arg("workspace").none(),
         nb::arg("stream") = 0, nb::arg("w1_scale").none() = nb::none(),
-        nb::arg("w2_scale").none() = nb::none(),
+        nb::arg("w2_scale").none() = nb::none(), nb::arg("workspace_zeroed") = false,
         "Runs one forward. CPU arrays run the C++ reference (returns 'reference-cpu'); CUDA "
         "arrays run fused_moe_run on `stream` (a cudaStream_t as int) with `workspace` and "
         "return the kernel path's name. Every array must be C-contiguous and match `problem`.");

@@ -906,6 +906,125 @@ TEST(GpuSmallFp8Fwd, GraphCaptureReplaysBitwise) {
   check_graph_replay(linear_problem(8, 8, 2, 128, 64), 1082, KernelPath::kFusedSm90Fp8);
 }
 
+// MoeArgs::workspace_zeroed: one workspace, zero-filled once, serves a sequence of different
+// problems (solo and general dispatch, linear and gated FFN, split-K, the bf16 one-kernel forward
+// and a multi-kernel run between them) with no memset; each run equals the same problem run on its own poisoned workspace, bit
+// for bit, and after the sequence the sync region is clean again (all zero but the grid
+// barrier's relative generation word). Captured with the promise, a forward is one kernel node.
+TEST(GpuSmallFp8Fwd, ZeroedWorkspaceServesEveryRun) {
+  FLASHMOE_REQUIRE_SM90();
+  struct Case {
+    MoeProblem raw;
+    WeightScale scale;  // kNone: the bf16 forward on the raw weights
+    bool multi;  // FLASHMOE_FUSED=0
+  };
+  std::vector<Case> const cases = {
+      {linear_problem(1, 16, 4, 256, 128), WeightScale::kChannel, false},         // solo
+      {ffn_problem(2, 8, 2, 1024, 64, Activation::kSilu), WeightScale::kBlock128, false},  // solo, split-K
+      {linear_problem(40, 8, 2, 128, 64), WeightScale::kChannel, false},          // general
+      {linear_problem(1, 16, 4, 2048, 256), WeightScale::kChannel, true},         // multi, split-K
+      {ffn_problem(40, 8, 2, 128, 64, Activation::kSilu), WeightScale::kChannel, false},
+      {ffn_problem(1, 8, 2, 128, 64, Activation::kSilu), WeightScale::kNone, false},  // bf16 solo
+      {linear_problem(40, 8, 2, 128, 64), WeightScale::kNone, false},             // bf16 general
+      {linear_problem(1, 16, 4, 2048, 256), WeightScale::kBlock128, false},       // solo, split-K
+  };
+  struct Ready {
+    MoeProblem p8;
+    HostData d;
+    DeviceInputs in;
+    Prepared w;
+    Result alone;
+  };
+  std::vector<Ready> ready(cases.size());
+  std::size_t ws_bytes = 0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    Ready& r = ready[i];
+    r.d = make_data(cases[i].raw, 1300 + static_cast<uint32_t>(i));
+    r.in.load(cases[i].raw, r.d);
+    bool const fp8 = cases[i].scale != WeightScale::kNone;
+    if (fp8) {
+      Status const ps = prepare(cases[i].raw, r.in, cases[i].scale, &r.w);
+      ASSERT_TRUE(ps.ok()) << ps.message();
+    }
+    r.p8 = fp8 ? prepared_problem(cases[i].raw, cases[i].scale) : cases[i].raw;
+    if (cases[i].multi) setenv("FLASHMOE_FUSED", "0", 1);
+    r.alone = fp8 ? run_fp8(r.p8, r.in, r.w, /*optional_outputs=*/false)
+                  : run_gpu(r.p8, r.in, /*optional_outputs=*/false);
+    unsetenv("FLASHMOE_FUSED");
+    ASSERT_TRUE(r.alone.status.ok()) << r.alone.status.message();
+    EXPECT_EQ(r.alone.path, cases[i].multi ? KernelPath::kMultiKernelSm90Fp8
+                            : fp8          ? KernelPath::kFusedSm90Fp8
+                                           : KernelPath::kFusedSm90);
+    ws_bytes = std::max(ws_bytes, fused_moe_workspace_size(r.p8));
+  }
+  DeviceBuffer ws(ws_bytes);
+  FLASHMOE_ASSERT_CUDA(cudaMemset(ws.get(), 0, ws_bytes));
+  cudaStream_t stream = nullptr;
+  FLASHMOE_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  auto args_of = [&](Ready& r, DeviceBuffer& out) {
+    bool const ffn = r.p8.kind == ExpertKind::kGatedFFN;
+    MoeArgs a = r.in.args(r.p8);
+    if (r.p8.weights_prepared) {
+      a.w1 = r.w.w1.get();
+      a.w1_scale = r.w.s1.get<float>();
+      a.w2 = ffn ? r.w.w2.get() : nullptr;
+      a.w2_scale = ffn ? r.w.s2.get<float>() : nullptr;
+    }
+    a.out = out.get();
+    a.workspace_zeroed = true;
+    return a;
+  };
+  for (int pass = 0; pass < 2; ++pass) {
+    for (size_t i = 0; i < cases.size(); ++i) {
+      SCOPED_TRACE(describe(cases[i].raw, cases[i].scale) + " pass " + std::to_string(pass));
+      Ready& r = ready[i];
+      DeviceBuffer out(r.alone.out.size() * 2);
+      FLASHMOE_ASSERT_CUDA(cudaMemsetAsync(out.get(), 0xFF, out.bytes(), stream));
+      if (cases[i].multi) setenv("FLASHMOE_FUSED", "0", 1);
+      KernelPath path = KernelPath::kNone;
+      Status const rs = fused_moe_run(r.p8, args_of(r, out), ws.get(), ws_bytes, stream, &path);
+      unsetenv("FLASHMOE_FUSED");
+      ASSERT_TRUE(rs.ok()) << rs.message();
+      FLASHMOE_ASSERT_CUDA(cudaStreamSynchronize(stream));
+      EXPECT_EQ(path, r.alone.path);
+      std::vector<uint16_t> const got = download<uint16_t>(out, r.alone.out.size());
+      EXPECT_EQ(first_mismatch(got, r.alone.out), -1) << "differs from the run on its own workspace";
+    }
+  }
+  // The sync region (the first 256-byte aligned slice of the workspace) is clean again.
+  std::vector<int32_t> const all = download<int32_t>(ws, ws_bytes / 4);
+  std::size_t const lead = (256 - reinterpret_cast<std::uintptr_t>(ws.get()) % 256) % 256 / 4;
+  for (int j = 0; j < fused::kSyncRegionInts; ++j) {
+    if (j == 2 * fused::kGemmSchedulerInts + 1) continue;  // the barrier's generation word
+    EXPECT_EQ(all[lead + j], 0) << "sync region int " << j << " left dirty";
+  }
+  // Captured with the promise: one kernel node, replays bitwise (solo and split-K: the last case).
+  Ready& r = ready.back();
+  DeviceBuffer out(r.alone.out.size() * 2);
+  cudaGraph_t graph = nullptr;
+  FLASHMOE_ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  KernelPath path = KernelPath::kNone;
+  Status const rs = fused_moe_run(r.p8, args_of(r, out), ws.get(), ws_bytes, stream, &path);
+  cudaError_t const end = cudaStreamEndCapture(stream, &graph);
+  ASSERT_TRUE(rs.ok()) << rs.message();
+  ASSERT_EQ(end, cudaSuccess) << cudaGetErrorString(end);
+  std::size_t nodes = 0;
+  FLASHMOE_ASSERT_CUDA(cudaGraphGetNodes(graph, nullptr, &nodes));
+  EXPECT_EQ(nodes, 1u) << "a forward on a zeroed workspace is one kernel node";
+  cudaGraphExec_t exec = nullptr;
+  FLASHMOE_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  for (int replay = 0; replay < 3; ++replay) {
+    FLASHMOE_ASSERT_CUDA(cudaMemsetAsync(out.get(), 0xFF, out.bytes(), stream));
+    FLASHMOE_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
+    FLASHMOE_ASSERT_CUDA(cudaStreamSynchronize(stream));
+    std::vector<uint16_t> const got = download<uint16_t>(out, r.alone.out.size());
+    EXPECT_EQ(first_mismatch(got, r.alone.out), -1) << "graph replay " << replay << " differs";
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
 TEST(GpuSmallFp8Fwd, ArgumentsAndZeroTokens) {
   FLASHMOE_REQUIRE_SM90();
   MoeProblem const raw = linear_problem(4, 8, 2, 128, 64);

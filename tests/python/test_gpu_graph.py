@@ -243,3 +243,73 @@ def test_gpu_fp8_fused_kernel_compile_fullgraph(backend):
     torch.cuda.synchronize()
     assert got.dtype == BF16 and bool(torch.isfinite(got).all())
     assert torch.equal(got, want), f"{backend}: compiled one-kernel FP8 call differs from eager"
+
+
+def device_ops(fn):
+    """(kernel names, memset count) of one call of fn(), from torch.profiler's device events."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events()
+             if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
+    return [n for n in names if not n.startswith(("Memset", "Memcpy"))], sum(
+        n.startswith("Memset") for n in names)
+
+
+@needs_sm90
+def test_gpu_zeroed_workspace_serves_every_call_without_memset():
+    """workspace_zeroed=True: one torch.zeros workspace, sized for the largest call, serves calls
+    of different shapes, precisions and routings (solo and general dispatch, capacity, bf16 FFN),
+    twice over, each equal to the same call on its own workspace; the one-kernel forward then
+    launches one kernel and no memset (without the promise: one memset too), and a graph captured
+    with it replays bitwise."""
+    g, prepared = fp8_linear_case(300)
+    w_ffn = (randn(g, E, H, 2 * I, scale=H**-0.5), randn(g, E, I, H, scale=I**-0.5))
+    bias = randn(g, E, scale=0.1, dtype=torch.float32)
+    calls = []  # (expert weights, T, options)
+    for tokens in (1, T):
+        calls.append((prepared, tokens, dict(precision="fp8")))
+        calls.append((prepared, tokens, dict(ROUTINGS["deepseek"], precision="fp8",
+                                             correction_bias=bias)))
+        calls.append((w_ffn, tokens, {}))
+    inputs = [(randn(g, t, H), randn(g, t, E, dtype=torch.float32)) for _, t, _ in calls]
+    size = max(fused_moe_workspace_size(x, w, lg, TOP_K, **o)
+               for (w, _, o), (x, lg) in zip(calls, inputs))
+    workspace = torch.zeros(size, dtype=torch.uint8, device="cuda")
+    for _ in range(2):
+        for (w, _, o), (x, lg) in zip(calls, inputs):
+            got = fused_moe(x, w, lg, TOP_K, workspace=workspace, workspace_zeroed=True, **o)
+            want = fused_moe(x, w, lg, TOP_K, **o)
+            assert torch.equal(got, want), f"{o} T={x.shape[0]}: differs on the shared workspace"
+    x, lg = inputs[0]
+    kernels, memsets = device_ops(
+        lambda: fused_moe(x, prepared, lg, TOP_K, precision="fp8", workspace=workspace,
+                          workspace_zeroed=True))
+    assert memsets == 0 and len(kernels) == 1 and "fused_sm90_fp8_kernel" in kernels[0], kernels
+    kernels, memsets = device_ops(
+        lambda: fused_moe(x, prepared, lg, TOP_K, precision="fp8", workspace=workspace))
+    assert memsets == 1 and len(kernels) == 1, (kernels, memsets)
+
+    static_out = torch.empty(1, H, dtype=BF16, device="cuda")
+    static_x, static_lg = x.clone(), lg.clone()
+
+    def step():
+        fused_moe(static_x, prepared, static_lg, TOP_K, precision="fp8", out=static_out,
+                  workspace=workspace, workspace_zeroed=True)
+
+    graph, allocated_in_capture = capture(step)
+    for i in range(3):
+        x, lg = randn(g, 1, H), randn(g, 1, E, dtype=torch.float32)
+        static_x.copy_(x)
+        static_lg.copy_(lg)
+        static_out.fill_(float("nan"))
+        graph.replay()
+        want = fused_moe(x, prepared, lg, TOP_K, precision="fp8")
+        torch.cuda.synchronize()
+        assert torch.equal(static_out, want), f"replay {i} differs from the eager call"
+    assert allocated_in_capture == 0
+

@@ -114,6 +114,10 @@ def test_new_keywords_are_checked(rng):
         fused_moe(t(tokens), t(w), t(logits), 2, check_finite=1)
     with pytest.raises(TypeError, match="deterministic must be a bool"):
         fused_moe(t(tokens), t(w), t(logits), 2, deterministic="no")
+    with pytest.raises(TypeError, match="workspace_zeroed must be a bool"):
+        fused_moe(t(tokens), t(w), t(logits), 2, workspace_zeroed=1)
+    with pytest.raises(ValueError, match="workspace_zeroed=True describes the workspace= you pass"):
+        fused_moe(t(tokens), t(w), t(logits), 2, workspace_zeroed=True)
     # The CPU reference is deterministic either way.
     assert torch.equal(fused_moe(t(tokens), t(w), t(logits), 2, deterministic=False),
                        fused_moe(t(tokens), t(w), t(logits), 2))
