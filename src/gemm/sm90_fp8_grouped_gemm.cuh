@@ -653,7 +653,6 @@ struct PipeControl {
 /// pipe_epilogue's channel scales: loaded by the epilogue itself (the convert kernel) ...
 struct EpScalesLoaded {
   static constexpr bool kShared = false;
-  __device__ __forceinline__ float col_scale(int) const { return 0.0f; }
 };
 
 /// ... or read from buffer `b` of PipeControl::ep_col_scale (the pipelined body; warpgroup
