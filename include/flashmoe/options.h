@@ -150,8 +150,8 @@ struct MoeArgs {
   int64_t* drop_reroute_counts = nullptr; // [2] {dropped assignments, rerouted assignments}
 
   // The caller's promise about fused_moe_run's `workspace`: it was zero-filled once (all of it,
-  // e.g. cudaMemset) and has been passed only to fused_moe_run since (any problems, one run at
-  // a time). Every run leaves the workspace's first 256 bytes (work queues, grid barrier,
+  // e.g. cudaMemset) and has been passed only to fused_moe_run since, at the same address (any
+  // problems, one run at a time). Every run leaves the workspace's first 256 bytes (work queues, grid barrier,
   // counters) as a following run needs them, so the one-kernel forwards then skip their memset
   // and a forward is exactly one kernel (one node in a CUDA graph). False (the default): the run
   // clears them itself. A buffer other code wrote into, passed with true, can hang the kernel.

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _checks
 from .ops import fused_moe
 from .prepare import SCALES, PreparedExperts, prepare_experts
 
@@ -42,11 +43,6 @@ def _style(style: str) -> tuple:
     if style not in _STYLES:
         raise ValueError(f"style must be one of {', '.join(map(repr, _STYLES))}; got {style!r}")
     return _STYLES[style]
-
-
-def _checks_scale(scale: str) -> None:
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {', '.join(map(repr, SCALES))}; got {scale!r}")
 
 
 def _blocks(n: int) -> int:
@@ -316,7 +312,7 @@ class FusedMoE(nn.Module):
         exactly those bytes, whatever `precision` was. Returns self."""
         if self._prepared is not None:
             raise ValueError("the experts are already packed FP8 (fp8_packed is True)")
-        _checks_scale(scale)
+        _checks._choice("scale", scale, SCALES)
         experts = self._experts()
         first = experts[0] if isinstance(experts, tuple) else experts
         if first.device.type != "cuda":

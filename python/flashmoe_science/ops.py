@@ -119,8 +119,8 @@ def fused_moe(
         workspace: CUDA only: a preallocated uint8 device buffer (e.g. for CUDA-graph capture);
             by default one is allocated per call.
         workspace_zeroed: your promise that `workspace` was created zero-filled (torch.zeros)
-            and has been passed only to fused_moe since (any shapes and options, one call at a
-            time). Every call leaves the workspace's first 256 bytes (work queues, grid barrier,
+            and has been passed only to fused_moe since, whole (not a slice of it at another
+            offset; any shapes and options, one call at a time). Every call leaves the workspace's first 256 bytes (work queues, grid barrier,
             counters) as the next call needs them, so the one-kernel GPU forwards then skip
             their memset: one kernel, one node in a CUDA graph (~2 us less per decode forward,
             measured on an H200). A buffer that other code wrote into, passed with True, can
