@@ -198,7 +198,7 @@ class FusedMoE(nn.Module):
 
     def _experts(self):
         if self._prepared is not None:
-            return self._prepared
+            return self._packed_experts()
         return (self.w_gate_up, self.w_down) if self.intermediate_size is not None else self.weight
 
     def forward(self, hidden_states: Tensor) -> Tensor:
@@ -431,15 +431,20 @@ class FusedMoE(nn.Module):
             for name, dtype in views.items():
                 self._buffers[name] = self._buffers[name].view(dtype)
         if self._prepared is not None:
-            b = self._buffers
-            self._prepared = dataclasses.replace(
-                self._prepared,
-                w1=b["fp8_w1"],
-                w1_scale=b["fp8_w1_scale"],
-                w2=b["fp8_w2"],
-                w2_scale=b["fp8_w2_scale"],
-            )
+            self._packed_experts()
         return self
+
+    def _packed_experts(self) -> PreparedExperts:
+        """The PreparedExperts over the fp8_* buffers as they are now: rebuilt when a buffer was
+        replaced (a device move, load_state_dict(assign=True)), so a forward never runs stale
+        tensors."""
+        p, b = self._prepared, self._buffers
+        arrays = (b["fp8_w1"], b["fp8_w1_scale"], b["fp8_w2"], b["fp8_w2_scale"])
+        if any(a is not t for a, t in zip((p.w1, p.w1_scale, p.w2, p.w2_scale), arrays)):
+            p = self._prepared = dataclasses.replace(
+                p, w1=arrays[0], w1_scale=arrays[1], w2=arrays[2], w2_scale=arrays[3]
+            )
+        return p
 
     def extra_repr(self) -> str:
         sizes = (self.hidden_size, self.num_experts, self.top_k, self.intermediate_size)

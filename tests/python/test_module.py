@@ -339,6 +339,11 @@ def test_packed_experts_keep_their_bytes_under_dtype_casts():
         assert torch.equal(moe.fp8_w1.view(torch.uint8), w1.view(torch.uint8))
         assert torch.equal(moe.fp8_w2_scale, s2)
         assert moe._experts().w1 is moe.fp8_w1 and moe._experts().w2_scale is moe.fp8_w2_scale
+    # load_state_dict(assign=True) replaces the buffers: the forward's experts follow them
+    sd = moe.state_dict()
+    sd["fp8_w2_scale"] = s2 * 2
+    moe.load_state_dict(sd, assign=True)
+    assert moe._experts().w2_scale is moe.fp8_w2_scale and torch.equal(moe.fp8_w2_scale, s2 * 2)
     with pytest.raises(ValueError, match="already packed"):
         moe.quantize_experts_()
     with pytest.raises(ValueError, match="no parameters to reset"):
