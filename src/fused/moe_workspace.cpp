@@ -130,26 +130,23 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
     ws->fused_tile_done =
         ffn ? c.take<int32_t>(static_cast<std::size_t>(config.num_tile_slots)) : nullptr;
   }
-  // Two work queues (the FFN's two GEMMs), whichever sm_90a GEMM runs (16 bytes: carved on
-  // every path so that the size does not depend on the device).
+  // The sync region's two work queues (the FFN's two GEMMs) serve whichever sm_90a GEMM runs.
   static_assert(gemm::kSm90Fp8SchedulerBytes == kGemmSchedulerInts * sizeof(int32_t) &&
                     gemm::kSm90GemmSchedulerBytes == kGemmSchedulerInts * sizeof(int32_t),
                 "one queue layout for both sm_90a GEMMs");
   // Split-K counts: in the sync region, after the queues and the fused kernels' words.
-  ws->split_count_ints = 0;
+  ws->split_partial = nullptr;
+  ws->split_count = nullptr;
   if (fp8 && config.fp8_k_splits > 1) {
     if (config.fp8_split_items > kSyncSplitMaxInts) {
       return Status(StatusCode::kInternal, "fp8 split-K: more items than the sync region counts");
     }
-    ws->split_count_ints = config.fp8_split_items;
-    ws->split_partial = c.take<float>(static_cast<std::size_t>(ws->split_count_ints) *
+    ws->split_partial = c.take<float>(static_cast<std::size_t>(config.fp8_split_items) *
                                       config.fp8_k_splits * gemm::kSm90Fp8SplitPartialFloats);
-  } else {
-    ws->split_partial = nullptr;
+    if (ws->gemm_scheduler != nullptr && config.fp8_split_items > 0) {
+      ws->split_count = ws->gemm_scheduler + 2 * kGemmSchedulerInts + kFusedSyncInts;
+    }
   }
-  ws->split_count = ws->split_count_ints > 0 && ws->gemm_scheduler != nullptr
-                        ? ws->gemm_scheduler + 2 * kGemmSchedulerInts + kFusedSyncInts
-                        : nullptr;
   ws->bytes = c.bytes();
   return Status::Ok();
 }

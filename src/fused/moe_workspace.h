@@ -70,10 +70,9 @@ struct MoeWorkspace {
   uint64_t* fused_timeline = nullptr;  // [kFusedMaxCtas, kFusedTimelineSlots] (profiling)
   int32_t* fused_tile_done = nullptr;  // gated FFN: [num_tile_slots]
   int32_t* gemm_scheduler = nullptr;  // the sync region: two queues of kGemmSchedulerInts int32, ..
-  // FP8 split-K of the first GEMM (MoeConfig::fp8_k_splits > 1, else null / 0): the per-item
-  // range counts (in the sync region, after the fused kernels' words) and the fp32 partials.
+  // FP8 split-K of the first GEMM (MoeConfig::fp8_k_splits > 1, else null): the per-item range
+  // counts (in the sync region, after the fused kernels' words) and the fp32 partials.
   int32_t* split_count = nullptr;
-  int64_t split_count_ints = 0;
   float* split_partial = nullptr;
   std::size_t bytes = 0;  // total bytes the carve needs (including alignment of the base)
 };

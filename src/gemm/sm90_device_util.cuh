@@ -137,8 +137,6 @@ __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
 }
 
-/// Arrives on `bar` when this thread's earlier cp.async copies have landed (counts as one of the
-/// barrier's expected arrivals).
 /// 4 bytes global -> shared through L1 (.ca: for data that no SM writes during the launch),
 /// zero-filled when src_bytes is 0.
 __device__ __forceinline__ void cp_async_4(uint32_t smem_addr, void const* gmem, int src_bytes) {
@@ -147,6 +145,8 @@ __device__ __forceinline__ void cp_async_4(uint32_t smem_addr, void const* gmem,
                : "memory");
 }
 
+/// Arrives on `bar` when this thread's earlier cp.async copies have landed (counts as one of the
+/// barrier's expected arrivals).
 __device__ __forceinline__ void cp_async_arrive_noinc(uint64_t const* bar) {
   uint32_t const addr = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(addr) : "memory");
