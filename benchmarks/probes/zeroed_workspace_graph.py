@@ -1,4 +1,5 @@
-# Round 130 (H200): python3 benchmarks/probes/zeroed_workspace_graph.py with the extension on PYTHONPATH.
+# Rounds 128b (H200) and 130 (H100): python3 benchmarks/probes/zeroed_workspace_graph.py from the
+# repository root, with the extension and the root on PYTHONPATH.
 # Probe: CUDA-graph replay of the FP8 one-kernel forward at decode with a workspace passed as
 # torch.empty (the forward's graph: memset node + kernel) against torch.zeros with
 # workspace_zeroed=True (kernel only), and the multi-kernel path, in one process, alternating.
@@ -10,38 +11,18 @@ import statistics
 import torch
 
 import flashmoe_science as fm
+from benchmarks import timing
 
 SETS, REPLAYS, ROUNDS = 16, 160, 3
 
 
-def graphs(fn_args, make_call):
-    out = []
-    side = torch.cuda.Stream()
-    for args in fn_args:
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            make_call(*args)
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            make_call(*args)
-        out.append(g)
-    torch.cuda.synchronize()
-    return out
-
-
 def time_replays(gs):
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-          for _ in range(REPLAYS)]
+    """Median ms of REPLAYS graph replays (round-robin over gs, one event pair each), after one
+    untimed replay of every graph."""
     for g in gs:
         g.replay()
     torch.cuda.synchronize()
-    for i, (a, b) in enumerate(ev):
-        a.record()
-        gs[i % len(gs)].replay()
-        b.record()
-    torch.cuda.synchronize()
-    return statistics.median(a.elapsed_time(b) for a, b in ev)
+    return statistics.median(timing.time_calls(lambda g: g.replay(), [(g,) for g in gs], REPLAYS))
 
 
 def case(name, experts, H, E, k):
@@ -50,7 +31,7 @@ def case(name, experts, H, E, k):
              torch.randn(1, E, device="cuda", generator=g)) for _ in range(SETS)]
     opts = dict(top_k=k, precision="fp8", check_finite=False)
     n = fm.fused_moe_workspace_size(sets[0][0], experts, sets[0][1], **opts)
-    outs = [torch.empty(1, H, dtype=torch.bfloat16, device="cuda") for _ in range(SETS)]
+    out = torch.empty(1, H, dtype=torch.bfloat16, device="cuda")
     ws_empty = torch.empty(n, dtype=torch.uint8, device="cuda")
     ws_zero = torch.zeros(n, dtype=torch.uint8, device="cuda")
 
@@ -58,14 +39,15 @@ def case(name, experts, H, E, k):
         def run(x, lg):
             os.environ["FLASHMOE_FUSED"] = fused
             ws = ws_zero if zeroed else ws_empty
-            fm.fused_moe(x, experts, lg, out=outs[0], workspace=ws, workspace_zeroed=zeroed, **opts)
+            fm.fused_moe(x, experts, lg, out=out, workspace=ws, workspace_zeroed=zeroed, **opts)
         return run
 
     variants = {
-        "one kernel, workspace torch.empty (memset node)": graphs(sets, call(False, "1")),
-        "one kernel, torch.zeros + workspace_zeroed=True": graphs(sets, call(True, "1")),
-        "multi-kernel, workspace torch.empty": graphs(sets, call(False, "0")),
+        "one kernel, workspace torch.empty (memset node)": call(False, "1"),
+        "one kernel, torch.zeros + workspace_zeroed=True": call(True, "1"),
+        "multi-kernel, workspace torch.empty": call(False, "0"),
     }
+    variants = {v: timing.capture_graphs(fn, sets) for v, fn in variants.items()}
     os.environ.pop("FLASHMOE_FUSED", None)
     res = {v: [] for v in variants}
     for _ in range(ROUNDS):

@@ -850,6 +850,22 @@ TEST(GpuSmallFp8Fwd, OneExpertTakesEverything) {
 }
 
 // Capture one forward in a CUDA graph (workspace poisoned first) and replay it: the eager bits.
+/// Instantiates `graph` and replays it `replays` times on `stream`, each into a poisoned `out`
+/// whose first want.size() values must then equal `want` bit for bit.
+void expect_replays_bitwise(cudaGraph_t graph, cudaStream_t stream, DeviceBuffer& out,
+                            std::vector<uint16_t> const& want, int replays) {
+  cudaGraphExec_t exec = nullptr;
+  FLASHMOE_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  for (int replay = 0; replay < replays; ++replay) {
+    FLASHMOE_ASSERT_CUDA(cudaMemsetAsync(out.get(), 0xFF, out.bytes(), stream));
+    FLASHMOE_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
+    FLASHMOE_ASSERT_CUDA(cudaStreamSynchronize(stream));
+    std::vector<uint16_t> const got = download<uint16_t>(out, want.size());
+    EXPECT_EQ(first_mismatch(got, want), -1) << "graph replay " << replay << " differs";
+  }
+  cudaGraphExecDestroy(exec);
+}
+
 void check_graph_replay(MoeProblem const& raw, uint32_t seed, KernelPath expected) {
   HostData const d = make_data(raw, seed);
   DeviceInputs in;
@@ -884,16 +900,7 @@ void check_graph_replay(MoeProblem const& raw, uint32_t seed, KernelPath expecte
   ASSERT_EQ(end, cudaSuccess) << cudaGetErrorString(end);
   EXPECT_EQ(path, expected);
   EXPECT_EQ(eager.path, expected);
-  cudaGraphExec_t exec = nullptr;
-  FLASHMOE_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-  for (int replay = 0; replay < 2; ++replay) {
-    FLASHMOE_ASSERT_CUDA(cudaMemsetAsync(out.get(), 0xFF, out.bytes(), stream));
-    FLASHMOE_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
-    FLASHMOE_ASSERT_CUDA(cudaStreamSynchronize(stream));
-    std::vector<uint16_t> const got = download<uint16_t>(out, eager.out.size());
-    EXPECT_EQ(first_mismatch(got, eager.out), -1) << "graph replay " << replay << " differs";
-  }
-  cudaGraphExecDestroy(exec);
+  expect_replays_bitwise(graph, stream, out, eager.out, 2);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
 }
@@ -1011,16 +1018,7 @@ TEST(GpuSmallFp8Fwd, ZeroedWorkspaceServesEveryRun) {
   std::size_t nodes = 0;
   FLASHMOE_ASSERT_CUDA(cudaGraphGetNodes(graph, nullptr, &nodes));
   EXPECT_EQ(nodes, 1u) << "a forward on a zeroed workspace is one kernel node";
-  cudaGraphExec_t exec = nullptr;
-  FLASHMOE_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-  for (int replay = 0; replay < 3; ++replay) {
-    FLASHMOE_ASSERT_CUDA(cudaMemsetAsync(out.get(), 0xFF, out.bytes(), stream));
-    FLASHMOE_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
-    FLASHMOE_ASSERT_CUDA(cudaStreamSynchronize(stream));
-    std::vector<uint16_t> const got = download<uint16_t>(out, r.alone.out.size());
-    EXPECT_EQ(first_mismatch(got, r.alone.out), -1) << "graph replay " << replay << " differs";
-  }
-  cudaGraphExecDestroy(exec);
+  expect_replays_bitwise(graph, stream, out, r.alone.out, 3);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
 }
