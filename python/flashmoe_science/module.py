@@ -241,15 +241,18 @@ class FusedMoE(nn.Module):
             raise ValueError(f"style={style!r} holds gated experts; this module's are linear")
         p = prefix + block
         E, H, I = self.num_experts, self.hidden_size, self.intermediate_size
+        if self._prepared is not None:
+            raise ValueError("the experts are already packed FP8; load into a new module")
         router = _get(state_dict, p + router_key, (E, H))
         if keep_fp8:
             self._pack_fp8_checkpoint(state_dict, p, (g, u, d))
+        else:
+            for e in range(E):
+                key = f"{p}experts.{e}.{{}}.weight"
+                self.w_gate_up[e, :I].copy_(_expert_matrix(state_dict, key.format(g), (I, H)))
+                self.w_gate_up[e, I:].copy_(_expert_matrix(state_dict, key.format(u), (I, H)))
+                self.w_down[e].copy_(_expert_matrix(state_dict, key.format(d), (H, I)))
         self.router.weight.copy_(router)
-        for e in range(E if not keep_fp8 else 0):
-            key = f"{p}experts.{e}.{{}}.weight"
-            self.w_gate_up[e, :I].copy_(_expert_matrix(state_dict, key.format(g), (I, H)))
-            self.w_gate_up[e, I:].copy_(_expert_matrix(state_dict, key.format(u), (I, H)))
-            self.w_down[e].copy_(_expert_matrix(state_dict, key.format(d), (H, I)))
         if self.e_score_correction_bias is not None:
             if bias_key is None:
                 raise ValueError(f"style={style!r} has no correction bias; use style='deepseek'")
@@ -331,8 +334,6 @@ class FusedMoE(nn.Module):
         before anything is copied."""
         g, u, d = names
         E, H, I = self.num_experts, self.hidden_size, self.intermediate_size
-        if self._prepared is not None:
-            raise ValueError("the experts are already packed FP8; load into a new module")
         experts = []  # per expert: (gate, up, down) as (q, s, kind)
         kind = None
         for e in range(E):

@@ -346,6 +346,8 @@ def test_packed_experts_keep_their_bytes_under_dtype_casts():
     assert moe._experts().w2_scale is moe.fp8_w2_scale and torch.equal(moe.fp8_w2_scale, s2 * 2)
     with pytest.raises(ValueError, match="already packed"):
         moe.quantize_experts_()
+    with pytest.raises(ValueError, match="already packed"):  # either way of loading
+        moe.load_experts_from_state_dict({}, PREFIX, "deepseek")
     with pytest.raises(ValueError, match="no parameters to reset"):
         moe.reset_parameters()
 
