@@ -446,13 +446,16 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
         "item:rows", "item:1st-TMA", "item:last-TMA", "item:1st-full", "item:K-done",
         "item:epi-done",  // the CTA's last GEMM item (FP8 forward only)
         "tk:scores",  "tk:sum",   "tk:q",   "tk:selected",  // the top-k of the CTA's first token
-        "",           "",         "",       ""};
+        "first:rows", "first:K-done", "first:split-done", "slot-released",  // first item
+        "gemm0 items", "gemm0 last K-done", "", "", "", "", "", ""};
     static int const kOrder[] = {0,  16, 17, 18, 19, 8, 9, 1, 2, 3,  4,  10,
-                                 11, 13, 12, 14, 15, 5, 6, 7, 20, 21, 22, 23};
+                                 11, 13, 12, 14, 15, 5, 6, 7, 20, 21, 22, 23,
+                                 25, 26, 27, 28, 29, 30, 31, 24};  // 24: a count, not a time
     static_assert(sizeof(kOrder) / sizeof(kOrder[0]) == fused::kFusedTimelineSlots, "slots");
     std::string line = "   fused timeline (us from the first CTA's start, median/max over " +
                        std::to_string(ctas) + " CTAs):";
     for (int i : kOrder) {
+      if (i == 24) continue;  // a count (printed per CTA below)
       std::vector<float> v;
       for (int c = 0; c < fused::kFusedMaxCtas; ++c) {
         uint64_t const x = h[c * fused::kFusedTimelineSlots + i];
@@ -465,6 +468,22 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
       line += b;
     }
     std::printf("%s\n", line.c_str());
+    // FLASHMOE_TIMELINE_PER_CTA=1: every CTA's row as well.
+    if (char const* pc = std::getenv("FLASHMOE_TIMELINE_PER_CTA"); pc != nullptr && pc[0] == '1') {
+      for (int c = 0; c < fused::kFusedMaxCtas; ++c) {
+        uint64_t const* r = h.data() + c * fused::kFusedTimelineSlots;
+        if (r[0] == 0) continue;
+        std::string row = "   cta " + std::to_string(c) + ":";
+        for (int i : kOrder) {
+          if (r[i] == 0 || kNames[i][0] == 0) continue;
+          char b[64];
+          if (i == 24) std::snprintf(b, sizeof b, " %s %llu", kNames[i], (unsigned long long)r[i]);
+          else std::snprintf(b, sizeof b, " %s %.1f", kNames[i], float(r[i] - t0) * 1e-3f);
+          row += b;
+        }
+        std::printf("%s\n", row.c_str());
+      }
+    }
   }
 
   // Stage times: one graph per distinct input set, event nodes between its nodes, one replay

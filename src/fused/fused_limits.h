@@ -28,9 +28,12 @@ inline constexpr int kFusedMaxExperts = 256;
 /// GEMM body adds 10-15 for the CTA's last item (Sm90Fp8KernelParams::timeline: rows ready,
 /// first and last weight TMA issued, first stage full, K loop done, epilogue done); 16-19 are
 /// the steps of the top-k of the CTA's first token (routing::topk_stamp: scores and their max
-/// loaded, softmax sum, selection scores ready, experts selected). Written to
+/// loaded, softmax sum, selection scores ready, experts selected); 20-22 the CTA's *first* GEMM
+/// item (rows ready, K loop done, its split-K count taken -- with the sum where it finishes the
+/// item), 23 the first FFN slot the CTA released (h rows quantized), 24 the count of first-GEMM
+/// items the CTA ran (a count, not a time), 25 the last one's K loop done. Written to
 /// MoeWorkspace::fused_timeline[cta * kFusedTimelineSlots + i].
-inline constexpr int kFusedTimelineSlots = 24;
+inline constexpr int kFusedTimelineSlots = 32;
 /// The first of the GEMM body's slots.
 inline constexpr int kFusedTimelineGemmSlot = 10;
 /// The first of the top-k's slots (routing::kTopkStamps of them).

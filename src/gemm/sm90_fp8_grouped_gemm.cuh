@@ -625,6 +625,12 @@ __device__ __forceinline__ void pipe_stamp(Sm90Fp8KernelParams const& p, int i) 
   if (p.timeline == nullptr) return;
   stamp_globaltimer(p.timeline + static_cast<int64_t>(blockIdx.x) * p.timeline_stride + i);
 }
+/// The same, only if slot i is still unset (zeroed by the caller): the CTA's first item.
+__device__ __forceinline__ void pipe_stamp_first(Sm90Fp8KernelParams const& p, int i) {
+  if (p.timeline == nullptr) return;
+  uint64_t* const slot = p.timeline + static_cast<int64_t>(blockIdx.x) * p.timeline_stride + i;
+  if (*slot == 0) stamp_globaltimer(slot);
+}
 
 template <class Cfg>
 struct PipeControl {
@@ -910,7 +916,10 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
   constexpr int kResolveAt = 1;
   while (tile.x >= 0) {
     int const rows = tile.z;
-    if (pt == 0) pipe_stamp(p, 0);
+    if (pt == 0) {
+      pipe_stamp(p, 0);
+      pipe_stamp_first(p, 10);
+    }
     // The tile's K blocks: all of them, or its range (split-K).
     int const kb0 = ctl->next_split[meta] * p.kb_per_split;
     int const kb1 = min(p.num_kb, kb0 + p.kb_per_split);
@@ -1448,11 +1457,20 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
         ++scale_hi;
         sm90_fp8_detail::wait_barrier(&ctl->full[stage], phase);
       }
-      if (mt == 0) sm90_fp8_detail::pipe_stamp(p, 4);
+      if (mt == 0) {
+        sm90_fp8_detail::pipe_stamp(p, 4);
+        sm90_fp8_detail::pipe_stamp_first(p, 11);
+        if (kGemm == 0 && p.timeline != nullptr) {  // GEMM 0's items: count, last K done
+          uint64_t* const row = p.timeline + static_cast<int64_t>(blockIdx.x) * p.timeline_stride;
+          atomicAdd(reinterpret_cast<unsigned long long*>(row + 14), 1ull);
+          sm90_fp8_detail::pipe_stamp(p, 15);
+        }
+      }
       // Split-K: only the CTA that completes the item's last K range goes on, with the sum.
       bool const finish = !(kGemm == 0 && p.k_splits > 1) ||
                           sm90_fp8_detail::split_k_reduce<kHalves>(p, total, tag, n_tile, rows,
                                                                    active, mt, &ctl->deps_word);
+      if (mt == 0) sm90_fp8_detail::pipe_stamp_first(p, 12);
       // With channel scales every tile uses one buffer of them, read or not: wait for it only
       // to read it, hand it back in any case (the producer refills it two tiles later).
       // (The tag made opaque here: ptxas hoisted the buffer index to the tile's start and spilled

@@ -717,6 +717,15 @@ TEST(GpuSmallFp8Fwd, FfnSiluAndGelu) {
             WeightScale::kBlock128, 1044);
 }
 
+// A down projection longer than the stage ring (I = 768: 6 K blocks, S = 4 stages), its items
+// waiting for their m slot's gate/up items: T = 1 (solo dispatch) and T = 24 (general), both
+// scale kinds.
+TEST(GpuSmallFp8Fwd, FfnDownLongerThanRing) {
+  FLASHMOE_REQUIRE_SM90();
+  check_fp8(ffn_problem(1, 8, 4, 256, 768, Activation::kSilu), WeightScale::kBlock128, 1045);
+  check_fp8(ffn_problem(24, 8, 2, 256, 768, Activation::kGelu), WeightScale::kChannel, 1046);
+}
+
 TEST(GpuSmallFp8Fwd, CapacityDrop) {
   FLASHMOE_REQUIRE_SM90();
   MoeProblem p = linear_problem(64, 8, 2, 256, 128);
