@@ -101,7 +101,10 @@ __device__ __forceinline__ void conv_producer(Sm90Fp8KernelParams const& p, uint
       int4 const next = resolve_item<Cfg>(p, cand, slot_unused, split_unused);
       if (next.z > Cfg::kBlockM) fatal_protocol_error();
       ctl->next[slot] = next;
-      if (next.x >= 0) cand = atomicAdd(p.scheduler, 1);
+      // No second take when the first ones cover the queue (the pipelined body's rule).
+      bool const one_pass =
+          p.num_tile_slots * p.n_tiles * p.k_splits <= static_cast<int>(gridDim.x);
+      if (next.x >= 0) cand = one_pass ? INT32_MAX : atomicAdd(p.scheduler, 1);
     }
   };
 

@@ -852,6 +852,10 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
   // With one slot, thread 0 could rewrite it at kb == kResolveAt of a tile while a lagging warp
   // had not yet read it after that tile's boundary barrier (compute-sanitizer racecheck, round
   // 38): the slot read at a boundary is only rewritten after the next boundary's barrier.
+  // When the queue holds no more items than there are CTAs, the first takes cover them all and no
+  // CTA takes a second: a take right after a CTA's first could come before a later CTA's first
+  // one, and then one CTA runs two items back to back (decode: +20 us) while the later one idles
+  // (v0.28b).
   auto resolve_next = [&](int slot) {
     if (pt == 0) {
       int m_slot = 0;
@@ -861,7 +865,9 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
       ctl->next[slot] = next;
       ctl->next_slot[slot] = m_slot;
       ctl->next_split[slot] = split;
-      if (next.x >= 0) cand = atomicAdd(p.scheduler, 1);
+      bool const one_pass =
+          p.num_tile_slots * p.n_tiles * p.k_splits <= static_cast<int>(gridDim.x);
+      if (next.x >= 0) cand = one_pass ? INT32_MAX : atomicAdd(p.scheduler, 1);
     }
   };
   // Thread 0, before the producer barrier that releases the copies of the item in next[slot].

@@ -168,7 +168,9 @@ __device__ __forceinline__ void producer(Sm90GemmKernelParams const& p, uint8_t*
     }
   };
   // Thread 0: the next tile into ctl->next[slot], and the item after it taken from the queue
-  // (its atomic completes while a whole tile streams).
+  // (its atomic completes while a whole tile streams) -- none when the queue holds no more items
+  // than there are CTAs: the first takes cover them, and a second take could beat a later CTA's
+  // first one (the FP8 body's resolve_next says why that costs).
   auto resolve_next = [&](int slot) {
     if (pt == 0) {
       int m_slot = 0;
@@ -176,7 +178,8 @@ __device__ __forceinline__ void producer(Sm90GemmKernelParams const& p, uint8_t*
       if (next.z > Cfg::kBlockM) fatal_protocol_error();  // a tile list with tile_m != 128
       ctl->next[slot] = next;
       ctl->next_slot[slot] = m_slot;
-      if (next.x >= 0) cand = atomicAdd(p.scheduler, 1);
+      bool const one_pass = static_cast<int64_t>(p.num_tile_slots) * p.n_tiles <= gridDim.x;
+      if (next.x >= 0) cand = one_pass ? INT32_MAX : atomicAdd(p.scheduler, 1);
     }
   };
   // Thread 0, before the producer barrier that releases the copies of the item in next[slot].
