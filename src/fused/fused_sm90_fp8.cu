@@ -109,17 +109,16 @@ struct FfnDeps {
     if (gemm != 0 || !fp.ffn) return;
     asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");  // the item's h stores
     if (mt == 0) {
-      __threadfence();
-      int const before = atomicAdd(fp.r.tile_done + slot, 1);
+      // Release (this item's h columns) and, for the slot's last item, acquire (the others');
+      // the barrier orders the 256 threads' reads of the h rows (L2: __ldcg) after it.
+      int const before = gemm::sm90_util::atomic_add_acq_rel_gpu(fp.r.tile_done + slot, 1);
       *word = before == fp.gemm.n_tiles - 1;
     }
     asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");
     if (*word == 0) return;  // the same for all 256 threads
-    __threadfence();  // every gate/up item of the slot stored its h columns before its count
     quantize_h_rows(fp, row0, rows, mt);
     asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");
-    if (mt == 0) {
-      __threadfence();
+    if (mt == 0) {  // a release store: cumulative over the rows the barrier ordered before it
       st_release(reinterpret_cast<uint32_t*>(fp.r.tile_done + slot),
                  static_cast<uint32_t>(fp.gemm.n_tiles) + 1u);
       if (fp.r.timeline != nullptr) {  // profiling: the first slot this CTA released

@@ -35,6 +35,17 @@ __device__ __forceinline__ void store_pair(void* out, int32_t dtype, int64_t ind
 /// clobber, so shared-memory accesses around them are pinned in place with this.
 __device__ __forceinline__ void compiler_fence() { asm volatile("" ::: "memory"); }
 
+/// atomicAdd with acquire-release semantics at GPU scope: a count that publishes this CTA's
+/// earlier writes (ordered before it by a CTA barrier) and, in the thread that reads the final
+/// count, acquires the others'. MEMBAR.ALL.GPU + the atomic, where `__threadfence(); atomicAdd`
+/// is MEMBAR.SC.GPU + an L1 invalidation + the atomic (readers after it must go through L2).
+__device__ __forceinline__ int atomic_add_acq_rel_gpu(int* p, int v) {
+  int old;
+  asm volatile("atom.add.acq_rel.gpu.global.s32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v)
+               : "memory");
+  return old;
+}
+
 /// out[index], out[index + 1] += (v0, v1) with one 32-bit atomic (index even); dtype 1 bf16,
 /// 2 fp16 (store_pair's codes). The non-deterministic combine of the one-kernel forwards.
 __device__ __forceinline__ void add_pair_atomic(void* out, int32_t dtype, int64_t index, float v0,

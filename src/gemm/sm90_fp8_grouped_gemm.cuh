@@ -1211,14 +1211,15 @@ __device__ __forceinline__ bool split_k_reduce(Sm90Fp8KernelParams const& p,
   }
   cutlass::arch::NamedBarrier::sync(256, 2);  // the item's partial stores
   if (mt == 0) {
-    __threadfence();
-    bool const last = atomicAdd(p.split_count + item, 1) == p.k_splits - 1;
+    // Release (this range's partials, ordered before by the barrier) and, for the last range,
+    // acquire (the others'); the barrier below orders the 256 threads' L2 reads after it.
+    int const before = sm90_util::atomic_add_acq_rel_gpu(p.split_count + item, 1);
+    bool const last = before == p.k_splits - 1;
     if (last) p.split_count[item] = 0;  // every range has counted: leave the workspace clean
     *word = last;
   }
   cutlass::arch::NamedBarrier::sync(256, 2);
   if (*word == 0) return false;  // the same for all 256 threads
-  __threadfence();  // every range's partial was stored before its count
   // (a) column mt of every valid row: the ranges in order, into range 0's partial. Columns of an
   // inactive warpgroup (past N) hold nothing and are skipped.
   int const cols = min(256, p.n_prep - n_tile * 256);
