@@ -41,6 +41,8 @@
 #include <vector>
 
 #include "flashmoe/quantization.h"
+#include "fused/fused_limits.h"
+#include "fused/moe_workspace.h"
 #include "fused/multikernel_fp8.h"
 #include "gemm/quantize_weights_fp8.h"
 #include "gpu_test_util.h"
@@ -1030,6 +1032,59 @@ TEST(GpuSmallFp8Fwd, ZeroedWorkspaceServesEveryRun) {
   expect_replays_bitwise(graph, stream, out, r.alone.out, 3);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
+}
+
+// A work queue with no more items than CTAs (decode): every item runs exactly once and no CTA
+// runs two (v0.28b: a CTA's lookahead take could beat a later CTA's first take, and that CTA
+// then ran two items back to back, +20 us at decode-1, in some runs only). Counted with the
+// profiling timeline's per-CTA count of first-GEMM items, over repeated one-kernel forwards.
+TEST(GpuSmallFp8Fwd, OnePassQueueRunsEachItemOnce) {
+  FLASHMOE_REQUIRE_SM90();
+  MoeProblem const raw = linear_problem(1, 16, 8, 512, 2048);  // 8 experts x 8 n tiles
+  HostData const d = make_data(raw, 1401);
+  DeviceInputs in;
+  in.load(raw, d);
+  Prepared w;
+  Status const ps = prepare(raw, in, WeightScale::kChannel, &w);
+  ASSERT_TRUE(ps.ok()) << ps.message();
+  MoeProblem const p8 = prepared_problem(raw, WeightScale::kChannel);
+  fused::MoeConfig const cfg = fused::choose_fp8_config(p8);
+  ASSERT_EQ(cfg.fp8_k_splits, 1);
+  std::size_t const ws_bytes = fused_moe_workspace_size(p8);
+  DeviceBuffer ws(ws_bytes);
+  FLASHMOE_ASSERT_CUDA(cudaMemset(ws.get(), 0, ws_bytes));
+  fused::MoeWorkspace carved;
+  Status const cs = fused::carve_moe_workspace(p8, cfg, ws.get(), &carved);
+  ASSERT_TRUE(cs.ok()) << cs.message();
+  ASSERT_NE(carved.fused_timeline, nullptr);
+  int const slots = fused::kFusedMaxCtas * fused::kFusedTimelineSlots;
+  DeviceBuffer out(static_cast<std::size_t>(raw.num_tokens) * raw.output_dim() * 2);
+  MoeArgs a = in.args(p8);
+  a.w1 = w.w1.get();
+  a.w1_scale = w.s1.get<float>();
+  a.out = out.get();
+  setenv("FLASHMOE_FUSED_TIMELINE", "1", 1);
+  for (int rep = 0; rep < 20; ++rep) {
+    FLASHMOE_ASSERT_CUDA(cudaMemset(carved.fused_timeline, 0, slots * sizeof(uint64_t)));
+    KernelPath path = KernelPath::kNone;
+    Status const rs = fused_moe_run(p8, a, ws.get(), ws_bytes, nullptr, &path);
+    ASSERT_TRUE(rs.ok()) << rs.message();
+    ASSERT_EQ(path, KernelPath::kFusedSm90Fp8);
+    FLASHMOE_ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<uint64_t> tl(slots);
+    FLASHMOE_ASSERT_CUDA(cudaMemcpy(tl.data(), carved.fused_timeline, slots * sizeof(uint64_t),
+                                    cudaMemcpyDeviceToHost));
+    uint64_t total = 0;
+    uint64_t most = 0;
+    for (int c = 0; c < fused::kFusedMaxCtas; ++c) {
+      uint64_t const n = tl[c * fused::kFusedTimelineSlots + 24];  // first-GEMM items run
+      total += n;
+      most = std::max(most, n);
+    }
+    EXPECT_EQ(total, 64u) << "rep " << rep << ": 8 experts x 8 n tiles";
+    EXPECT_LE(most, 1u) << "rep " << rep << ": a CTA ran two items of a one-pass queue";
+  }
+  unsetenv("FLASHMOE_FUSED_TIMELINE");
 }
 
 TEST(GpuSmallFp8Fwd, ArgumentsAndZeroTokens) {
