@@ -13,4 +13,9 @@ __device__ __forceinline__ void stamp_globaltimer(uint64_t* slot) {
   *slot = t;
 }
 
+/// The same, only while *slot is unset (zeroed by the caller): the first of several events.
+__device__ __forceinline__ void stamp_globaltimer_once(uint64_t* slot) {
+  if (*slot == 0) stamp_globaltimer(slot);
+}
+
 }  // namespace flashmoe

@@ -122,8 +122,7 @@ struct FfnDeps {
       st_release(reinterpret_cast<uint32_t*>(fp.r.tile_done + slot),
                  static_cast<uint32_t>(fp.gemm.n_tiles) + 1u);
       if (fp.r.timeline != nullptr) {  // profiling: the first slot this CTA released
-        uint64_t* const s = fp.r.timeline + blockIdx.x * kFusedTimelineSlots + 23;
-        if (*s == 0) stamp_globaltimer(s);
+        stamp_globaltimer_once(fp.r.timeline + blockIdx.x * kFusedTimelineSlots + 23);
       }
     }
   }

@@ -628,8 +628,7 @@ __device__ __forceinline__ void pipe_stamp(Sm90Fp8KernelParams const& p, int i) 
 /// The same, only if slot i is still unset (zeroed by the caller): the CTA's first item.
 __device__ __forceinline__ void pipe_stamp_first(Sm90Fp8KernelParams const& p, int i) {
   if (p.timeline == nullptr) return;
-  uint64_t* const slot = p.timeline + static_cast<int64_t>(blockIdx.x) * p.timeline_stride + i;
-  if (*slot == 0) stamp_globaltimer(slot);
+  stamp_globaltimer_once(p.timeline + static_cast<int64_t>(blockIdx.x) * p.timeline_stride + i);
 }
 
 template <class Cfg>

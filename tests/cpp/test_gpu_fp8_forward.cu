@@ -265,17 +265,38 @@ void expect_close_to_raw(PreparedLayout const& l, std::vector<double> const& deq
 
 // --------------------------------------------------------------------------- GPU forward run
 
+/// The prepared FP8 weights and scales of `w` in the arguments `a` of problem `p8`, in place of
+/// the raw ones (w2 only for gated-FFN experts).
+void use_prepared(MoeArgs& a, MoeProblem const& p8, Prepared const& w) {
+  bool const ffn = p8.kind == ExpertKind::kGatedFFN;
+  a.w1 = w.w1.get();
+  a.w1_scale = w.s1.get<float>();
+  a.w2 = ffn ? w.w2.get() : nullptr;
+  a.w2_scale = ffn ? w.s2.get<float>() : nullptr;
+}
+
 /// One fused_moe_run (run_gpu: poisoned outputs, fresh stream, synchronized) with the prepared
 /// FP8 weights in place of the raw ones.
 Result run_fp8(MoeProblem const& p8, DeviceInputs const& in, Prepared const& w,
                bool optional_outputs = true) {
-  bool const ffn = p8.kind == ExpertKind::kGatedFFN;
-  return run_gpu(p8, in, optional_outputs, [&](MoeArgs& a) {
-    a.w1 = w.w1.get();
-    a.w1_scale = w.s1.get<float>();
-    a.w2 = ffn ? w.w2.get() : nullptr;
-    a.w2_scale = ffn ? w.s2.get<float>() : nullptr;
-  });
+  return run_gpu(p8, in, optional_outputs, [&](MoeArgs& a) { use_prepared(a, p8, w); });
+}
+
+/// A problem's seeded inputs on the device, its experts prepared as FP8 with `scale`, and `p8`,
+/// the problem that names them. Filled in place (the device buffers are not copyable); call it
+/// inside ASSERT_NO_FATAL_FAILURE.
+struct Fp8Inputs {
+  HostData d;
+  DeviceInputs in;
+  Prepared w;
+  MoeProblem p8;
+};
+void load_fp8_inputs(MoeProblem const& raw, uint32_t seed, WeightScale scale, Fp8Inputs* x) {
+  x->d = make_data(raw, seed);
+  x->in.load(raw, x->d);
+  Status const ps = prepare(raw, x->in, scale, &x->w);
+  ASSERT_TRUE(ps.ok()) << ps.message();
+  x->p8 = prepared_problem(raw, scale);
 }
 
 /// The host mirror of the GPU's quantized forward, from the routing of `ref` and the dequantized
@@ -878,13 +899,11 @@ void expect_replays_bitwise(cudaGraph_t graph, cudaStream_t stream, DeviceBuffer
 }
 
 void check_graph_replay(MoeProblem const& raw, uint32_t seed, KernelPath expected) {
-  HostData const d = make_data(raw, seed);
-  DeviceInputs in;
-  in.load(raw, d);
-  Prepared w;
-  Status const ps = prepare(raw, in, WeightScale::kChannel, &w);
-  ASSERT_TRUE(ps.ok()) << ps.message();
-  MoeProblem const p8 = prepared_problem(raw, WeightScale::kChannel);
+  Fp8Inputs x;
+  ASSERT_NO_FATAL_FAILURE(load_fp8_inputs(raw, seed, WeightScale::kChannel, &x));
+  MoeProblem const& p8 = x.p8;
+  DeviceInputs const& in = x.in;
+  Prepared const& w = x.w;
   Result const eager = run_fp8(p8, in, w, /*optional_outputs=*/false);
   ASSERT_TRUE(eager.status.ok()) << eager.status.message();
 
@@ -895,12 +914,7 @@ void check_graph_replay(MoeProblem const& raw, uint32_t seed, KernelPath expecte
   cudaStream_t stream = nullptr;
   FLASHMOE_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   MoeArgs a = in.args(p8);
-  a.w1 = w.w1.get();
-  a.w1_scale = w.s1.get<float>();
-  if (raw.kind == ExpertKind::kGatedFFN) {
-    a.w2 = w.w2.get();
-    a.w2_scale = w.s2.get<float>();
-  }
+  use_prepared(a, p8, w);
   a.out = out.get();
   cudaGraph_t graph = nullptr;
   FLASHMOE_ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
@@ -980,14 +994,8 @@ TEST(GpuSmallFp8Fwd, ZeroedWorkspaceServesEveryRun) {
   cudaStream_t stream = nullptr;
   FLASHMOE_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   auto args_of = [&](Ready& r, DeviceBuffer& out) {
-    bool const ffn = r.p8.kind == ExpertKind::kGatedFFN;
     MoeArgs a = r.in.args(r.p8);
-    if (r.p8.weights_prepared) {
-      a.w1 = r.w.w1.get();
-      a.w1_scale = r.w.s1.get<float>();
-      a.w2 = ffn ? r.w.w2.get() : nullptr;
-      a.w2_scale = ffn ? r.w.s2.get<float>() : nullptr;
-    }
+    if (r.p8.weights_prepared) use_prepared(a, r.p8, r.w);
     a.out = out.get();
     a.workspace_zeroed = true;
     return a;
@@ -1041,13 +1049,9 @@ TEST(GpuSmallFp8Fwd, ZeroedWorkspaceServesEveryRun) {
 TEST(GpuSmallFp8Fwd, OnePassQueueRunsEachItemOnce) {
   FLASHMOE_REQUIRE_SM90();
   MoeProblem const raw = linear_problem(1, 16, 8, 512, 2048);  // 8 experts x 8 n tiles
-  HostData const d = make_data(raw, 1401);
-  DeviceInputs in;
-  in.load(raw, d);
-  Prepared w;
-  Status const ps = prepare(raw, in, WeightScale::kChannel, &w);
-  ASSERT_TRUE(ps.ok()) << ps.message();
-  MoeProblem const p8 = prepared_problem(raw, WeightScale::kChannel);
+  Fp8Inputs x;
+  ASSERT_NO_FATAL_FAILURE(load_fp8_inputs(raw, 1401, WeightScale::kChannel, &x));
+  MoeProblem const& p8 = x.p8;
   fused::MoeConfig const cfg = fused::choose_fp8_config(p8);
   ASSERT_EQ(cfg.fp8_k_splits, 1);
   std::size_t const ws_bytes = fused_moe_workspace_size(p8);
@@ -1059,9 +1063,8 @@ TEST(GpuSmallFp8Fwd, OnePassQueueRunsEachItemOnce) {
   ASSERT_NE(carved.fused_timeline, nullptr);
   int const slots = fused::kFusedMaxCtas * fused::kFusedTimelineSlots;
   DeviceBuffer out(static_cast<std::size_t>(raw.num_tokens) * raw.output_dim() * 2);
-  MoeArgs a = in.args(p8);
-  a.w1 = w.w1.get();
-  a.w1_scale = w.s1.get<float>();
+  MoeArgs a = x.in.args(p8);
+  use_prepared(a, p8, x.w);
   a.out = out.get();
   setenv("FLASHMOE_FUSED_TIMELINE", "1", 1);
   for (int rep = 0; rep < 20; ++rep) {
