@@ -163,6 +163,18 @@ __device__ __forceinline__ void cta_grid_sync(uint32_t* sync) {
   __syncthreads();
 }
 
+// Barrier 3 in solo mode, one thread per CTA: only CTA 0 combines (it owns every token), so the
+// others arrive and leave -- a release add on the arrival count, no generation, no wait -- and
+// CTA 0 waits for all of them, then zeroes the count (every CTA has arrived: nothing touches it
+// again in this launch, which leaves the workspace clean). The acquire reads the last add of the
+// count's release sequence, so it synchronizes with every CTA's release.
+__device__ __forceinline__ void solo_arrive_or_wait(uint32_t* sync, uint32_t ctas, bool waiter) {
+  asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(sync) : "memory");
+  if (!waiter) return;
+  while (ld_acquire(sync) != ctas) __nanosleep(32);
+  sync[0] = 0u;
+}
+
 
 // Phase 4, run by every math thread after its last GEMM tile. (The owned tokens are recomputed
 // here: a value live across the GEMM body would cost the 56-register producer a spill.)
@@ -180,8 +192,12 @@ struct CombineAfterGemm {
     asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
     if (mt == 0) {
       stamp(fp, 5);
-      grid_arrive_wait(fp.grid_sync, gridDim.x);
-      stamp(fp, 6);
+      if (fp.solo) {
+        solo_arrive_or_wait(fp.grid_sync, gridDim.x, blockIdx.x == 0);
+      } else {
+        grid_arrive_wait(fp.grid_sync, gridDim.x);
+      }
+      stamp(fp, 6);  // solo mode: CTA 0 past the barrier, the others arrived
     }
     asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
     for (int t = t0; t < t1; ++t) {
@@ -383,7 +399,8 @@ __device__ __noinline__ void solo_dispatch(FusedRoutingParams const& fp, Routing
     }
     int const tiles = __popc(__ballot_sync(0xffffffffu, leader));
     // What the GEMM reads, then the flag (the rows and scales of phase 1 were written before the
-    // caller's CTA barrier; __syncwarp orders the lanes' writes before lane 0's fence).
+    // caller's CTA barrier; __syncwarp orders the lanes' writes before lane 0's release store,
+    // which is cumulative over them: no separate fence).
     if (computed) {
       rb.row_token[row] = a / k;
       if (fp.atomic_combine) rb.row_weight[row] = rb.weights[a];
@@ -398,7 +415,6 @@ __device__ __noinline__ void solo_dispatch(FusedRoutingParams const& fp, Routing
     __syncwarp();
     if (a == 0) {
       stamp(fp, 3);
-      __threadfence();
       st_release(done, 1u);
     }
     if (valid) {
@@ -525,8 +541,9 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
     } else {
       if (tid == 0) {
         stamp(fp, 3);
+        // The acquire and the CTA barrier order every later read of CTA 0's writes; none of
+        // them can hit a stale L1 line (this SM has not read them in this launch).
         while (ld_acquire(done) == 0u) __nanosleep(32);
-        __threadfence();
       }
       __syncthreads();
     }

@@ -10,7 +10,8 @@
 //      into its row of the [CTAs, E] table.                                       -- barrier --
 //   Solo mode (T <= 2 tokens of <= 32 slots, no capacity): CTA 0 owns every token and, after
 //      phase 1, writes phase 2's outputs itself (solo_dispatch); the other CTAs wait for its flag
-//      instead of barriers 1 and 2.
+//      instead of barriers 1 and 2, and only arrive at barrier 3 (CTA 0, the one that
+//      combines, waits there).
 //   1b. capacity only (capacity_phases): each expert's slots listed in (token, slot) order, the
 //      experts over capacity cut by one CTA each (a radix select of the cap-th priority key),
 //      the reroute rounds by CTA 0, the final ids counted again.            -- 3 or 4 barriers --
