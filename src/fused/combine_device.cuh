@@ -53,12 +53,15 @@ __device__ __forceinline__ uint4 pack8(__half const*, float const (&acc)[8]) {
 /// kCombineUnroll slots, the token's rows and weights are read once and each step issues all its
 /// row loads before the first add (the loads' latency overlaps: the fused kernel combines with 8
 /// warps per SM, not a full grid); the adds stay in slot order, so the bits do not change.
+/// [c0, c1): the 8-column chunks to combine (c1 < 0: to the row's end) -- the fused FP8 kernel's
+/// solo mode combines one GEMM n tile's columns at a time (FusedDeps::item_stored). The y rows
+/// are read through L2 (ld.global.cg): other SMs wrote them during the same launch.
 inline constexpr int kCombineUnroll = 8;
 template <class Element>
 __device__ __forceinline__ void combine_token(CombineParams const& p, int64_t t, int tid,
-                                              int nthreads) {
+                                              int nthreads, int64_t c0 = 0, int64_t c1 = -1) {
   int const k = p.top_k;
-  int64_t const chunks = p.cols / 8;
+  int64_t const chunks = c1 < 0 || c1 > p.cols / 8 ? p.cols / 8 : c1;
   Element const* const y = static_cast<Element const*>(p.y);
   Element* const out = static_cast<Element*>(p.out);
   if (k <= kCombineUnroll) {
@@ -69,13 +72,13 @@ __device__ __forceinline__ void combine_token(CombineParams const& p, int64_t t,
       rows[j] = j < k ? p.slot_row[t * k + j] : -1;
       w[j] = j < k ? p.weights[t * k + j] : 0.0f;
     }
-    for (int64_t c = tid; c < chunks; c += nthreads) {
+    for (int64_t c = c0 + tid; c < chunks; c += nthreads) {
       uint4 v[kCombineUnroll];
 #pragma unroll
       for (int j = 0; j < kCombineUnroll; ++j) {
         if (rows[j] >= 0) {
-          v[j] = *reinterpret_cast<uint4 const*>(y + static_cast<int64_t>(rows[j]) * p.cols +
-                                                 c * 8);
+          v[j] = __ldcg(reinterpret_cast<uint4 const*>(y + static_cast<int64_t>(rows[j]) * p.cols +
+                                                       c * 8));
         }
       }
       float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
@@ -87,13 +90,13 @@ __device__ __forceinline__ void combine_token(CombineParams const& p, int64_t t,
     }
     return;
   }
-  for (int64_t c = tid; c < chunks; c += nthreads) {
+  for (int64_t c = c0 + tid; c < chunks; c += nthreads) {
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (int j = 0; j < k; ++j) {
       int32_t const row = p.slot_row[t * k + j];
       if (row < 0) continue;
       uint4 const v =
-          *reinterpret_cast<uint4 const*>(y + static_cast<int64_t>(row) * p.cols + c * 8);
+          __ldcg(reinterpret_cast<uint4 const*>(y + static_cast<int64_t>(row) * p.cols + c * 8));
       accumulate8(y, v, p.weights[t * k + j], acc);
     }
     *reinterpret_cast<uint4*>(out + t * p.cols + c * 8) = pack8(out, acc);

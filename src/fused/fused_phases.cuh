@@ -92,6 +92,11 @@ struct FusedRoutingParams {
   int32_t chunk;        // tokens per CTA
   int32_t active_ctas;  // ceil(T / chunk)
   int32_t solo;         // 1: CTA 0 owns every token and dispatches alone (solo_dispatch)
+  // Solo mode, FP8 forward, deterministic combine: per n tile of the last GEMM, the count of its
+  // finished items (in the sync region: zero at launch, zeroed again by the item that completes
+  // it). The item that completes an n tile combines those columns of every token
+  // (FusedDeps::item_stored): no barrier 3. Null: barrier 3, then CTA 0 combines.
+  int32_t* tile_combine_count;
   int32_t atomic_combine;  // 1: MoeProblem::deterministic false -- the owned tokens' output rows
                            // are zeroed in phase 1, the last GEMM's epilogue adds into them
                            // (rb.row_token, rb.row_weight), and phase 4 is skipped
@@ -176,6 +181,12 @@ __device__ __forceinline__ void solo_arrive_or_wait(uint32_t* sync, uint32_t cta
 }
 
 
+// Solo mode: the tiles of the dispatch (tile_starts[EL], which solo_dispatch writes before its
+// flag).
+__device__ __forceinline__ int solo_tile_count(FusedRoutingParams const& fp) {
+  return __ldcg(fp.rb.local_offsets + 2 * fp.rp.num_local_experts + 1);
+}
+
 // Phase 4, run by every math thread after its last GEMM tile. (The owned tokens are recomputed
 // here: a value live across the GEMM body would cost the 56-register producer a spill.)
 struct CombineAfterGemm {
@@ -189,6 +200,20 @@ struct CombineAfterGemm {
     int const T = fp.rp.num_tokens;
     int const t0 = min(T, static_cast<int>(blockIdx.x) * fp.chunk);
     int const t1 = min(T, t0 + fp.chunk);
+    if (fp.tile_combine_count != nullptr) {
+      // Solo mode: the last GEMM's items combined every column that has a tile. With no tile at
+      // all (every slot non-local), CTA 0 writes the tokens' zero rows here: nobody waits.
+      if (mt == 0) stamp(fp, 5);
+      if (blockIdx.x != 0 || solo_tile_count(fp) > 0) return;
+      for (int t = t0; t < t1; ++t) {
+        if (fp.token_bf16) {
+          combine_token<__nv_bfloat16>(fp.cp, t, mt, 256);
+        } else {
+          combine_token<__half>(fp.cp, t, mt, 256);
+        }
+      }
+      return;
+    }
     asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
     if (mt == 0) {
       stamp(fp, 5);
@@ -406,6 +431,10 @@ __device__ __noinline__ void solo_dispatch(FusedRoutingParams const& fp, Routing
       if (fp.atomic_combine) rb.row_weight[row] = rb.weights[a];
     }
     if (leader) rb.tiles[tile] = gemm::TileInfo{le, row, __popc(group), 0};
+    // Read during the GEMM by the items that combine (FusedRoutingParams::tile_combine_count):
+    // the slots' rows, and the tile count (tile_starts[EL], written again below).
+    if (valid) rb.slot_row[a] = computed ? row : -1;
+    if (a == 0) rb.local_offsets[2 * EL + 1] = tiles;
     for (int m = tiles + a; m < rp.num_tile_slots; m += 32) {
       rb.tiles[m] = gemm::TileInfo{-1, 0, 0, 0};
     }
@@ -418,7 +447,6 @@ __device__ __noinline__ void solo_dispatch(FusedRoutingParams const& fp, Routing
       st_release(done, 1u);
     }
     if (valid) {
-      rb.slot_row[a] = computed ? row : -1;
       if (fp.topk_ids_out != nullptr) fp.topk_ids_out[a] = e;
       if (fp.topk_weights_out != nullptr) fp.topk_weights_out[a] = e >= 0 ? rb.weights[a] : 0.f;
       sm.solo_key[a] = key;

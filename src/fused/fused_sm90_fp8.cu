@@ -10,8 +10,9 @@
 //      into its row of the [CTAs, E] table.                                       -- barrier --
 //   Solo mode (T <= 2 tokens of <= 32 slots, no capacity): CTA 0 owns every token and, after
 //      phase 1, writes phase 2's outputs itself (solo_dispatch); the other CTAs wait for its flag
-//      instead of barriers 1 and 2, and only arrive at barrier 3 (CTA 0, the one that
-//      combines, waits there).
+//      instead of barriers 1 and 2; the last GEMM's items combine (phase 4 below), so no CTA
+//      waits at barrier 3 (where the sync region has no room for their counts, CTA 0 waits
+//      there alone and combines, the others only arrive).
 //   1b. capacity only (capacity_phases): each expert's slots listed in (token, slot) order, the
 //      experts over capacity cut by one CTA each (a radix select of the cap-th priority key),
 //      the reroute rounds by CTA 0, the final ids counted again.            -- 3 or 4 barriers --
@@ -24,11 +25,13 @@
 //   3. the expert GEMM: the m128 pipelined kernel's body (sm90_fp8_pipelined_body) as is -- its
 //      own work queue over (tile, n-tile) items, producer and math warpgroups. Gated FFN: the
 //      body runs the gate/up GEMM and then the down projection through the same pipeline, a
-//      down item waiting only for its own m slot (FfnDeps: per-slot counters; the last gate/up
+//      down item waiting only for its own m slot (FusedDeps: per-slot counters; the last gate/up
 //      item of a slot quantizes its h rows).
 //   4. after its last tile, each CTA's math warpgroups wait for every CTA's (barrier between
 //      them only; the producer warpgroup is done) and combine the owned tokens (combine_token,
-//      the combine kernel's code) in slot order: deterministic, no atomics.
+//      the combine kernel's code) in slot order: deterministic, no atomics. Solo mode instead
+//      combines inside phase 3: the item that completes a count per n tile of the last GEMM
+//      combines those columns of every token (FusedDeps::item_stored), and no CTA waits.
 // Reads of what other CTAs wrote go through L2 (ld.global.cg) in phases 1-2; the GEMM body reads
 // the tile list and rows written in phase 2 through its usual loads, for the first time on this
 // SM after the barrier's acquire, so no L1 line can be stale (an SM's L1 starts every kernel
@@ -94,7 +97,23 @@ __device__ __forceinline__ void quantize_h_rows(FusedParams const& fp, int row0,
   }
 }
 
-struct FfnDeps {
+// Solo mode: the columns of the last GEMM's n tile `n_tile`, every token (token mt / 128: at most
+// 2), by the 256 math threads (after the CTA's last item: FusedDeps::after_tiles).
+static_assert(kSoloMaxTokens <= 2, "two tokens per 256 math threads");
+__device__ __forceinline__ void combine_n_tile(FusedRoutingParams const& r, int n_tile, int mt) {
+  int const t = mt >> 7;
+  int64_t const c0 = static_cast<int64_t>(n_tile) * (Pipe::kBlockN / 8);
+  if (t >= r.rp.num_tokens) return;
+  if (r.token_bf16) {
+    combine_token<__nv_bfloat16>(r.cp, t, mt & 127, 128, c0, c0 + Pipe::kBlockN / 8);
+  } else {
+    combine_token<__half>(r.cp, t, mt & 127, 128, c0, c0 + Pipe::kBlockN / 8);
+  }
+}
+
+// The body's hooks (sm90_util::NoPipeDeps says when they run): the gated FFN's per-slot order
+// (wait_rows, item_done) and solo mode's combine by the items (item_stored, after_tiles).
+struct FusedDeps {
   static constexpr bool kActive = true;
   FusedParams const& fp;
 
@@ -127,6 +146,45 @@ struct FfnDeps {
       }
     }
   }
+
+  // Solo mode (FusedRoutingParams::tile_combine_count): an item of the last GEMM counts itself
+  // for its n tile; the CTA whose item completes the count (every tile of the dispatch has
+  // stored those columns) zeroes it and, after its last item (after_tiles), combines those
+  // columns for every token -- the same adds in the same order as combine_token over the whole
+  // row, so the same bits. What it saves: barrier 3 and one CTA combining whole rows after it
+  // (rounds 152-153: ~5-6 us at T = 1). (Combining inside the tile loop made ptxas spill the
+  // loop's state, inlined or called: hence the record in `pending`, one bit per n tile.)
+  __device__ __forceinline__ void item_stored(int gemm, int n_tile, int mt, int32_t* word,
+                                              uint32_t* pending) const {
+    if (fp.r.tile_combine_count == nullptr || gemm != (fp.ffn ? 1 : 0)) return;
+    asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");  // the item's y stores
+    if (mt == 0) {
+      // Release (this item's columns) and, for the n tile's last item, acquire (the others'),
+      // which the barriers before after_tiles' reads carry to the other threads.
+      int const before =
+          gemm::sm90_util::atomic_add_acq_rel_gpu(fp.r.tile_combine_count + n_tile, 1);
+      if (before == solo_tile_count(fp.r) - 1) {
+        fp.r.tile_combine_count[n_tile] = 0;  // its last arrival: nothing touches it again
+        pending[n_tile >> 5] |= 1u << (n_tile & 31);
+      }
+    }
+    asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");
+  }
+
+  __device__ __forceinline__ void after_tiles(int mt, uint32_t const* pending) const {
+    if (fp.r.tile_combine_count == nullptr) return;
+    bool any = false;
+    for (int w = 0; w < 2; ++w) {
+      for (uint32_t bits = pending[w]; bits != 0u; bits &= bits - 1u) {
+        combine_n_tile(fp.r, 32 * w + __ffs(static_cast<int>(bits)) - 1, mt);
+        any = true;
+      }
+    }
+    if (any && fp.r.timeline != nullptr) {  // profiling: "combined", this CTA's n tiles
+      asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");
+      if (mt == 0) stamp_globaltimer(fp.r.timeline + blockIdx.x * kFusedTimelineSlots + 7);
+    }
+  }
 };
 
 __global__ void __launch_bounds__(kFusedThreads, 1) fused_sm90_fp8_kernel(
@@ -136,7 +194,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) fused_sm90_fp8_kernel(
   // ---- phases 3 and 4: the GEMM body (gated FFN: both GEMMs); its math warpgroups then combine
   // the owned tokens.
   gemm::sm90_fp8_pipelined_body<Pipe>(fp.gemm, fp.gemm2, fp.ffn ? 2 : 1, CombineAfterGemm{fp.r},
-                                      FfnDeps{fp});
+                                      FusedDeps{fp});
 #else
   __trap();
 #endif
@@ -186,6 +244,13 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
   fp.r = make_fused_routing_params(problem, args, config, ws, ctas, /*fp8_rows=*/true);
   // Solo mode: the first GEMM's last CTA done clears the flag every CTA waited on by then.
   fp.gemm.clear_on_done = fp.r.solo ? fp.r.grid_sync + 2 : nullptr;
+  // Solo mode: the last GEMM's items combine (FusedDeps::item_stored), counting per n tile in
+  // the top of the sync region, above the split-K counts.
+  int const combine_tiles = (ffn ? fp.gemm2 : fp.gemm).n_tiles;
+  int const split_counts = fp.gemm.k_splits > 1 ? config.fp8_split_items : 0;
+  if (fp.r.solo && !fp.r.atomic_combine && combine_tiles + split_counts <= kSyncSplitMaxInts) {
+    fp.r.tile_combine_count = ws.gemm_scheduler + kSyncRegionInts - combine_tiles;
+  }
   if (fp.r.timeline != nullptr) {  // profiling: the GEMM body's own stamps (fused_limits.h)
     for (gemm::Sm90Fp8KernelParams* g : {&fp.gemm, &fp.gemm2}) {
       g->timeline = fp.r.timeline + kFusedTimelineGemmSlot;

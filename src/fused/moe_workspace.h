@@ -25,9 +25,11 @@
 //                                      finished gate/up items (FFN only; zeroed in-kernel)
 //   sync region     the FIRST 256 bytes of every workspace, whatever the problem (kSyncRegionInts
 //                   int32): the two sm_90a GEMMs' work queues (FP8 or bf16/fp16), the fused
-//                   kernels' grid barrier and solo-dispatch flag, and the FP8 split-K counts
-//                   [split slots x N tiles]. Zeroed before a run (zero_gemm_queues), unless the
-//                   caller promises MoeArgs::workspace_zeroed: every run leaves this region as
+//                   kernels' grid barrier and solo-dispatch flag, the FP8 split-K counts
+//                   [split slots x N tiles] and, at its top, the FP8 one-kernel forward's
+//                   solo-mode combine counts [N tiles of its last GEMM]. Zeroed before a run
+//                   (zero_gemm_queues), unless the caller promises MoeArgs::workspace_zeroed:
+//                   every run leaves this region as
 //                   it found it (the queues, barrier arrivals, flag and counts back at zero; the
 //                   barrier's generation word is relative), and the region does not move with
 //                   the problem, so a workspace zeroed once and used only by runs stays ready.

@@ -640,6 +640,8 @@ struct PipeControl {
   int32_t next_slot[Cfg::kMetaSlots];  // the m slot of next[i] (written by producer thread 0)
   int32_t next_split[Cfg::kMetaSlots];  // its K range (split-K)
   int32_t deps_word;                // the math warpgroups' broadcast word (PipeDeps::item_done)
+  uint32_t deps_pending[2];         // the Deps hooks' record across a CTA's items (item_stored
+                                    // sets, after_tiles reads; zeroed at the body's start)
   int4 next[Cfg::kMetaSlots];       // thread 0 -> producer warpgroup: the next tile, in the
                                     // ring slot it will have (double-buffered: the slot just
                                     // read is rewritten only after the next tile boundary)
@@ -1316,6 +1318,7 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
     for (int b = 0; b < 2; ++b) {
       Barrier::init(&ctl->ep_full[b], 128u);
       Barrier::init(&ctl->ep_free[b], 4u * Cfg::kNumMathWG);
+      ctl->deps_pending[b] = 0u;
     }
     cutlass::arch::fence_barrier_init();
   }
@@ -1505,6 +1508,7 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
       if constexpr (Deps::kActive) {
         deps.item_done(kGemm, sm90_fp8_detail::tag_slot(tag), row0, rows, mt,
                        &ctl->deps_word);
+        deps.item_stored(kGemm, n_tile, mt, &ctl->deps_word, ctl->deps_pending);
       }
       };
       if (sm90_fp8_detail::tag_gemm(tag)) {
@@ -1513,6 +1517,7 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
         run_tile(p0, cute::Int<0>{});
       }
     }
+    if constexpr (Deps::kActive) deps.after_tiles(mt, ctl->deps_pending);
     math_done();
   }
 #elif defined(__CUDA_ARCH__)
