@@ -636,6 +636,42 @@ TEST(GpuSmallFp8Fwd, SoloExpertMapManyGlobalsOneLocal) {
   });
 }
 
+// Solo mode with no local tile at all: every selected expert is non-local, so no GEMM item runs
+// and nothing counts the n tiles (v0.31's combine by the items); CTA 0 must write the tokens'
+// rows as zeros instead. The output is poisoned (NaN) before each run; T = 1 and 2, both forwards.
+TEST(GpuSmallFp8Fwd, SoloWithoutLocalTileWritesZeros) {
+  FLASHMOE_REQUIRE_SM90();
+  for (int64_t T : {1, 2}) {
+    MoeProblem raw = linear_problem(T, 8, 2, 256, 512);
+    raw.has_expert_map = true;
+    raw.num_local_experts = 1;
+    Fp8Inputs x;
+    x.d = make_data(raw, 1041 + static_cast<uint32_t>(T));
+    ASSERT_EQ(x.d.scores_f32.size(), static_cast<size_t>(T * 8));
+    // Expert 0, the only local one, scores lowest for every token: top-2 never picks it.
+    for (int32_t& le : x.d.expert_map) le = -1;
+    x.d.expert_map[0] = 0;
+    for (int64_t t = 0; t < T; ++t) x.d.scores_f32[t * 8] = -30.0f;
+    x.in.load(raw, x.d);
+    Status const ps = prepare(raw, x.in, WeightScale::kChannel, &x.w);
+    ASSERT_TRUE(ps.ok()) << ps.message();
+    x.p8 = prepared_problem(raw, WeightScale::kChannel);
+    for (char const* fused : {"1", "0"}) {
+      setenv("FLASHMOE_FUSED", fused, 1);
+      Result const g = run_fp8(x.p8, x.in, x.w);
+      unsetenv("FLASHMOE_FUSED");
+      ASSERT_TRUE(g.status.ok()) << g.status.message();
+      EXPECT_EQ(g.path, fused[0] == '1' ? KernelPath::kFusedSm90Fp8
+                                        : KernelPath::kMultiKernelSm90Fp8);
+      ASSERT_EQ(g.out.size(), static_cast<size_t>(T * 512));
+      size_t nonzero = 0;
+      for (uint16_t v : g.out) nonzero += v != 0 ? 1 : 0;
+      EXPECT_EQ(nonzero, 0u) << "T=" << T << " FLASHMOE_FUSED=" << fused;
+      for (int32_t e : g.topk_ids) EXPECT_NE(e, 0) << "the local expert was selected";
+    }
+  }
+}
+
 /// What an FP8 checkpoint of prepared matrix `l` holds: its E4M3 bytes in the raw layout
 /// ([E, K, N] in_out, [E, N, K] out_in; raw channel order), unpacked from the prepared rows.
 std::vector<uint8_t> checkpoint_bytes(PreparedLayout const& l, std::vector<uint8_t> const& bytes,
