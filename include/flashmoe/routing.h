@@ -6,7 +6,9 @@
 // Notation: T tokens, E experts (the routing space), k = top_k; s[t][e] = routing_weights.
 //
 // 1. Scores.  z = s / temperature.
-//      softmax: p[e] = exp(z[e] - max z) / sum_e' exp(z[e'] - max z)
+//      softmax: p[e] = exp(z[e] - max z) / sum_e' exp(z[e'] - max z), the sum taken pairwise:
+//               the E terms in expert order, padded with zeros to a power of two, added as a
+//               perfect binary tree (each node: its left half's sum + its right half's)
 //      sigmoid: p[e] = 1 / (1 + exp(-z[e]))
 //      none:    p[e] = s[e]           (temperature must be 1.0)
 //    Every s[t][e] must be finite (else kInvalidArgument, "routing_weights ... non-finite").

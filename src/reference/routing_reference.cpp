@@ -38,6 +38,19 @@ void sort_by_q(std::vector<int>* experts, double const* q) {
   });
 }
 
+// The softmax sum of routing.h step 1: the n values padded with zeros to a power of two, added as
+// a perfect binary tree (leaf order; each node's left subtree + its right).
+double pairwise_sum(double const* v, int64_t n) {
+  int64_t leaves = 1;
+  while (leaves < n) leaves *= 2;
+  std::vector<double> t(static_cast<std::size_t>(leaves), 0.0);
+  std::copy(v, v + n, t.begin());
+  for (int64_t w = 1; w < leaves; w *= 2) {
+    for (int64_t i = 0; i + w < leaves; i += 2 * w) t[i] = t[i] + t[i + w];
+  }
+  return t[0];
+}
+
 // Steps 1-5 for one token: scores p, selection scores q, the selected experts and their weights.
 void route_one_token(MoeProblem const& problem, double const* s, double const* bias, double* p,
                      double* q, int32_t* ids, double* weights) {
@@ -53,11 +66,8 @@ void route_one_token(MoeProblem const& problem, double const* s, double const* b
   } else {
     double zmax = -std::numeric_limits<double>::infinity();
     for (int64_t e = 0; e < E; ++e) zmax = std::max(zmax, s[e] / r.temperature);
-    double sum = 0.0;
-    for (int64_t e = 0; e < E; ++e) {
-      p[e] = std::exp(s[e] / r.temperature - zmax);
-      sum += p[e];
-    }
+    for (int64_t e = 0; e < E; ++e) p[e] = std::exp(s[e] / r.temperature - zmax);
+    double const sum = pairwise_sum(p, E);
     for (int64_t e = 0; e < E; ++e) p[e] /= sum;
   }
   // 2. Selection score.

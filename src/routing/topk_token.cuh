@@ -31,6 +31,7 @@ struct TopkSmem {
   int32_t warp_expert[2][kWarps];  // (two buffers: one barrier per round)
   int32_t selected[kMaxE];           // expert of slot r
   double warp_max[kWarps];
+  double warp_sum[kWarps];
   double sum;
   unsigned char group_ok[kMaxE];
 };
@@ -102,31 +103,42 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) zmax = fmax(zmax, sm.warp_max[w]);
     stats.zmax = zmax;
+    // The sum, pairwise as routing.h step 1 defines it (the reference's order, so p is bit for
+    // bit the same): kThreads * kItems leaves (a power of two; 0 past E), each thread's kItems
+    // consecutive experts as a perfect binary tree, then the lanes' sums by a butterfly (at
+    // offset o a lane adds the neighbouring block of o lanes: left + right, or right + left,
+    // the same sum), then the warps' sums pairwise. log2 depth instead of E dependent adds.
+    double v[kItems];
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
-      int const e = tid * kItems + i;
-      numer[i] = softmax_numerator(z[i], stats.zmax);
-      if (e < E) sm.p[e] = numer[i];
+      numer[i] = softmax_numerator(z[i], stats.zmax);  // 0 past E (z = -inf)
+      v[i] = numer[i];
     }
-    sync();
-    if (tid == 0) {
-      // Sequential, in expert order: the reference's summation order, so p is bit-identical.
-      // (Eight loads ahead of the adds: the chain is the adds' latency, not the loads'.)
-      double sum = 0.0;
-      int e = 0;
-      for (; e + 8 <= E; e += 8) {
-        double v[8];
+    static_assert((kItems & (kItems - 1)) == 0 && (kWarps & (kWarps - 1)) == 0,
+                  "a perfect binary tree over the leaves");
 #pragma unroll
-        for (int i = 0; i < 8; ++i) v[i] = sm.p[e + i];
+    for (int w = 1; w < kItems; w *= 2) {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) sum += v[i];
+      for (int i = 0; i + w < kItems; i += 2 * w) v[i] = v[i] + v[i + w];
+    }
+    double sum = v[0];
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) sum = sum + __shfl_xor_sync(0xffffffffu, sum, off);
+    if constexpr (kWarps > 1) {
+      if (tid % 32 == 0) sm.warp_sum[tid / 32] = sum;
+      sync();
+      double ws[kWarps];
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) ws[w] = sm.warp_sum[w];
+#pragma unroll
+      for (int w = 1; w < kWarps; w *= 2) {
+#pragma unroll
+        for (int i = 0; i + w < kWarps; i += 2 * w) ws[i] = ws[i] + ws[i + w];
       }
-      for (; e < E; ++e) sum += sm.p[e];
-      sm.sum = sum;
-      if (rp.reroute) rb.token_stats[t] = TokenStats{stats.zmax, sum};
+      sum = ws[0];
     }
-    sync();
-    stats.sum = sm.sum;
+    stats.sum = sum;
+    if (rp.reroute && tid == 0) rb.token_stats[t] = TokenStats{stats.zmax, sum};
     topk_stamp(stamps, tid, 1);
   }
 #pragma unroll

@@ -68,6 +68,23 @@ void expect_weights(RoutingResult const& r, std::vector<double> const& want, dou
   }
 }
 
+// The softmax sum is pairwise (routing.h step 1), not sequential: with one term 1 and three tiny
+// ones, the sequential sum drops each tiny term (1 + t rounds to 1), the pairwise one keeps two
+// of them (1 + t) + (t + t) = 1 + 2t, one ulp above 1. The weight is 1 / that sum, bit for bit.
+TEST(Routing, SoftmaxSumIsPairwise) {
+  Case c(1, 4, 1, Scoring::kSoftmax, /*renormalize=*/false);
+  c.scores = {0.0f, -36.5f, -36.5f, -36.5f};
+  double const t = std::exp(static_cast<double>(-36.5f) - 0.0);
+  double const pairwise = (1.0 + t) + (t + t);
+  double const sequential = ((1.0 + t) + t) + t;
+  ASSERT_NE(pairwise, sequential) << "the case must tell the two orders apart";
+  RoutingResult const r = c.route();
+  ASSERT_EQ(r.topk_ids, (Ids{0}));
+  ASSERT_EQ(r.topk_weights.size(), 1u);
+  EXPECT_EQ(r.topk_weights[0], 1.0 / pairwise);
+  EXPECT_NE(r.topk_weights[0], 1.0 / sequential);
+}
+
 TEST(Routing, SoftmaxTopK) {
   // logits {1, 3, 2, 0}: top-2 = experts 1 (3) and 2 (2).
   Case c(1, 4, 2, Scoring::kSoftmax, /*renormalize=*/false);
