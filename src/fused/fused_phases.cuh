@@ -187,6 +187,18 @@ __device__ __forceinline__ int solo_tile_count(FusedRoutingParams const& fp) {
   return __ldcg(fp.rb.local_offsets + 2 * fp.rp.num_local_experts + 1);
 }
 
+// Tokens [t0, t1) by the 256 math threads (mt), in the tokens' dtype (y and out are in it).
+__device__ __forceinline__ void combine_owned(FusedRoutingParams const& fp, int t0, int t1,
+                                              int mt) {
+  for (int t = t0; t < t1; ++t) {
+    if (fp.token_bf16) {
+      combine_token<__nv_bfloat16>(fp.cp, t, mt, 256);
+    } else {
+      combine_token<__half>(fp.cp, t, mt, 256);
+    }
+  }
+}
+
 // Phase 4, run by every math thread after its last GEMM tile. (The owned tokens are recomputed
 // here: a value live across the GEMM body would cost the 56-register producer a spill.)
 struct CombineAfterGemm {
@@ -205,13 +217,7 @@ struct CombineAfterGemm {
       // all (every slot non-local), CTA 0 writes the tokens' zero rows here: nobody waits.
       if (mt == 0) stamp(fp, 5);
       if (blockIdx.x != 0 || solo_tile_count(fp) > 0) return;
-      for (int t = t0; t < t1; ++t) {
-        if (fp.token_bf16) {
-          combine_token<__nv_bfloat16>(fp.cp, t, mt, 256);
-        } else {
-          combine_token<__half>(fp.cp, t, mt, 256);
-        }
-      }
+      combine_owned(fp, t0, t1, mt);
       return;
     }
     asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
@@ -225,13 +231,7 @@ struct CombineAfterGemm {
       stamp(fp, 6);  // solo mode: CTA 0 past the barrier, the others arrived
     }
     asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
-    for (int t = t0; t < t1; ++t) {
-      if (fp.token_bf16) {  // y and out are in the tokens' dtype
-        combine_token<__nv_bfloat16>(fp.cp, t, mt, 256);
-      } else {
-        combine_token<__half>(fp.cp, t, mt, 256);
-      }
-    }
+    combine_owned(fp, t0, t1, mt);
     if (fp.timeline != nullptr) {
       asm volatile("bar.sync %0, 256;" ::"n"(kMathBarrier) : "memory");
       if (mt == 0) stamp(fp, 7);

@@ -154,7 +154,7 @@ struct FusedDeps {
   // row, so the same bits. What it saves: barrier 3 and one CTA combining whole rows after it
   // (rounds 152-153: ~5-6 us at T = 1). (Combining inside the tile loop made ptxas spill the
   // loop's state, inlined or called: hence the record in `pending`, one bit per n tile.)
-  __device__ __forceinline__ void item_stored(int gemm, int n_tile, int mt, int32_t* word,
+  __device__ __forceinline__ void item_stored(int gemm, int n_tile, int mt,
                                               uint32_t* pending) const {
     if (fp.r.tile_combine_count == nullptr || gemm != (fp.ffn ? 1 : 0)) return;
     asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");  // the item's y stores

@@ -171,7 +171,7 @@ __device__ __forceinline__ void cp_async_arrive_noinc(uint64_t const* bar) {
 ///   item_done(g, slot, row0, rows, mt, word)
 ///                         the 256 math threads (mt = 0..255, all of them, after the item's
 ///                         epilogue); `word` is a shared int for a broadcast among them;
-///   item_stored(g, n_tile, mt, word, pending)
+///   item_stored(g, n_tile, mt, pending)
 ///                         the same threads right after item_done (the FP8 body only): the
 ///                         item's output columns (its n tile) are stored; `pending` (2 shared
 ///                         words, zero at the body's start) is the hooks' record across items;
@@ -182,7 +182,7 @@ struct NoPipeDeps {
   static constexpr bool kActive = false;
   __device__ __forceinline__ void wait_rows(int, int) const {}
   __device__ __forceinline__ void item_done(int, int, int, int, int, int32_t*) const {}
-  __device__ __forceinline__ void item_stored(int, int, int, int32_t*, uint32_t*) const {}
+  __device__ __forceinline__ void item_stored(int, int, int, uint32_t*) const {}
   __device__ __forceinline__ void after_tiles(int, uint32_t const*) const {}
 };
 

@@ -1508,7 +1508,7 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
       if constexpr (Deps::kActive) {
         deps.item_done(kGemm, sm90_fp8_detail::tag_slot(tag), row0, rows, mt,
                        &ctl->deps_word);
-        deps.item_stored(kGemm, n_tile, mt, &ctl->deps_word, ctl->deps_pending);
+        deps.item_stored(kGemm, n_tile, mt, ctl->deps_pending);
       }
       };
       if (sm90_fp8_detail::tag_gemm(tag)) {

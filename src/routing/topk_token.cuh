@@ -52,6 +52,19 @@ struct WarpgroupSync {
   }
 };
 
+/// v[0] + ... + v[N-1] as a perfect binary tree (N a power of two; each node: left + right), the
+/// order of routing.h step 1's softmax sum. Overwrites v.
+template <int N>
+__device__ __forceinline__ double tree_sum(double (&v)[N]) {
+  static_assert(N > 0 && (N & (N - 1)) == 0, "a perfect binary tree over the leaves");
+#pragma unroll
+  for (int w = 1; w < N; w *= 2) {
+#pragma unroll
+    for (int i = 0; i + w < N; i += 2 * w) v[i] = v[i] + v[i + w];
+  }
+  return v[0];
+}
+
 // (key, expert) pairs in selection order: the smaller key, then the smaller expert index.
 __device__ __forceinline__ bool topk_before(uint64_t key, int32_t e, uint64_t best_key,
                                             int32_t best_e) {
@@ -114,14 +127,7 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
       numer[i] = softmax_numerator(z[i], stats.zmax);  // 0 past E (z = -inf)
       v[i] = numer[i];
     }
-    static_assert((kItems & (kItems - 1)) == 0 && (kWarps & (kWarps - 1)) == 0,
-                  "a perfect binary tree over the leaves");
-#pragma unroll
-    for (int w = 1; w < kItems; w *= 2) {
-#pragma unroll
-      for (int i = 0; i + w < kItems; i += 2 * w) v[i] = v[i] + v[i + w];
-    }
-    double sum = v[0];
+    double sum = tree_sum(v);
 #pragma unroll
     for (int off = 1; off < 32; off *= 2) sum = sum + __shfl_xor_sync(0xffffffffu, sum, off);
     if constexpr (kWarps > 1) {
@@ -130,12 +136,7 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
       double ws[kWarps];
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) ws[w] = sm.warp_sum[w];
-#pragma unroll
-      for (int w = 1; w < kWarps; w *= 2) {
-#pragma unroll
-        for (int i = 0; i + w < kWarps; i += 2 * w) ws[i] = ws[i] + ws[i + w];
-      }
-      sum = ws[0];
+      sum = tree_sum(ws);
     }
     stats.sum = sum;
     if (rp.reroute && tid == 0) rb.token_stats[t] = TokenStats{stats.zmax, sum};
