@@ -229,8 +229,11 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
         down_gemm_params(problem, args, config, ws, true), &fp.gemm2, &smem2));
     // One pipeline runs both: the same ring (stages, carve-up) and A mode; only the first GEMM
     // may split K (the body compiles the split-K sum into its first GEMM's tiles only).
+    // The down projection's pairs need every item on the shared ring to be even (the first
+    // GEMM's too): choose_fp8_config only pairs then (the kernel stops on a broken contract).
+    bool const first_even = fp.gemm.kb_per_split % 2 == 0 && fp.gemm.num_kb % 2 == 0;
     if (fp.gemm2.k_splits != 1 || smem2 != smem_bytes ||
-        fp.gemm2.num_stages != fp.gemm.num_stages ||
+        (fp.gemm2.promote_kb == 2 && !first_even) || fp.gemm2.num_stages != fp.gemm.num_stages ||
         fp.gemm2.control_offset != fp.gemm.control_offset || fp.gemm2.a_mode != fp.gemm.a_mode) {
       return Status(StatusCode::kInternal, "fused fp8: the FFN's two GEMMs plan different rings");
     }

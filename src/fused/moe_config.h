@@ -26,6 +26,10 @@ struct MoeConfig {
   int32_t fp8_k_splits = 1;
   int64_t fp8_split_tile_slots = 0;
   int64_t fp8_split_items = 0;  // fp8_split_tile_slots x N tiles: the split-K counts
+  // FP8: K blocks per fp32 promotion (gemm::Sm90Fp8GemmParams::promote_kb) of the first GEMM
+  // and of the FFN's down projection (choose_fp8_config).
+  int32_t fp8_promote_kb = 1;
+  int32_t fp8_promote_kb_down = 1;
   int32_t bm = 0;               // rows of an M tile
   int32_t bn = 0;               // weight columns of an N tile
   int64_t num_assignments = 0;  // T * k

@@ -168,6 +168,28 @@ Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p) {
       static_cast<int64_t>(p.num_tile_slots) >= (1 << 22)) {
     return Status::Unsupported("sm90 fp8 gemm: problem too large for 32-bit tile indices");
   }
+  if (p.promote_kb != 1 && p.promote_kb != 2) {
+    return Status::Invalid("sm90 fp8 gemm: promote_kb must be 1 or 2, got " + str(p.promote_kb));
+  }
+  if (p.promote_kb == 2) {
+    bool const m128 = variant == Sm90Fp8Variant::kM128 || variant == Sm90Fp8Variant::kM128Hint ||
+                      (variant == Sm90Fp8Variant::kM128Convert && p.a_fp8 != nullptr);
+    if (gate_up || p.scale_kind != Fp8ScaleKind::kChannel || !m128 || p.a_fp8 == nullptr) {
+      return Status::Unsupported("sm90 fp8 gemm: promote_kb = 2 needs channel scales, the plain "
+                                 "epilogue, pre-quantized rows (a_fp8) and the variant m128 or "
+                                 "m128h (got variant " +
+                                 std::string(sm90_fp8_variant_name(variant)) + ")");
+    }
+    // Every tile an even count of K blocks (with the ring's even stage count, set at launch):
+    // every tile starts at an even stage, so the kernel's pairs never depend on the CTA's past.
+    int64_t const num_kb = (p.k + 127) / 128;
+    int64_t const per = (num_kb + p.k_splits - 1) / p.k_splits;
+    if (num_kb % 2 != 0 || (p.k_splits > 1 && per % 2 != 0)) {
+      return Status::Unsupported("sm90 fp8 gemm: promote_kb = 2 needs an even count of 128-wide "
+                                 "K blocks per work item, got K = " + str(p.k) +
+                                 " in " + str(p.k_splits) + " range(s)");
+    }
+  }
   if (p.k_splits > 1) {
     bool const pipelined = variant == Sm90Fp8Variant::kM64 || variant == Sm90Fp8Variant::kM128 ||
                            variant == Sm90Fp8Variant::kM128Hint ||
@@ -264,12 +286,22 @@ static Status make_sm90_fp8_kernel_params(Sm90Fp8GemmParams const& p,
                     variant == Sm90Fp8Variant::kM128Convert)
                        ? 1
                        : 0;
+  kp.promote_kb = p.promote_kb;
   kp.k_splits = p.k_splits;
   kp.kb_per_split = (kp.num_kb + p.k_splits - 1) / p.k_splits;
   kp.split_tile_slots = p.split_tile_slots;
   kp.split_partial = p.split_partial;
   kp.split_count = p.split_count;
 
+  return Status::Ok();
+}
+
+// promote_kb = 2 takes stages in pairs that must not wrap around the ring: an even stage count.
+static Status check_promote_ring(Sm90Fp8KernelParams const& kp, int stages) {
+  if (kp.promote_kb == 2 && stages % 2 != 0) {
+    return Status(StatusCode::kInternal, "sm90 fp8 gemm: promote_kb = 2 needs an even stage "
+                                         "count, the shared-memory plan has " + str(stages));
+  }
   return Status::Ok();
 }
 
@@ -284,6 +316,7 @@ Status sm90_fp8_prequant_m128_params(Sm90Fp8GemmParams const& p, Sm90Fp8KernelPa
   q.variant = Sm90Fp8Variant::kM128;
   FLASHMOE_RETURN_IF_ERROR(make_sm90_fp8_kernel_params(q, kp));
   auto const plan = sm90_fp8_detail::pipe_smem_plan<Pipe128>(true);
+  FLASHMOE_RETURN_IF_ERROR(check_promote_ring(*kp, plan.stages));
   kp->num_stages = plan.stages;
   kp->staging_offset = plan.staging_offset;
   kp->control_offset = plan.control_offset;
@@ -337,6 +370,7 @@ Status launch_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p, cudaStream_t str
       [[fallthrough]];  // pre-quantized rows or K <= 128: the m128 kernel (the same bits)
     default: {
       auto const plan = sm90_fp8_detail::pipe_smem_plan<Pipe128>(fp8_source);
+      FLASHMOE_RETURN_IF_ERROR(check_promote_ring(kp, plan.stages));
       kernel = reinterpret_cast<void const*>(&sm90_fp8_pipelined_kernel<Pipe128>);
       smem_bytes = plan.bytes;
       threads = Pipe128::kThreads;

@@ -140,6 +140,7 @@ struct Sm90Fp8KernelParams {
   int32_t num_stages;              // stages in use (<= Cfg::kMaxStages)
   uint32_t staging_offset;         // bytes from the 1024-aligned base: bf16/fp16 staging ring
   uint32_t control_offset;         // bytes from the 1024-aligned base: PipeControl
+  int32_t promote_kb;              // Sm90Fp8GemmParams::promote_kb (the pipelined kernel)
   int32_t k_splits;                // K ranges per (tile, n-tile) item (1: none)
   int32_t kb_per_split;            // K blocks per range
   int32_t split_tile_slots;        // tile slots covered by split_partial / split_count
@@ -1421,6 +1422,18 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
 #pragma unroll
       for (int v = 0; v < size(acc); ++v) acc(v) = 0.0f;
 
+      // Two K blocks per promotion (promote_kb, v0.34): 128-row items take their stages two at a
+      // time, stage and stage + 1 (same phase). The host enables it only where the ring has an
+      // even stage count and every tile an even count of K blocks (check_sm90_fp8_grouped_gemm),
+      // so every tile starts at an even stage and a pair never wraps: the pairs are K blocks
+      // (kb0, kb0 + 1), (kb0 + 2, kb0 + 3), ... whatever the CTA ran before -- the same bits in
+      // every run. A tile that starts elsewhere is a broken contract: stop, never compute.
+      // (promote_kb is read per tile through a volatile load: hoisted out of the tile loop, the
+      // launch-wide value stayed live across the epilogue and ptxas spilled a register.)
+      int promote_kb = 1;
+      asm volatile("ld.s32 %0, [%1];" : "=r"(promote_kb) : "l"(&p.promote_kb));
+      bool const pair_kb = kHalves == 2 && halves == 2 && promote_kb == 2;
+      if (pair_kb && ((stage | S) & 1) != 0) sm90_fp8_detail::fatal_protocol_error();
       for (;;) {  // the first stage's barrier was waited on with the tile
         float s_lo = 1.0f;
         float s_hi = 1.0f;
@@ -1428,25 +1441,35 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
           s_lo = __ldg(p.w_scales + scale_lo);
           s_hi = __ldg(p.w_scales + scale_hi);
         }
+        bool const two = pair_kb && left >= 2;
+        if (two) sm90_fp8_detail::wait_barrier(&ctl->full[stage + 1], phase);
+        int const used = two ? 2 : 1;
         if (copy_filled) cutlass::arch::fence_view_async_shared();
         if (active) {
 #pragma unroll
           for (int h = 0; h < kHalves; ++h) {
             if (h < halves) {
-              warpgroup_fence_operand(acc);
-              warpgroup_arrive();
               tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+              // One batch per stage (a pair: two, into the same accumulator). Not unrolled: one
+              // set of descriptor registers (unrolled, the pair's second set spilled).
+#pragma unroll 1
+              for (int j = 0; j < used; ++j) {
+                warpgroup_fence_operand(acc);
+                warpgroup_arrive();
 #pragma unroll
-              for (int k = 0; k < size<2>(tCrA); ++k) {
-                cute::gemm(tiled_mma, tCrA(_, h, k, stage), tCrB(_, _0{}, k, stage), acc_v);
-                tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+                for (int k = 0; k < size<2>(tCrA); ++k) {
+                  cute::gemm(tiled_mma, tCrA(_, h, k, stage + j), tCrB(_, _0{}, k, stage + j),
+                             acc_v);
+                  tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+                }
+                warpgroup_commit_batch();
               }
-              warpgroup_commit_batch();
               warpgroup_wait<0>();
               warpgroup_fence_operand(acc);
               // The stage's last reads are complete: hand it back before promoting.
               if (h + 1 == halves && lane == 0) {
                 sm90_fp8_detail::arrive_barrier(&ctl->empty[stage]);
+                if (two) sm90_fp8_detail::arrive_barrier(&ctl->empty[stage + 1]);
               }
 #pragma unroll
               for (int v = 0; v < 64; ++v) {
@@ -1456,12 +1479,15 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
           }
         } else if (lane == 0) {
           sm90_fp8_detail::arrive_barrier(&ctl->empty[stage]);
+          if (two) sm90_fp8_detail::arrive_barrier(&ctl->empty[stage + 1]);
         }
-        if (++stage == S) {
+        stage += used;
+        if (stage == S) {
           stage = 0;
           phase ^= 1;
         }
-        if (--left == 0) break;
+        left -= used;
+        if (left == 0) break;
         ++scale_lo;
         ++scale_hi;
         sm90_fp8_detail::wait_barrier(&ctl->full[stage], phase);

@@ -9,7 +9,9 @@
 //   A[r, k]   = e4m3(a[src(r), k] / a_scales[src(r)])            quantized inside the gather
 //   acc[r, p] = sum over 128-wide K blocks b of  sum_{k in b} A[r, k] * W8[e, p, k]  * bs(e, p, b)
 //               (each K block in a fresh wgmma accumulator, promoted into fp32 registers:
-//               "periodic promotion"; bs = the block scale, 1 for channel scales)
+//               "periodic promotion"; bs = the block scale, 1 for channel scales; with
+//               promote_kb = 2, two consecutive K blocks of a 128-row item share one fresh
+//               accumulator before the promotion)
 //   plain:    out[r, n] = acc[r, n] * a_scales[src(r)] * cs(e, n)                  n < n
 //   gate-up:  g = acc[r, gate row of i] * a_scales[src(r)] * cs(e, i)
 //             u = acc[r, up row of i]   * a_scales[src(r)] * cs(e, I + i)
@@ -146,6 +148,16 @@ struct Sm90Fp8GemmParams {
   int32_t split_tile_slots = 0;
   float* split_partial = nullptr;
   int32_t* split_count = nullptr;
+
+  // K blocks per fp32 promotion (1 or 2). 2: in 128-row items (m128, m128h, and m128c on a_fp8,
+  // which runs m128), each 64-row half issues the wgmma of two consecutive K blocks into one
+  // fresh accumulator and promotes once -- half the promotions and wgmma waits per K block (the
+  // prefill GEMM's math warps spend most of their time there), at the cost of the e4m3 wgmma's
+  // reduced-precision accumulation running over 256 products instead of 128 (rel. error of the
+  // sums ~4e-4 instead of ~2e-4). Only with channel scales and the plain epilogue (block scales
+  // change per K block; the gate-up epilogue re-quantizes h, which amplifies the error); other
+  // variants: kNotSupported. Changes the output bits against promote_kb = 1.
+  int32_t promote_kb = 1;
 };
 
 /// The N tile of the sm_90a FP8 kernels (two math warpgroups of 128 columns).

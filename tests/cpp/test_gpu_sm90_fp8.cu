@@ -241,6 +241,9 @@ struct Case {
   int max_ctas = 0;
   uint64_t seed = 1;
   double same_quant_tol = 5e-3;
+  // Sm90Fp8GemmParams::promote_kb. 2 runs only the modes that support it (m128, m128h and m128c
+  // on pre-quantized rows), which must agree bit for bit among themselves.
+  int promote_kb = 1;
   // vs the unquantized values: the format's own error. Plain outputs measure ~3.8% with these
   // distributions; act(g) * u multiplies two quantized sums and measures 4.8-6.5% (a numpy model
   // of the same rules agrees), so the gate-up cases use 8e-2 -- see exact_tol_for().
@@ -442,6 +445,7 @@ void run_case(Case const& c) {
   gp.out_dtype = c.out_dtype;
   gp.out_row_stride = ldo;
   gp.max_ctas = c.max_ctas;
+  gp.promote_kb = c.promote_kb;
   gp.scheduler = sched.as<int32_t>();
 
   // ---- host references on the same quantized values and on the exact values
@@ -532,6 +536,13 @@ void run_case(Case const& c) {
   std::vector<Mode> modes;
   for (int v = 0; v < flashmoe::gemm::kSm90Fp8NumVariants; ++v) {
     auto const var = static_cast<Sm90Fp8Variant>(v);
+    if (c.promote_kb == 2) {
+      if (var == Sm90Fp8Variant::kM128 || var == Sm90Fp8Variant::kM128Hint ||
+          var == Sm90Fp8Variant::kM128Convert) {
+        modes.push_back({var, true});
+      }
+      continue;
+    }
     modes.push_back({var, false});
     if (var != Sm90Fp8Variant::kBase) modes.push_back({var, true});
   }
@@ -836,6 +847,27 @@ TEST(GpuFp8, LongK4096N256E2ChannelFewCtas) {
   c.n = 256;
   c.max_ctas = 2;
   c.seed = 13;
+  run_case(c);
+}
+
+// Two K blocks per promotion (promote_kb = 2) over a seed-length K: 128-row items (an expert
+// with 128 rows, one with 100) next to 64-row ones, on few CTAs so that each runs several items
+// from different ring positions; two runs and the three modes agree bit for bit, within the
+// same-quantization bound.
+TEST(GpuFp8, LongK4096PromotePairsChannelFewCtas) {
+  SKIP_WITHOUT_SM90();
+  Case c;
+  c.counts = {128, 100, 64, 30, 0, 200};
+  c.num_tokens = 128;
+  c.k = 4096;
+  c.n = 512;
+  c.max_ctas = 3;
+  c.promote_kb = 2;
+  c.seed = 14;
+  run_case(c);
+  c.k = 4096 + 256;  // 34 K blocks, K not a multiple of 256 elements in the last pair
+  c.max_ctas = 0;
+  c.seed = 15;
   run_case(c);
 }
 
@@ -1292,6 +1324,33 @@ TEST(Sm90Fp8Check, VariantsAndPrequantizedRows) {
   p.a_fp8_row_stride = 256;
   p.a_fp8 = dummy + 8;  // not 16-byte aligned
   EXPECT_EQ(flashmoe::gemm::check_sm90_fp8_grouped_gemm(p).code(), StatusCode::kNotSupported);
+  p.a_fp8 = dummy;
+
+  // promote_kb = 2: m128 / m128h (m128c on pre-quantized rows runs m128), channel scales, the
+  // plain epilogue, pre-quantized rows, an even K-block count per item.
+  auto promote = [&](auto&& edit) {
+    flashmoe::gemm::Sm90Fp8GemmParams q = p;
+    q.variant = Sm90Fp8Variant::kM128;
+    q.promote_kb = 2;
+    edit(q);
+    return flashmoe::gemm::check_sm90_fp8_grouped_gemm(q);
+  };
+  EXPECT_TRUE(promote([](auto&) {}).ok());
+  EXPECT_TRUE(promote([](auto& q) { q.variant = Sm90Fp8Variant::kM128Hint; }).ok());
+  EXPECT_TRUE(promote([](auto& q) { q.variant = Sm90Fp8Variant::kM128Convert; }).ok());
+  EXPECT_EQ(promote([](auto& q) { q.variant = Sm90Fp8Variant::kM64; }).code(),
+            StatusCode::kNotSupported);
+  EXPECT_EQ(promote([](auto& q) { q.scale_kind = Fp8ScaleKind::kBlock128; }).code(),
+            StatusCode::kNotSupported);
+  EXPECT_EQ(promote([](auto& q) { q.epilogue = Fp8Epilogue::kGateUpSilu; }).code(),
+            StatusCode::kNotSupported);
+  EXPECT_EQ(promote([&](auto& q) { q.a_fp8 = nullptr; q.a = dummy; q.a_row_stride = 256; }).code(),
+            StatusCode::kNotSupported);
+  Status const odd = promote([](auto& q) { q.k = 384; q.a_fp8_row_stride = 384; });
+  EXPECT_EQ(odd.code(), StatusCode::kNotSupported);
+  EXPECT_NE(odd.message().find("even count of 128-wide K blocks"), std::string::npos)
+      << odd.message();
+  EXPECT_EQ(promote([](auto& q) { q.promote_kb = 3; }).code(), StatusCode::kInvalidArgument);
 }
 
 TEST(Sm90Fp8Check, PreparedGateUpLayout) {
