@@ -6,7 +6,8 @@ so a checkpoint's matrices are copied in as they are, without a transpose:
     gated FFN: w_gate_up [E, 2I, H] (rows 0..I-1 gate, I..2I-1 up), w_down [E, H, I]
     linear:    weight    [E, D, H]
 The router (`router.weight` [E, H]) is kept in the module's dtype and evaluated in float32 (or
-float64 for a float64 module). Shared experts (DeepSeek, Qwen2-MoE) are not part of this module.
+float64 for a float64 module; the float32 copy of a bf16/fp16 router is kept between inference
+calls, see _router_weight). Shared experts (DeepSeek, Qwen2-MoE) are not part of this module.
 
 FP8 checkpoints (DeepSeek-V3: float8_e4m3fn expert weights with a `weight_scale_inv` beside each,
 128 x 128 blocks or one per output channel) are either dequantized (q * s) into the module's
@@ -196,6 +197,31 @@ class FusedMoE(nn.Module):
         """True when the experts are packed FP8 buffers (keep_fp8=True or quantize_experts_())."""
         return self._prepared is not None
 
+    def _router_weight(self, dtype: torch.dtype) -> Tensor:
+        """router.weight in `dtype`. A bf16/fp16 router's float32 copy is kept between calls
+        while the weight is unchanged (same storage and version counter; an in-place update or
+        .to() makes a new one), so an inference call does not cast E x H values every time --
+        at decode that cast is a kernel of its own. Not kept when autograd needs the cast
+        (training), under torch.compile (the compiled graph holds the cast) or while a CUDA graph
+        is being captured: the graph keeps its cast node, so a replay after an in-place weight
+        update (RL weight sync) reads the new weights, not a stale copy."""
+        w = self.router.weight
+        if w.dtype == dtype:
+            return w
+        if (
+            (torch.is_grad_enabled() and w.requires_grad)
+            or torch.compiler.is_compiling()
+            or (w.is_cuda and torch.cuda.is_current_stream_capturing())
+        ):
+            return w.to(dtype)
+        key = (w.data_ptr(), w._version, w.dtype, w.device, tuple(w.shape), dtype)
+        cached = self.__dict__.get("_router_cast")
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False):  # a normal tensor, usable outside inference mode
+                cached = (key, w.detach().to(dtype))
+            self.__dict__["_router_cast"] = cached
+        return cached[1]
+
     def _experts(self):
         if self._prepared is not None:
             return self._packed_experts()
@@ -205,7 +231,7 @@ class FusedMoE(nn.Module):
         """hidden_states [..., H] -> [..., H] (gated) or [..., D] (linear)."""
         x = hidden_states.reshape(-1, self.hidden_size)
         score_dtype = torch.promote_types(x.dtype, torch.float32)
-        logits = F.linear(x.to(score_dtype), self.router.weight.to(score_dtype))
+        logits = F.linear(x.to(score_dtype), self._router_weight(score_dtype))
         options = self.options
         if self._prepared is not None:  # packed experts run what they hold: FP8, their scales
             options = dict(options, precision="fp8", fp8_scale=self._prepared.scale)

@@ -133,6 +133,35 @@ def test_linear_experts():
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_router_cast_is_kept_while_the_weight_is_unchanged():
+    """A bf16 router's float32 copy is made once for inference calls and made again after an
+    in-place update; the outputs equal the uncached computation either way."""
+    moe = FusedMoE(16, 6, 2, out_features=10, dtype=torch.bfloat16)
+    x = torch.randn(12, 16, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+
+    def want():
+        logits = F.linear(x.float(), moe.router.weight.float())
+        return fused_moe(x, moe.weight.transpose(1, 2), logits, 2)
+
+    with torch.no_grad():
+        y1 = moe(x)
+        first = moe.__dict__["_router_cast"][1]
+        assert first.dtype == torch.float32
+        y2 = moe(x)
+        assert moe.__dict__["_router_cast"][1] is first  # kept, not cast again
+        assert torch.equal(y1, y2) and torch.equal(y1, want())
+        moe.router.weight.mul_(-1.0)  # in place: a new version
+        y3 = moe(x)
+        assert moe.__dict__["_router_cast"][1] is not first
+        assert torch.equal(y3, want()) and not torch.equal(y3, y1)
+    with torch.inference_mode():
+        moe.router.weight.data = moe.router.weight.data.flip(0)  # new storage
+        y4 = moe(x)
+    assert not moe.__dict__["_router_cast"][1].is_inference()
+    with torch.no_grad():
+        assert torch.equal(y4, want())
+
+
 @pytest.mark.parametrize(
     "edit,error,match",
     [
