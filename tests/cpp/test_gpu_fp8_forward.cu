@@ -1195,9 +1195,6 @@ TEST(GpuFp8Fwd, FfnLarger) {
             WeightScale::kBlock128, 1102);
 }
 
-// The seed's K (H = 4096: 32 K blocks) with ~128 rows per expert, so the GEMM runs 128-row
-// items: the fp32 promotion of the wgmma sums over a long K, checked against the mirror and both
-// references (issue 4's accuracy bounds at the real reduction length).
 // The FFN's down projection promotes every two K blocks in its 128-row items (I = 1024: 8 K
 // blocks; the gate-up GEMM never does), on both paths and bit for bit between them.
 TEST(GpuFp8Fwd, FfnDownPairs) {
@@ -1209,8 +1206,11 @@ TEST(GpuFp8Fwd, FfnDownPairs) {
   check_fp8(f, WeightScale::kChannel, 1121);
 }
 
-// The first shape splits K in ranges of 7 K blocks (no two-block promotion); the second does
-// not split, so its 128-row items promote every two K blocks (MoeConfig::fp8_promote_kb).
+// The seed's K (H = 4096: 32 K blocks) with ~128 rows per expert, so the GEMM runs 128-row
+// items: the fp32 promotion of the wgmma sums over a long K, checked against the mirror and both
+// references (issue 4's accuracy bounds at the real reduction length). The first shape splits K
+// in ranges of 7 K blocks (no two-block promotion); the second does not split, so its 128-row
+// items promote every two K blocks (MoeConfig::fp8_promote_kb).
 TEST(GpuFp8Fwd, LinearSeedK) {
   FLASHMOE_REQUIRE_SM90();
   check_fp8(linear_problem(512, 8, 2, 4096, 256), WeightScale::kChannel, 1111);
