@@ -125,7 +125,9 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
   // warpgroups' per-K-block path (or the producer's), while the pass is one streaming read of
   // the rows (which the amax pre-pass reads anyway) plus a write of T*H bytes (0.2% of the
   // seed's weight bytes). So the pass is the default; FLASHMOE_FP8_ACT=gather runs the in-gather
-  // quantization (m128c / m128 below), which computes the same bits.
+  // quantization (m128c / m128 below): the same E4M3 rows, and the same bits where this
+  // configuration neither splits K nor promotes every two K blocks (the gather does neither).
+  // (For comparisons; the test check_fp8 holds it to that.)
   c.fp8_prequant = fp8_prequant_env_or(true);
   // Split-K of the first GEMM (on E4M3 rows only): at decode its items are (tiles <= T*k) x (N
   // tiles), e.g. dsv3-tp8 at T = 1: 8 tiles x 2 (2I = 512 columns) = 16 items of 56 K blocks,
