@@ -214,12 +214,6 @@ std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& conf
                      ")");
 }
 
-// The variants that run promote_kb = 2 (FLASHMOE_SM90_VARIANT may name another: then 1).
-static bool promote_pairs_variant(gemm::Sm90Fp8Variant v) {
-  return v == gemm::Sm90Fp8Variant::kM128 || v == gemm::Sm90Fp8Variant::kM128Hint ||
-         v == gemm::Sm90Fp8Variant::kM128Convert;
-}
-
 gemm::Sm90Fp8GemmParams token_gemm_params(MoeProblem const& problem, MoeArgs const& args,
                                           MoeConfig const& config, MoeWorkspace const& ws,
                                           bool prequant) {
@@ -243,7 +237,9 @@ gemm::Sm90Fp8GemmParams token_gemm_params(MoeProblem const& problem, MoeArgs con
   g.max_ctas = 0;
   g.variant = gemm::sm90_fp8_env_variant_or(static_cast<gemm::Sm90Fp8Variant>(config.fp8_variant));
   gemm::Sm90Fp8Variant const resolved = gemm::sm90_fp8_resolve_variant(g.variant);
-  if (prequant && config.fp8_promote_kb == 2 && promote_pairs_variant(resolved)) g.promote_kb = 2;
+  if (prequant && config.fp8_promote_kb == 2 && gemm::sm90_fp8_variant_pairs_kb(resolved)) {
+    g.promote_kb = 2;  // (FLASHMOE_SM90_VARIANT may name a variant without it: then 1)
+  }
   if (prequant && config.fp8_k_splits > 1 && resolved != gemm::Sm90Fp8Variant::kBase) {
     g.k_splits = config.fp8_k_splits;
     g.split_tile_slots = static_cast<int32_t>(config.fp8_split_tile_slots);
@@ -298,10 +294,8 @@ gemm::Sm90Fp8GemmParams down_gemm_params(MoeProblem const& problem, MoeArgs cons
   g.split_tile_slots = 0;
   g.split_partial = nullptr;
   g.split_count = nullptr;
-  g.promote_kb = prequant && config.fp8_promote_kb_down == 2 &&
-                         promote_pairs_variant(gemm::sm90_fp8_resolve_variant(g.variant))
-                     ? 2
-                     : 1;
+  bool const pairs = gemm::sm90_fp8_variant_pairs_kb(gemm::sm90_fp8_resolve_variant(g.variant));
+  g.promote_kb = prequant && config.fp8_promote_kb_down == 2 && pairs ? 2 : 1;
   return g;
 }
 

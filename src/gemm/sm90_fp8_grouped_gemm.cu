@@ -172,9 +172,8 @@ Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p) {
     return Status::Invalid("sm90 fp8 gemm: promote_kb must be 1 or 2, got " + str(p.promote_kb));
   }
   if (p.promote_kb == 2) {
-    bool const m128 = variant == Sm90Fp8Variant::kM128 || variant == Sm90Fp8Variant::kM128Hint ||
-                      (variant == Sm90Fp8Variant::kM128Convert && p.a_fp8 != nullptr);
-    if (gate_up || p.scale_kind != Fp8ScaleKind::kChannel || !m128 || p.a_fp8 == nullptr) {
+    if (gate_up || p.scale_kind != Fp8ScaleKind::kChannel || p.a_fp8 == nullptr ||
+        !sm90_fp8_variant_pairs_kb(variant)) {
       return Status::Unsupported("sm90 fp8 gemm: promote_kb = 2 needs channel scales, the plain "
                                  "epilogue, pre-quantized rows (a_fp8) and the variant m128 or "
                                  "m128h (got variant " +

@@ -76,6 +76,12 @@ bool sm90_fp8_parse_variant(char const* name, Sm90Fp8Variant* out);
 /// kAuto -> FLASHMOE_SM90_VARIANT (when set to a known name) -> kSm90Fp8DefaultVariant; any other
 /// value is returned as is.
 Sm90Fp8Variant sm90_fp8_resolve_variant(Sm90Fp8Variant requested);
+/// Whether a resolved variant runs Sm90Fp8GemmParams::promote_kb = 2 on pre-quantized (E4M3)
+/// rows: the 128-row pipelined kernel -- m128, m128h, and m128c, which runs m128 on such rows.
+inline bool sm90_fp8_variant_pairs_kb(Sm90Fp8Variant v) {
+  return v == Sm90Fp8Variant::kM128 || v == Sm90Fp8Variant::kM128Hint ||
+         v == Sm90Fp8Variant::kM128Convert;
+}
 /// The variant FLASHMOE_SM90_VARIANT names when set to a known name, else `chosen` (the forward's
 /// heuristic choice: the environment overrides it, for comparisons).
 Sm90Fp8Variant sm90_fp8_env_variant_or(Sm90Fp8Variant chosen);
