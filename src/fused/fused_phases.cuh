@@ -187,16 +187,20 @@ __device__ __forceinline__ int solo_tile_count(FusedRoutingParams const& fp) {
   return __ldcg(fp.rb.local_offsets + 2 * fp.rp.num_local_experts + 1);
 }
 
-// Tokens [t0, t1) by the 256 math threads (mt), in the tokens' dtype (y and out are in it).
+// combine_token in the tokens' dtype (y and out are in it).
+__device__ __forceinline__ void combine_token_of(FusedRoutingParams const& fp, int t, int tid,
+                                                 int nthreads, int64_t c0 = 0, int64_t c1 = -1) {
+  if (fp.token_bf16) {
+    combine_token<__nv_bfloat16>(fp.cp, t, tid, nthreads, c0, c1);
+  } else {
+    combine_token<__half>(fp.cp, t, tid, nthreads, c0, c1);
+  }
+}
+
+// Tokens [t0, t1) by the 256 math threads (mt).
 __device__ __forceinline__ void combine_owned(FusedRoutingParams const& fp, int t0, int t1,
                                               int mt) {
-  for (int t = t0; t < t1; ++t) {
-    if (fp.token_bf16) {
-      combine_token<__nv_bfloat16>(fp.cp, t, mt, 256);
-    } else {
-      combine_token<__half>(fp.cp, t, mt, 256);
-    }
-  }
+  for (int t = t0; t < t1; ++t) combine_token_of(fp, t, mt, 256);
 }
 
 // Phase 4, run by every math thread after its last GEMM tile. (The owned tokens are recomputed

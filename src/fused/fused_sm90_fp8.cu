@@ -104,11 +104,7 @@ __device__ __forceinline__ void combine_n_tile(FusedRoutingParams const& r, int 
   int const t = mt >> 7;
   int64_t const c0 = static_cast<int64_t>(n_tile) * (Pipe::kBlockN / 8);
   if (t >= r.rp.num_tokens) return;
-  if (r.token_bf16) {
-    combine_token<__nv_bfloat16>(r.cp, t, mt & 127, 128, c0, c0 + Pipe::kBlockN / 8);
-  } else {
-    combine_token<__half>(r.cp, t, mt & 127, 128, c0, c0 + Pipe::kBlockN / 8);
-  }
+  combine_token_of(r, t, mt & 127, 128, c0, c0 + Pipe::kBlockN / 8);
 }
 
 // The body's hooks (sm90_util::NoPipeDeps says when they run): the gated FFN's per-slot order
