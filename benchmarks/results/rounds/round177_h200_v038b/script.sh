@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Round 177: EXPERIMENT v0.38b FLASHMOE_FP8_A_DENSE=1 (A rows copied to dense order, 64-row TMA boxes; multi-kernel
+# path): forward gtests (fused vs multi-kernel bit for bit), memcheck, prefill + seed A/B.
+set -uo pipefail
+OUT="$1"; D="$(cd "$(dirname "$0")" && pwd)"; T0=$SECONDS
+nvidia-smi -L; echo "commit $(cat $D/COMMIT)"
+mkdir -p /tmp/b && for f in $D/bin/*.gz; do gunzip -c $f > /tmp/b/$(basename $f .gz); chmod +x /tmp/b/$(basename $f .gz); done
+B=/tmp/b/flashmoe_bench; G=/tmp/b/flashmoe_tests
+FLASHMOE_FP8_A_DENSE=1 timeout 200 $G --gtest_brief=1 --gtest_filter='GpuFp8Fwd*:GpuSmallFp8Fwd*' > $OUT/gtest_adense.log 2>&1; echo "gtest adense rc=$? at $((SECONDS-T0)) s"; tail -2 $OUT/gtest_adense.log; grep -E "^\[  FAILED" $OUT/gtest_adense.log | head -20
+FLASHMOE_FP8_A_DENSE=1 timeout 90 compute-sanitizer --tool memcheck $G --gtest_brief=1 --gtest_filter='GpuFp8Fwd.LinearSeedK:GpuSmallFp8Fwd.*Ffn*' > $OUT/memcheck_adense.log 2>&1; echo "memcheck rc=$? at $((SECONDS-T0)) s"; grep "ERROR SUMMARY" $OUT/memcheck_adense.log
+for run in m0:1 m1:1 m0:2 m1:2 m0:3 m1:3; do
+  m=${run%%:*}; rep=${run##*:}
+  LEFT=$((440-(SECONDS-T0))); [ $LEFT -lt 30 ] && break
+  unset FLASHMOE_FP8_A_DENSE; export FLASHMOE_FUSED=0
+  [ $m = m1 ] && export FLASHMOE_FP8_A_DENSE=1
+  timeout $LEFT $B --fp8 channel --reps 20 --warmup 3 --config prefill --config seed --config dsv3 --json $OUT/bench_${m}_r$rep.json > $OUT/bench_${m}_r$rep.log 2>&1
+  echo "$m rep $rep rc=$? at $((SECONDS-T0)) s:"; grep -A4 'median/min/max' $OUT/bench_${m}_r$rep.log | tail -3 | cut -c1-60; grep -o 'sm90_fp8_pipelined_kernel [0-9.]*' $OUT/bench_${m}_r$rep.log | tr '\n' ' '; echo
+done
+(cd $OUT && cat bench_*_r*.log > bench_all.log && tar czf bench.tgz bench_*.json 2>/dev/null && rm -f bench_*.json bench_*_r*.log)
+echo "total $((SECONDS-T0)) s"
