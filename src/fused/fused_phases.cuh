@@ -75,6 +75,9 @@ struct FusedRoutingParams {
   void const* tokens;
   float* token_scales;  // FP8 GEMMs: the E4M3 token rows phase 1 writes and their scales;
   uint8_t* token_fp8;   // null: the GEMM reads the 16-bit rows (no quantization)
+  // MoeConfig::fp8_a_dense: phase 2 copies the owned slots' E4M3 rows to their dense rows here,
+  // which the GEMM loads by TMA boxes (null: the GEMM gathers from token_fp8).
+  uint8_t* token_fp8_dense;
   int32_t* cta_counts;  // [E, kFusedMaxCtas]: column c = CTA c's final ids per expert
   uint32_t* grid_sync;  // [3] arrivals, generation, solo dispatch done: zero at launch but for
                         // the generation (relative); the run leaves them so (the barrier's last
@@ -722,6 +725,28 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
       }
     }
   }
+  if (fp.token_fp8_dense != nullptr) {
+    // The owned slots' E4M3 rows (this CTA quantized them in phase 1) to their dense rows, 16
+    // bytes per thread. The GEMM reads them by TMA (the async proxy) after the barrier: each
+    // thread's fence.proxy.async orders its generic stores before that barrier's release.
+    // A warp per 32 slots: their dense rows in one load, then row by row, 16 bytes per lane.
+    __syncthreads();  // warp 0's rb.slot_row
+    int64_t const H = fp.hidden;
+    int64_t const vecs = H / 16;
+    int const warp = tid / 32;
+    int const lane = tid % 32;
+    for (int64_t base = a0 + 32 * warp; base < a1; base += 32 * kWarps) {
+      int32_t const mine = base + lane < a1 ? __ldcg(rb.slot_row + base + lane) : -1;
+      for (int j = 0; j < 32; ++j) {
+        int32_t const row = __shfl_sync(0xffffffffu, mine, j);
+        if (row < 0) continue;
+        uint4 const* src = reinterpret_cast<uint4 const*>(fp.token_fp8 + ((base + j) / k) * H);
+        uint4* dst = reinterpret_cast<uint4*>(fp.token_fp8_dense + static_cast<int64_t>(row) * H);
+        for (int64_t v = lane; v < vecs; v += 32) dst[v] = __ldcg(src + v);
+      }
+    }
+    asm volatile("fence.proxy.async.global;" ::: "memory");
+  }
   if (tid == 0) stamp(fp, 3);
   cta_grid_sync(fp.grid_sync);
   if (tid == 0) stamp(fp, 4);
@@ -745,6 +770,9 @@ inline FusedRoutingParams make_fused_routing_params(MoeProblem const& problem,
   r.tokens = args.tokens;
   r.token_scales = fp8_rows ? ws.token_scales : nullptr;
   r.token_fp8 = fp8_rows ? static_cast<uint8_t*>(ws.token_fp8) : nullptr;
+  r.token_fp8_dense = fp8_rows && config.fp8_a_dense && ws.token_fp8_dense != nullptr
+                          ? static_cast<uint8_t*>(ws.token_fp8_dense)
+                          : nullptr;
   r.cta_counts = ws.fused_counts;
   r.grid_sync = reinterpret_cast<uint32_t*>(ws.gemm_scheduler + 2 * kGemmSchedulerInts);
   r.topk_ids_out = args.topk_ids_out;

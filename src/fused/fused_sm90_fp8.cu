@@ -230,7 +230,8 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
     bool const first_even = fp.gemm.kb_per_split % 2 == 0 && fp.gemm.num_kb % 2 == 0;
     if (fp.gemm2.k_splits != 1 || smem2 != smem_bytes ||
         (fp.gemm2.promote_kb == 2 && !first_even) || fp.gemm2.num_stages != fp.gemm.num_stages ||
-        fp.gemm2.control_offset != fp.gemm.control_offset || fp.gemm2.a_mode != fp.gemm.a_mode) {
+        fp.gemm2.control_offset != fp.gemm.control_offset || fp.gemm2.a_mode != fp.gemm.a_mode ||
+        fp.gemm2.a_dense != fp.gemm.a_dense) {
       return Status(StatusCode::kInternal, "fused fp8: the FFN's two GEMMs plan different rings");
     }
     fp.ffn = 1;

@@ -114,6 +114,7 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
   ws->hidden_scales = nullptr;
   ws->token_fp8 = nullptr;
   ws->hidden_fp8 = nullptr;
+  ws->token_fp8_dense = nullptr;
   ws->fused_counts = nullptr;
   ws->fused_timeline = nullptr;
   ws->fused_tile_done = nullptr;
@@ -122,6 +123,10 @@ Status carve_moe_workspace(MoeProblem const& problem, MoeConfig const& config, v
     ws->hidden_scales = ffn ? c.take<float>(n) : nullptr;
     ws->token_fp8 = c.take<unsigned char>(T * static_cast<std::size_t>(problem.hidden));
     ws->hidden_fp8 = ffn ? c.take<unsigned char>(n * inter) : nullptr;
+    if (config.fp8_dense_rows > 0) {
+      ws->token_fp8_dense = c.take<unsigned char>(static_cast<std::size_t>(config.fp8_dense_rows) *
+                                                  static_cast<std::size_t>(problem.hidden));
+    }
   }
   if (fp8 || config.sm90) {  // the one-kernel forwards (FP8; bf16/fp16 on the sm_90a GEMM)
     ws->fused_counts = c.take<int32_t>(E * static_cast<std::size_t>(kFusedMaxCtas));

@@ -39,6 +39,12 @@ char const* scale_name(WeightScale s) {
 }
 
 constexpr int kSplitTargetCtas = 132;
+// Linear experts with at least this many rows per expert on average take the dense A rows
+// (MoeConfig::fp8_a_dense). Measured (round 185, H200, one binary, both paths): prefill (512 rows
+// per expert) -13% (one kernel) / -14..-17% (multi-kernel); seed (64) unchanged on both -- its
+// GEMM gain is what the copy (T*k*H bytes written and read, 64 MB) costs -- so the seed keeps the
+// gather and does not carry the slice; fewer rows per expert (decode) would not earn it back.
+constexpr double kFp8DenseRowsPerExpert = 128.0;
 
 // FLASHMOE_FP8_ACT=gather|prepass overrides the heuristic's choice (for comparisons); any other
 // value is ignored.
@@ -172,10 +178,25 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
     bool const even_down = ((problem.inter_dim + 127) / 128) % 2 == 0;
     if (allowed && problem.kind == ExpertKind::kGatedFFN && even_down) c.fp8_promote_kb_down = 2;
   }
+  // Dense A rows (v0.38, rounds 175-184): the routed E4M3 token rows copied into dense order, so
+  // that the GEMM loads each 64-row half of a stage by one TMA box instead of gathering it row by
+  // row with cp.async (on the prefill GEMM the gather cost ~3x the weights' TMA per byte, round
+  // 175). Linear experts only for now (the one-kernel FFN writes h inside the launch; its down
+  // projection would need the proxy fences). The workspace slice depends on the shape alone;
+  // FLASHMOE_FP8_A_DENSE=0 (for comparisons) keeps the gather.
+  if (problem.kind == ExpertKind::kLinear && rows_per_expert >= kFp8DenseRowsPerExpert) {
+    c.fp8_dense_rows = c.num_assignments;
+    char const* v = std::getenv("FLASHMOE_FP8_A_DENSE");
+    c.fp8_a_dense = c.fp8_prequant && !(v != nullptr && std::strcmp(v, "0") == 0);
+  }
   if (c.fp8_prequant) {
     c.fp8_variant = static_cast<int32_t>(gemm::Sm90Fp8Variant::kM128);
-    c.reason = "sm_90a FP8 grouped GEMM, variant m128 on E4M3 rows quantized by a pass "
-               "beforehand (per-row scales); the routing cuts 64-row tiles";
+    c.reason = c.fp8_a_dense
+                   ? "sm_90a FP8 grouped GEMM, variant m128 on E4M3 rows quantized by a pass "
+                     "beforehand (per-row scales) and copied in dense order (A by TMA boxes); "
+                     "the routing cuts 64-row tiles"
+                   : "sm_90a FP8 grouped GEMM, variant m128 on E4M3 rows quantized by a pass "
+                     "beforehand (per-row scales); the routing cuts 64-row tiles";
   } else if (rows_per_expert > 16.0) {
     c.fp8_variant = static_cast<int32_t>(gemm::Sm90Fp8Variant::kM128Convert);
     c.reason = "sm_90a FP8 grouped GEMM, variant m128c (> 16 rows per expert: the math "
@@ -201,6 +222,7 @@ std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& conf
                      " weight_scale=",
                      scale_name(problem.weight_scale),
                      config.fp8_prequant ? " act=prepass" : " act=gather",
+                     config.fp8_a_dense ? " a_rows=dense" : "",
                      " k_splits=",
                      config.fp8_k_splits,
                      " promote_kb=",
@@ -239,6 +261,13 @@ gemm::Sm90Fp8GemmParams token_gemm_params(MoeProblem const& problem, MoeArgs con
   gemm::Sm90Fp8Variant const resolved = gemm::sm90_fp8_resolve_variant(g.variant);
   if (prequant && config.fp8_promote_kb == 2 && gemm::sm90_fp8_variant_pairs_kb(resolved)) {
     g.promote_kb = 2;  // (FLASHMOE_SM90_VARIANT may name a variant without it: then 1)
+  }
+  if (prequant && config.fp8_a_dense && ws.token_fp8_dense != nullptr &&
+      resolved != gemm::Sm90Fp8Variant::kBase) {
+    // The routed rows in dense order (run_multikernel_fp8 / the one kernel's dispatch copy them).
+    g.a_fp8 = ws.token_fp8_dense;
+    g.a_fp8_dense = true;
+    g.a_fp8_dense_rows = config.fp8_dense_rows;
   }
   if (prequant && config.fp8_k_splits > 1 && resolved != gemm::Sm90Fp8Variant::kBase) {
     g.k_splits = config.fp8_k_splits;
@@ -280,6 +309,8 @@ gemm::Sm90Fp8GemmParams down_gemm_params(MoeProblem const& problem, MoeArgs cons
   g.a_scales = ws.hidden_scales;
   g.a_fp8 = prequant ? ws.hidden_fp8 : nullptr;
   g.a_fp8_row_stride = prequant ? I : 0;
+  g.a_fp8_dense = false;  // (the FFN: see choose_fp8_config)
+  g.a_fp8_dense_rows = 0;
   g.w_fp8 = args.w2;
   g.w_scales = args.w2_scale;
   g.k = I;
@@ -332,6 +363,11 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
   }
 
   gemm::Sm90Fp8GemmParams const g = token_gemm_params(problem, args, config, ws, prequant);
+  if (g.a_fp8_dense) {  // the routed rows in dense order: the dense count is read on the device
+    FLASHMOE_RETURN_IF_ERROR(gemm::launch_gather_rows_fp8(
+        ws.token_fp8, H, rb.row_token, rb.local_offsets + EL, rows, H, ws.token_fp8_dense, H,
+        stream));
+  }
   FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm90_fp8_grouped_gemm(g, stream));
   if (problem.kind == ExpertKind::kGatedFFN) {
     int64_t const I = problem.inter_dim;

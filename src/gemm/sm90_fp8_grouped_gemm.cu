@@ -189,6 +189,16 @@ Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p) {
                                  " in " + str(p.k_splits) + " range(s)");
     }
   }
+  if (p.a_fp8_dense) {
+    bool const pipelined = variant == Sm90Fp8Variant::kM64 || variant == Sm90Fp8Variant::kM128 ||
+                           variant == Sm90Fp8Variant::kM128Hint ||
+                           variant == Sm90Fp8Variant::kM128Convert;
+    if (p.a_fp8 == nullptr || !pipelined || p.a_fp8_dense_rows <= 0) {
+      return Status::Unsupported("sm90 fp8 gemm: dense A rows (a_fp8_dense) need pre-quantized "
+                                 "rows (a_fp8), a_fp8_dense_rows > 0 and a pipelined variant "
+                                 "(got " + std::string(sm90_fp8_variant_name(variant)) + ")");
+    }
+  }
   if (p.k_splits > 1) {
     bool const pipelined = variant == Sm90Fp8Variant::kM64 || variant == Sm90Fp8Variant::kM128 ||
                            variant == Sm90Fp8Variant::kM128Hint ||
@@ -286,6 +296,27 @@ static Status make_sm90_fp8_kernel_params(Sm90Fp8GemmParams const& p,
                        ? 1
                        : 0;
   kp.promote_kb = p.promote_kb;
+  if (fp8_source && p.a_fp8_dense) {
+    // a_fp8 [dense rows, K] uint8, box {128 bytes of K, 64 rows}, 128B swizzle: one box is one
+    // 64-row half of a stage in the layout the wgmma reads (rows and K past the tensor: zeros).
+    cuuint64_t const adims[2] = {static_cast<cuuint64_t>(p.k),
+                                 static_cast<cuuint64_t>(p.a_fp8_dense_rows)};
+    cuuint64_t const astrides[1] = {static_cast<cuuint64_t>(p.a_fp8_row_stride)};
+    cuuint32_t const abox[2] = {Cfg::kBlockK, sm90_fp8_detail::kDenseBoxBytes / Cfg::kBlockK};
+    cuuint32_t const aelem[2] = {1, 1};
+    CUresult const ca = cutlass::call_cuTensorMapEncodeTiled(
+        &kp.tmap_a, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(p.a_fp8), adims, astrides,
+        abox, aelem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (ca != CUDA_SUCCESS) {
+      return Status(StatusCode::kCudaError, std::string(__FILE__) + ":" +
+                                                std::to_string(__LINE__) +
+                                                ": cuTensorMapEncodeTiled (dense A rows) failed "
+                                                "with CUresult " +
+                                                std::to_string(static_cast<int>(ca)));
+    }
+    kp.a_dense = 1;
+  }
   kp.k_splits = p.k_splits;
   kp.kb_per_split = (kp.num_kb + p.k_splits - 1) / p.k_splits;
   kp.split_tile_slots = p.split_tile_slots;

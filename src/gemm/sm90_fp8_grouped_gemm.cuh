@@ -106,6 +106,7 @@ using Sm90Fp8TileDefault = Sm90Fp8Tile<5, 2>;
 /// The kernel's parameters (by value, __grid_constant__: the TMA map is read in place).
 struct Sm90Fp8KernelParams {
   CUtensorMap tmap_w;              // W8 [E, Np, K] as a 3-D uint8 tensor, box {128, kBlockN, 1}
+  CUtensorMap tmap_a;              // a_dense: a_fp8 [dense rows, K] uint8, box {128, 64}
   void const* a;
   int32_t const* a_rows;
   float const* a_scales;
@@ -159,6 +160,8 @@ struct Sm90Fp8KernelParams {
   uint64_t* timeline;
   int32_t timeline_stride;
   int32_t out_vec8;   // out is 16-bit with 8-byte aligned rows: the plain epilogue's 8-byte stores
+  // Sm90Fp8GemmParams::a_fp8_dense (a_mode 2 only): thread 0 loads A by TMA boxes of 64 rows.
+  int32_t a_dense;
 };
 
 /// The parameters of the m128 pipelined kernel body on pre-quantized rows (p.a_fp8 set; the
@@ -621,6 +624,12 @@ struct Sm90Fp8PipeTile {
 
 namespace sm90_fp8_detail {
 
+/// Dense A (Sm90Fp8KernelParams::a_dense): one TMA box per 64-row half of a stage, 64 x 128 bytes,
+/// with the default L2 policy (the rows are read once per n tile, like the cp.async copies).
+inline constexpr uint32_t kDenseBoxBytes = 64 * 128;
+inline constexpr uint64_t kDenseBoxHint =
+    static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+
 /// Profiling stamp i of Sm90Fp8KernelParams::timeline (nothing without one).
 __device__ __forceinline__ void pipe_stamp(Sm90Fp8KernelParams const& p, int i) {
   if (p.timeline == nullptr) return;
@@ -932,7 +941,11 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
     int const kb0 = ctl->next_split[meta] * p.kb_per_split;
     int const kb1 = min(p.num_kb, kb0 + p.kb_per_split);
     for (int kb = kb0; kb < kb1; ++kb) {
-      wait_barrier(&ctl->empty[stage], (phase & 1) ^ 1);
+      // Dense A by TMA boxes: thread 0 alone fills and releases the stages (the one arrival). The
+      // other threads have no per-stage work and must not wait on a stage's parity: free of the
+      // stages they can fall a whole ring behind, and the wait would then alias a later phase
+      // and never return (round 183: a deadlock).
+      if (!(kFp8 && p.a_dense) || pt == 0) wait_barrier(&ctl->empty[stage], (phase & 1) ^ 1);
       if (pt == 0) {
         if (kb == kb0) {  // published by this thread's (release) arrival
           ctl->tile[stage] = tile;
@@ -942,18 +955,36 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
         if constexpr (kFp8) {
           // The copies' arrivals are asynchronous: this plain arrival (the 129th) releases the
           // tile coordinates above.
+          // Dense A: the only arrival, with the A boxes' bytes (a box is counted whole, rows
+          // past the tensor zero-filled).
           compiler_fence();
-          TxBarrier::arrive_and_expect_tx(&ctl->full[stage], Cfg::kSmemBBytes);
+          TxBarrier::arrive_and_expect_tx(
+              &ctl->full[stage],
+              Cfg::kSmemBBytes + (p.a_dense ? (rows > 64 ? 2 : 1) * kDenseBoxBytes : 0));
         } else {
           TxBarrier::expect_transaction(&ctl->full[stage], Cfg::kSmemBBytes);
         }
         cute::SM90_TMA_LOAD_3D::copy(&p.tmap_w, &ctl->full[stage], p.w_cache_hint,
                                      smem_b + stage * Cfg::kSmemBBytes, kb * Cfg::kBlockK,
                                      tile.w * Cfg::kBlockN, tile.x);
+        if (kFp8 && p.a_dense) {
+          // Each 64-row half holding rows: one box (1024-aligned, 128B swizzle: the layout the
+          // cp.async path writes and the wgmma reads).
+#pragma unroll
+          for (int h = 0; h < kHalves; ++h) {
+            if (64 * h < rows) {
+              cute::SM90_TMA_LOAD_2D::copy(&p.tmap_a, &ctl->full[stage], kDenseBoxHint,
+                                           smem_a + stage * Cfg::kSmemABytes + h * 8192,
+                                           kb * Cfg::kBlockK, tile.y + 64 * h);
+            }
+          }
+        }
         if (kb == kb0) pipe_stamp(p, 1);
         if (kb + 1 == kb1) pipe_stamp(p, 2);
       }
-      if constexpr (kFp8) {
+      if (kFp8 && p.a_dense) {
+        // thread 0 loaded A above
+      } else if constexpr (kFp8) {
         int const k = kb * Cfg::kBlockK + chunk8 * 16;
         bool const k_ok = k < p.k;
         uint32_t const dst = sa_base + stage * Cfg::kSmemABytes + sw8;
@@ -1031,10 +1062,18 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
   // ---- the end marker (everything was drained at the last boundary)
   cp_async_wait_all();
   if (last) {
-    wait_barrier(&ctl->empty[stage], (phase & 1) ^ 1);
-    if (pt == 0) ctl->tile[stage] = make_int4(-1, 0, 0, 0);
-    arrive_barrier(&ctl->full[stage]);
-    if (kFp8 && pt == 0) arrive_barrier(&ctl->full[stage]);  // the 129th arrival
+    if (kFp8 && p.a_dense) {  // one arrival, thread 0's (see the stage loop)
+      if (pt == 0) {
+        wait_barrier(&ctl->empty[stage], (phase & 1) ^ 1);
+        ctl->tile[stage] = make_int4(-1, 0, 0, 0);
+        arrive_barrier(&ctl->full[stage]);
+      }
+    } else {
+      wait_barrier(&ctl->empty[stage], (phase & 1) ^ 1);
+      if (pt == 0) ctl->tile[stage] = make_int4(-1, 0, 0, 0);
+      arrive_barrier(&ctl->full[stage]);
+      if (kFp8 && pt == 0) arrive_barrier(&ctl->full[stage]);  // the 129th arrival
+    }
   }
   if (pt == 0 && atomicAdd(p.scheduler + 1, 1) == static_cast<int>(gridDim.x) - 1) {
     __threadfence();
@@ -1309,9 +1348,12 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
     carve(smem_a, smem_b, staging, ctl);
     cute::prefetch_tma_descriptor(&p0.tmap_w);
     if (num_gemms > 1) cute::prefetch_tma_descriptor(&p1.tmap_w);
+    if (p0.a_dense) cute::prefetch_tma_descriptor(&p0.tmap_a);
+    if (num_gemms > 1 && p1.a_dense) cute::prefetch_tma_descriptor(&p1.tmap_a);
     // full: the 128 producer threads (their copies' completion for e4m3 rows, plus thread 0's
     // arrive.expect_tx) + the TMA's bytes. empty: one arrival per math warp.
-    uint32_t const full_count = p.a_mode == 2 ? 129u : 128u;
+    // (dense A: thread 0's arrival alone, the TMA's bytes count the rest)
+    uint32_t const full_count = p.a_mode == 2 ? (p.a_dense ? 1u : 129u) : 128u;
     for (int s = 0; s < S; ++s) {
       Barrier::init(&ctl->full[s], full_count);
       Barrier::init(&ctl->empty[s], 4 * Cfg::kNumMathWG);
@@ -1378,7 +1420,8 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
     static_assert(size(decltype(acc){}) == 64, "one m64n128 fp32 accumulator per thread");
     float total[kHalves][64];
 
-    bool const copy_filled = p.a_mode == 2;  // A written by cp.async (generic proxy)
+    // A written by cp.async (generic proxy); dense A arrives by TMA (async proxy): no fence
+    bool const copy_filled = p.a_mode == 2 && !p.a_dense;
     int stage = 0;
     uint32_t phase = 0;
     for (;;) {

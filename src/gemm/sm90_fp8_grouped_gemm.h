@@ -136,6 +136,14 @@ struct Sm90Fp8GemmParams {
   // gathers `a`). The output is bit for bit the same as without it.
   void const* a_fp8 = nullptr;
   int64_t a_fp8_row_stride = 0;
+  // a_fp8 in dense order (v0.38): row r of a tile is row tile.row0 + r of a_fp8 (the identity of
+  // a_rows == nullptr, or a copy of the routed rows made in dense order), a_fp8_dense_rows of
+  // them. Then the producer loads each 64-row half of a stage with one TMA box instead of 64
+  // per-row cp.async copies (the gather cost ~3x the weights' TMA per byte, round 175); a_rows
+  // still names each row's source for its scale. The same bits. Needs a_fp8 and a pipelined
+  // variant (m64, m128, m128h; m128c then runs m128).
+  bool a_fp8_dense = false;
+  int64_t a_fp8_dense_rows = 0;
 
   // Which kernel runs (kAuto: FLASHMOE_SM90_VARIANT, else the default).
   Sm90Fp8Variant variant = Sm90Fp8Variant::kAuto;

@@ -7,6 +7,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -149,6 +150,42 @@ Status launch_token_scales_fp8(void const* x, DType dtype, int64_t rows, int64_t
       return Status::BadType(std::string("token scales: x must be bfloat16, float16 or float32, "
                                          "got ") + dtype_name(dtype));
   }
+}
+
+namespace {
+
+__global__ void __launch_bounds__(256) gather_rows_fp8_kernel(
+    uint4 const* src, int64_t src_stride16, int32_t const* index, int32_t const* rows_device,
+    int64_t max_rows, int64_t cols16, uint4* dst, int64_t dst_stride16) {
+  int64_t const rows =
+      rows_device != nullptr ? min(max_rows, static_cast<int64_t>(*rows_device)) : max_rows;
+  for (int64_t d = blockIdx.x; d < rows; d += gridDim.x) {
+    int64_t const s = index[d];
+    for (int64_t c = threadIdx.x; c < cols16; c += blockDim.x) {
+      dst[d * dst_stride16 + c] = src[s * src_stride16 + c];
+    }
+  }
+}
+
+}  // namespace
+
+Status launch_gather_rows_fp8(void const* src, int64_t src_stride, int32_t const* index,
+                              int32_t const* rows_device, int64_t max_rows, int64_t cols,
+                              void* dst, int64_t dst_stride, cudaStream_t stream) {
+  if (cols % 16 != 0 || src_stride % 16 != 0 || dst_stride % 16 != 0 ||
+      reinterpret_cast<std::uintptr_t>(src) % 16 != 0 ||
+      reinterpret_cast<std::uintptr_t>(dst) % 16 != 0) {
+    return Status::Unsupported("gather_rows_fp8: rows, strides and pointers must be 16-byte "
+                               "aligned, cols % 16 == 0; got cols = " + std::to_string(cols));
+  }
+  if (max_rows <= 0) return Status::Ok();
+  // Enough blocks to keep the copy bandwidth-bound; each walks rows with a grid stride.
+  int const blocks = static_cast<int>(std::min<int64_t>(max_rows, 16 * 132));
+  gather_rows_fp8_kernel<<<blocks, 256, 0, stream>>>(
+      static_cast<uint4 const*>(src), src_stride / 16, index, rows_device, max_rows, cols / 16,
+      static_cast<uint4*>(dst), dst_stride / 16);
+  FLASHMOE_LAUNCH_CHECK("gather_rows_fp8_kernel");
+  return Status::Ok();
 }
 
 }  // namespace flashmoe::gemm

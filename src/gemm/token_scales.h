@@ -37,4 +37,14 @@ Status launch_token_quantize_fp8(void const* x, DType dtype, int64_t rows, int64
                                  int64_t row_stride, int32_t const* rows_device, float* scales,
                                  void* x_fp8, int64_t fp8_row_stride, cudaStream_t stream);
 
+/// The routed E4M3 rows in dense order (MoeConfig::fp8_a_dense, the multi-kernel path):
+///
+///   dst[d, c] = src[index[d], c]      c < cols, d < min(max_rows, *rows_device)
+///
+/// (rows_device: the device-side dense count; null: max_rows). Rows of `cols` bytes, cols % 16
+/// == 0, 16-byte aligned rows and strides (bytes). One block per row at a time, 16-byte copies.
+Status launch_gather_rows_fp8(void const* src, int64_t src_stride, int32_t const* index,
+                              int32_t const* rows_device, int64_t max_rows, int64_t cols,
+                              void* dst, int64_t dst_stride, cudaStream_t stream);
+
 }  // namespace flashmoe::gemm

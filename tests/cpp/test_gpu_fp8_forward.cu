@@ -489,6 +489,22 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
     EXPECT_EQ(g3.expert_load, g1.expert_load);
     EXPECT_EQ(g3.counts, g1.counts);
   }
+  // Where the configuration copies the A rows into dense order (MoeConfig::fp8_a_dense), both
+  // paths again with the rows gathered by cp.async instead: the same bytes reach the same wgmma,
+  // so the same bits.
+  if (prepass_config.fp8_a_dense) {
+    setenv("FLASHMOE_FP8_A_DENSE", "0", 1);
+    for (char const* fused_env : {"1", "0"}) {
+      setenv("FLASHMOE_FUSED", fused_env, 1);
+      Result const g4 = run_fp8(p8, in, w);
+      unsetenv("FLASHMOE_FUSED");
+      ASSERT_TRUE(g4.status.ok()) << g4.status.message();
+      EXPECT_EQ(first_mismatch(g4.out, g1.out), -1)
+          << "FLASHMOE_FP8_A_DENSE=0 (rows gathered) gives other bits than the dense rows, "
+          << "FLASHMOE_FUSED=" << fused_env;
+    }
+    unsetenv("FLASHMOE_FP8_A_DENSE");
+  }
 }
 
 // ---------------------------------------------------------------------------- W8A16 (sm_80)
@@ -1210,14 +1226,18 @@ TEST(GpuFp8Fwd, FfnDownPairs) {
 // items: the fp32 promotion of the wgmma sums over a long K, checked against the mirror and both
 // references (issue 4's accuracy bounds at the real reduction length). The first shape splits K
 // in ranges of 7 K blocks (no two-block promotion); the second does not split, so its 128-row
-// items promote every two K blocks (MoeConfig::fp8_promote_kb).
+// items promote every two K blocks (MoeConfig::fp8_promote_kb). All three have 128 rows per
+// expert on average, so they also copy the A rows into dense order (MoeConfig::fp8_a_dense; with
+// split-K in the first), and check_fp8 compares them with the gathered runs bit for bit.
 TEST(GpuFp8Fwd, LinearSeedK) {
   FLASHMOE_REQUIRE_SM90();
   check_fp8(linear_problem(512, 8, 2, 4096, 256), WeightScale::kChannel, 1111);
   check_fp8(linear_problem(512, 8, 2, 4096, 256), WeightScale::kBlock128, 1112);
   MoeProblem const paired = linear_problem(512, 4, 1, 4096, 256);
-  EXPECT_EQ(fused::choose_fp8_config(prepared_problem(paired, WeightScale::kChannel))
-                .fp8_promote_kb, 2);
+  fused::MoeConfig const pc =
+      fused::choose_fp8_config(prepared_problem(paired, WeightScale::kChannel));
+  EXPECT_EQ(pc.fp8_promote_kb, 2);
+  EXPECT_TRUE(pc.fp8_a_dense);
   check_fp8(paired, WeightScale::kChannel, 1113);
 }
 
@@ -1225,6 +1245,29 @@ TEST(GpuFp8Fwd, LinearSeedK) {
 
 // The split-K choice: only when the items fill at most a quarter of the CTAs and K has at least
 // 8 blocks; every K range non-empty; dsv3-tp8 at T = 1 (16 items, K = 7168) in 8 ranges.
+// Dense A rows: linear experts with >= 128 rows per expert on average (prefill: 512; not the
+// seed's 64); never the gated FFN; the workspace slice by the shape alone, the switch by
+// FLASHMOE_FP8_A_DENSE=0.
+TEST(Fp8FwdHost, DenseRowsChoice) {
+  auto config = [](MoeProblem const& p) {
+    return fused::choose_fp8_config(prepared_problem(p, WeightScale::kChannel));
+  };
+  fused::MoeConfig const prefill = config(linear_problem(16384, 256, 8, 4096, 4096));
+  EXPECT_TRUE(prefill.fp8_a_dense);
+  EXPECT_EQ(prefill.fp8_dense_rows, 16384 * 8);
+  fused::MoeConfig const seed = config(linear_problem(2048, 256, 8, 4096, 4096));
+  EXPECT_FALSE(seed.fp8_a_dense);
+  EXPECT_EQ(seed.fp8_dense_rows, 0);
+  fused::MoeConfig const ffn = config(ffn_problem(16384, 256, 8, 7168, 2048, Activation::kSilu));
+  EXPECT_FALSE(ffn.fp8_a_dense);
+  EXPECT_EQ(ffn.fp8_dense_rows, 0);
+  setenv("FLASHMOE_FP8_A_DENSE", "0", 1);
+  fused::MoeConfig const off = config(linear_problem(16384, 256, 8, 4096, 4096));
+  unsetenv("FLASHMOE_FP8_A_DENSE");
+  EXPECT_FALSE(off.fp8_a_dense);
+  EXPECT_EQ(off.fp8_dense_rows, 16384 * 8);  // the workspace does not depend on the switch
+}
+
 TEST(Fp8FwdHost, SplitKChoice) {
   EXPECT_EQ(gemm::sm90_fp8_k_splits(16, 7168, 132), 8);
   EXPECT_EQ(gemm::sm90_fp8_k_splits(128, 4096, 132), 1);  // decode-1 linear: 8 x 16 items

@@ -532,6 +532,7 @@ void run_case(Case const& c) {
   struct Mode {
     Sm90Fp8Variant variant;
     bool fp8_rows;
+    bool dense = false;  // a_fp8_dense: A by 64-row TMA boxes (identity gather: rows are dense)
   };
   std::vector<Mode> modes;
   for (int v = 0; v < flashmoe::gemm::kSm90Fp8NumVariants; ++v) {
@@ -545,16 +546,20 @@ void run_case(Case const& c) {
     }
     modes.push_back({var, false});
     if (var != Sm90Fp8Variant::kBase) modes.push_back({var, true});
+    if (var != Sm90Fp8Variant::kBase && c.identity_gather) modes.push_back({var, true, true});
   }
   std::vector<uint8_t> first;
   std::string first_name;
   for (Mode const& m : modes) {
     std::string const name = std::string(flashmoe::gemm::sm90_fp8_variant_name(m.variant)) +
-                             (m.fp8_rows ? "/e4m3-rows" : "/16-bit-rows");
+                             (m.fp8_rows ? "/e4m3-rows" : "/16-bit-rows") +
+                             (m.dense ? "/dense-boxes" : "");
     SCOPED_TRACE(name);
     gp.variant = m.variant;
     gp.a_fp8 = m.fp8_rows ? a8.ptr : nullptr;
     gp.a_fp8_row_stride = m.fp8_rows ? ld8 : 0;
+    gp.a_fp8_dense = m.dense;
+    gp.a_fp8_dense_rows = m.dense ? a_rows : 0;
     std::vector<uint8_t> runs[2];
     for (int run = 0; run < 2; ++run) {
       CUDA_OK(cudaMemset(out.ptr, 0xFF, out_bytes));  // NaN in f32, bf16 and fp16
@@ -740,6 +745,21 @@ TEST(GpuSmallFp8, IdentityGatherN256K384E3) {
   c.n = 256;
   c.identity_gather = true;
   c.seed = 10;
+  run_case(c);
+}
+
+// Dense A rows by TMA boxes over many items per CTA: the stage ring wraps many times within and
+// across items while only the producer's thread 0 gates the stages (round 183's deadlock: the
+// other producer threads fell a ring behind). Boxes past the last row read zeros.
+TEST(GpuSmallFp8, IdentityGatherManyTilesFewCtas) {
+  SKIP_WITHOUT_SM90();
+  Case c;
+  c.counts = {600, 129, 0, 333, 64, 65, 1, 200};
+  c.k = 1024;
+  c.n = 512;
+  c.identity_gather = true;
+  c.max_ctas = 3;
+  c.seed = 12;
   run_case(c);
 }
 
@@ -1351,6 +1371,25 @@ TEST(Sm90Fp8Check, VariantsAndPrequantizedRows) {
   EXPECT_NE(odd.message().find("even count of 128-wide K blocks"), std::string::npos)
       << odd.message();
   EXPECT_EQ(promote([](auto& q) { q.promote_kb = 3; }).code(), StatusCode::kInvalidArgument);
+
+  // Dense A rows (a_fp8_dense): pre-quantized rows, a row count, a pipelined variant.
+  auto dense = [&](auto&& edit) {
+    flashmoe::gemm::Sm90Fp8GemmParams q = p;
+    q.a_fp8_dense = true;
+    q.a_fp8_dense_rows = 64;
+    edit(q);
+    return flashmoe::gemm::check_sm90_fp8_grouped_gemm(q);
+  };
+  EXPECT_TRUE(dense([](auto&) {}).ok());
+  EXPECT_TRUE(dense([](auto& q) { q.variant = Sm90Fp8Variant::kM64; }).ok());
+  EXPECT_EQ(dense([](auto& q) { q.variant = Sm90Fp8Variant::kBase; q.a = dummy; q.a_row_stride = 256; })
+                .code(),
+            StatusCode::kNotSupported);
+  EXPECT_EQ(dense([&](auto& q) { q.a_fp8 = nullptr; q.a = dummy; q.a_row_stride = 256; }).code(),
+            StatusCode::kNotSupported);
+  Status const no_rows = dense([](auto& q) { q.a_fp8_dense_rows = 0; });
+  EXPECT_EQ(no_rows.code(), StatusCode::kNotSupported);
+  EXPECT_NE(no_rows.message().find("a_fp8_dense"), std::string::npos) << no_rows.message();
 }
 
 TEST(Sm90Fp8Check, PreparedGateUpLayout) {
