@@ -118,6 +118,8 @@ struct FusedDeps {
     uint32_t const* flag = reinterpret_cast<uint32_t const*>(fp.r.tile_done + slot);
     uint32_t const ready = static_cast<uint32_t>(fp.gemm.n_tiles) + 1u;
     while (ld_acquire(flag) != ready) __nanosleep(64);
+    // Dense A: this thread's TMA boxes read the h rows through the async proxy.
+    if (fp.gemm2.a_dense) asm volatile("fence.proxy.async.global;" ::: "memory");
   }
 
   __device__ __forceinline__ void item_done(int gemm, int slot, int row0, int rows, int mt,
@@ -133,6 +135,9 @@ struct FusedDeps {
     asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");
     if (*word == 0) return;  // the same for all 256 threads
     quantize_h_rows(fp, row0, rows, mt);
+    // Dense A: the down projection's TMA boxes read these rows through the async proxy; each
+    // writer's proxy fence orders its stores before the release below.
+    if (fp.gemm2.a_dense) asm volatile("fence.proxy.async.global;" ::: "memory");
     asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");
     if (mt == 0) {  // a release store: cumulative over the rows the barrier ordered before it
       st_release(reinterpret_cast<uint32_t*>(fp.r.tile_done + slot),

@@ -18,8 +18,8 @@
 //   hidden_scales  [T*k]        per-row amax / 448 of the FFN's hidden rows
 //   token_fp8      [T, H]       E4M3 tokens (MoeConfig::fp8_prequant; carved either way, so
 //   hidden_fp8     [T*k, I]     E4M3 hidden rows    the size does not depend on the choice)
-//   token_fp8_dense [T*k, H]    the routed E4M3 token rows in dense order (linear experts with
-//                               MoeConfig::fp8_dense_rows > 0; T*k*H bytes, 512 MB at T=16384)
+//   token_fp8_dense [T*k, H]    the routed E4M3 token rows in dense order (shapes with
+//                               MoeConfig::fp8_dense_rows > 0; T*k*H bytes, 512 MB at prefill)
 // and every path carves
 //   fused_counts   [E, kFusedMaxCtas]  the fused kernels' per-CTA expert counts (FP8, and
 //                                      bf16/fp16 with the sm_90a GEMM)

@@ -45,6 +45,9 @@ constexpr int kSplitTargetCtas = 132;
 // GEMM gain is what the copy (T*k*H bytes written and read, 64 MB) costs -- so the seed keeps the
 // gather and does not carry the slice; fewer rows per expert (decode) would not earn it back.
 constexpr double kFp8DenseRowsPerExpert = 128.0;
+// Gated-FFN experts from 32 rows per expert (dsv3: 64), both GEMMs: dsv3 -4.4% on the one
+// kernel, -1.7% on the multi-kernel path (round 188, H200, 100-rep runs under the power cap).
+constexpr double kFp8DenseRowsPerExpertFfn = 32.0;
 
 // FLASHMOE_FP8_ACT=gather|prepass overrides the heuristic's choice (for comparisons); any other
 // value is ignored.
@@ -181,10 +184,11 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
   // Dense A rows (v0.38, rounds 175-184): the routed E4M3 token rows copied into dense order, so
   // that the GEMM loads each 64-row half of a stage by one TMA box instead of gathering it row by
   // row with cp.async (on the prefill GEMM the gather cost ~3x the weights' TMA per byte, round
-  // 175). Linear experts only for now (the one-kernel FFN writes h inside the launch; its down
-  // projection would need the proxy fences). The workspace slice depends on the shape alone;
+  // 175). Gated FFN: both GEMMs (h is in dense order already; the one kernel writes it inside
+  // the launch, behind proxy fences). The workspace slice depends on the shape alone;
   // FLASHMOE_FP8_A_DENSE=0 (for comparisons) keeps the gather.
-  if (problem.kind == ExpertKind::kLinear && rows_per_expert >= kFp8DenseRowsPerExpert) {
+  bool const ffn_kind = problem.kind == ExpertKind::kGatedFFN;
+  if (rows_per_expert >= (ffn_kind ? kFp8DenseRowsPerExpertFfn : kFp8DenseRowsPerExpert)) {
     c.fp8_dense_rows = c.num_assignments;
     char const* v = std::getenv("FLASHMOE_FP8_A_DENSE");
     c.fp8_a_dense = c.fp8_prequant && !(v != nullptr && std::strcmp(v, "0") == 0);
@@ -309,8 +313,10 @@ gemm::Sm90Fp8GemmParams down_gemm_params(MoeProblem const& problem, MoeArgs cons
   g.a_scales = ws.hidden_scales;
   g.a_fp8 = prequant ? ws.hidden_fp8 : nullptr;
   g.a_fp8_row_stride = prequant ? I : 0;
-  g.a_fp8_dense = false;  // (the FFN: see choose_fp8_config)
-  g.a_fp8_dense_rows = 0;
+  // h rows are in dense order already: the boxes read them where the configuration takes them
+  g.a_fp8_dense = prequant && config.fp8_a_dense &&
+                  gemm::sm90_fp8_resolve_variant(g.variant) != gemm::Sm90Fp8Variant::kBase;
+  g.a_fp8_dense_rows = g.a_fp8_dense ? config.num_assignments : 0;
   g.w_fp8 = args.w2;
   g.w_scales = args.w2_scale;
   g.k = I;

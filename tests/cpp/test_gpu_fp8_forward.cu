@@ -1246,8 +1246,8 @@ TEST(GpuFp8Fwd, LinearSeedK) {
 // The split-K choice: only when the items fill at most a quarter of the CTAs and K has at least
 // 8 blocks; every K range non-empty; dsv3-tp8 at T = 1 (16 items, K = 7168) in 8 ranges.
 // Dense A rows: linear experts with >= 128 rows per expert on average (prefill: 512; not the
-// seed's 64); never the gated FFN; the workspace slice by the shape alone, the switch by
-// FLASHMOE_FP8_A_DENSE=0.
+// seed's 64), gated-FFN experts with >= 32 (dsv3: 64); the workspace slice by the shape alone,
+// the switch by FLASHMOE_FP8_A_DENSE=0.
 TEST(Fp8FwdHost, DenseRowsChoice) {
   auto config = [](MoeProblem const& p) {
     return fused::choose_fp8_config(prepared_problem(p, WeightScale::kChannel));
@@ -1258,9 +1258,12 @@ TEST(Fp8FwdHost, DenseRowsChoice) {
   fused::MoeConfig const seed = config(linear_problem(2048, 256, 8, 4096, 4096));
   EXPECT_FALSE(seed.fp8_a_dense);
   EXPECT_EQ(seed.fp8_dense_rows, 0);
-  fused::MoeConfig const ffn = config(ffn_problem(16384, 256, 8, 7168, 2048, Activation::kSilu));
-  EXPECT_FALSE(ffn.fp8_a_dense);
-  EXPECT_EQ(ffn.fp8_dense_rows, 0);
+  fused::MoeConfig const ffn = config(ffn_problem(2048, 256, 8, 7168, 2048, Activation::kSilu));
+  EXPECT_TRUE(ffn.fp8_a_dense);
+  EXPECT_EQ(ffn.fp8_dense_rows, 2048 * 8);
+  fused::MoeConfig const ffn16 = config(ffn_problem(16, 256, 8, 7168, 2048, Activation::kSilu));
+  EXPECT_FALSE(ffn16.fp8_a_dense);
+  EXPECT_EQ(ffn16.fp8_dense_rows, 0);
   setenv("FLASHMOE_FP8_A_DENSE", "0", 1);
   fused::MoeConfig const off = config(linear_problem(16384, 256, 8, 4096, 4096));
   unsetenv("FLASHMOE_FP8_A_DENSE");
