@@ -30,8 +30,8 @@ struct MoeConfig {
   // and of the FFN's down projection (choose_fp8_config).
   int32_t fp8_promote_kb = 1;
   int32_t fp8_promote_kb_down = 1;
-  // FP8 with >= 128 (linear) or >= 32 (gated FFN) rows per expert on average (choose_fp8_config):
-  // the
+  // FP8 with >= 128 (linear) or, with FLASHMOE_FP8_A_DENSE=1, >= 32 (gated FFN) rows per expert
+  // on average (choose_fp8_config): the
   // workspace's token_fp8_dense holds fp8_dense_rows rows (0: not carved; the shape alone decides,
   // so the workspace size does not depend on the environment), and with fp8_a_dense the forward
   // copies the routed E4M3 rows there in dense order and the GEMM loads them by TMA boxes

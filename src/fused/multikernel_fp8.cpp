@@ -45,8 +45,11 @@ constexpr int kSplitTargetCtas = 132;
 // GEMM gain is what the copy (T*k*H bytes written and read, 64 MB) costs -- so the seed keeps the
 // gather and does not carry the slice; fewer rows per expert (decode) would not earn it back.
 constexpr double kFp8DenseRowsPerExpert = 128.0;
-// Gated-FFN experts from 32 rows per expert (dsv3: 64), both GEMMs: dsv3 -4.4% on the one
-// kernel, -1.7% on the multi-kernel path (round 188, H200, 100-rep runs under the power cap).
+// Gated-FFN experts from 32 rows per expert (dsv3: 64), both GEMMs, only with
+// FLASHMOE_FP8_A_DENSE=1: dsv3 on an H200 -4.4% on the one kernel, -1.7% on the multi-kernel
+// path (round 188), but on an H100, whose HBM the dsv3 forward already keeps ~86% busy, +3.9% /
+// +1.3% (round 192; the copy's T*k*H bytes cost more there than the gather saves). Opt-in until
+// the choice can follow the card.
 constexpr double kFp8DenseRowsPerExpertFfn = 32.0;
 
 // FLASHMOE_FP8_ACT=gather|prepass overrides the heuristic's choice (for comparisons); any other
@@ -184,14 +187,20 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
   // Dense A rows (v0.38, rounds 175-184): the routed E4M3 token rows copied into dense order, so
   // that the GEMM loads each 64-row half of a stage by one TMA box instead of gathering it row by
   // row with cp.async (on the prefill GEMM the gather cost ~3x the weights' TMA per byte, round
-  // 175). Gated FFN: both GEMMs (h is in dense order already; the one kernel writes it inside
-  // the launch, behind proxy fences). The workspace slice depends on the shape alone;
-  // FLASHMOE_FP8_A_DENSE=0 (for comparisons) keeps the gather.
-  bool const ffn_kind = problem.kind == ExpertKind::kGatedFFN;
-  if (rows_per_expert >= (ffn_kind ? kFp8DenseRowsPerExpertFfn : kFp8DenseRowsPerExpert)) {
+  // 175). Linear experts: by default, and the workspace slice depends on the shape alone;
+  // FLASHMOE_FP8_A_DENSE=0 (for comparisons) keeps the gather. Gated FFN: both GEMMs (h is in
+  // dense order already; the one kernel writes it inside the launch, behind proxy fences), only
+  // with FLASHMOE_FP8_A_DENSE=1, which then also sizes the workspace's slice (set it before
+  // the workspace is sized).
+  char const* const dense_env = std::getenv("FLASHMOE_FP8_A_DENSE");
+  bool const dense_off = dense_env != nullptr && std::strcmp(dense_env, "0") == 0;
+  bool const dense_on = dense_env != nullptr && std::strcmp(dense_env, "1") == 0;
+  bool const eligible = problem.kind == ExpertKind::kGatedFFN
+                            ? dense_on && rows_per_expert >= kFp8DenseRowsPerExpertFfn
+                            : rows_per_expert >= kFp8DenseRowsPerExpert;
+  if (eligible) {
     c.fp8_dense_rows = c.num_assignments;
-    char const* v = std::getenv("FLASHMOE_FP8_A_DENSE");
-    c.fp8_a_dense = c.fp8_prequant && !(v != nullptr && std::strcmp(v, "0") == 0);
+    c.fp8_a_dense = c.fp8_prequant && !dense_off;
   }
   if (c.fp8_prequant) {
     c.fp8_variant = static_cast<int32_t>(gemm::Sm90Fp8Variant::kM128);
