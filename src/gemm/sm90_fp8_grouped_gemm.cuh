@@ -582,7 +582,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 // arrival (as the first kernel); e4m3 rows land by cp.async, whose completion arrives on the
 // barrier asynchronously, so thread 0 adds a 129th, plain arrive.expect_tx (releasing the tile
 // coordinates it wrote) and the math warps execute fence.proxy.async after their wait, before
-// the wgmma reads the stage.
+// the wgmma reads the stage. Dense A rows (Sm90Fp8GemmParams::a_fp8_dense, v0.38): the rows of a
+// tile are consecutive, so thread 0 loads each 64-row half with one TMA box; the full barrier
+// counts its one arrival and the bytes, the math warps need no proxy fence, and only thread 0
+// waits on the empty barriers (the other producer threads have no per-stage work left).
 //
 // Warp roles as in the first kernel: warpgroup 0 produces (all 128 threads copy; thread 0 also
 // takes work items and issues the weight TMA), warpgroups 1 and 2 multiply (columns 128 w ..).
@@ -973,8 +976,8 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
 #pragma unroll
           for (int h = 0; h < kHalves; ++h) {
             if (64 * h < rows) {
-              cute::SM90_TMA_LOAD_2D::copy(&p.tmap_a, &ctl->full[stage], kDenseBoxHint,
-                                           smem_a + stage * Cfg::kSmemABytes + h * 8192,
+              uint8_t* const dst = smem_a + stage * Cfg::kSmemABytes + h * kDenseBoxBytes;
+              cute::SM90_TMA_LOAD_2D::copy(&p.tmap_a, &ctl->full[stage], kDenseBoxHint, dst,
                                            kb * Cfg::kBlockK, tile.y + 64 * h);
             }
           }
