@@ -1302,6 +1302,12 @@ TEST(Sm90Fp8Check, K136IsUnsupportedWithAClearMessage) {
       nullptr);
   EXPECT_EQ(ts.code(), StatusCode::kNotSupported);
   EXPECT_NE(ts.message().find("136"), std::string::npos) << ts.message();
+
+  // The dense-order copy of E4M3 rows (MoeConfig::fp8_a_dense) copies 16-byte chunks.
+  Status const gs = flashmoe::gemm::launch_gather_rows_fp8(dummy, 144, nullptr, nullptr, 1, 136,
+                                                           dummy, 144, nullptr);
+  EXPECT_EQ(gs.code(), StatusCode::kNotSupported);
+  EXPECT_NE(gs.message().find("136"), std::string::npos) << gs.message();
 }
 
 TEST(Sm90Fp8Check, VariantsAndPrequantizedRows) {
