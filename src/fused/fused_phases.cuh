@@ -745,7 +745,7 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
         for (int64_t v = lane; v < vecs; v += 32) dst[v] = __ldcg(src + v);
       }
     }
-    asm volatile("fence.proxy.async.global;" ::: "memory");
+    gemm::sm90_util::fence_proxy_async_global();
   }
   if (tid == 0) stamp(fp, 3);
   cta_grid_sync(fp.grid_sync);

@@ -119,7 +119,7 @@ struct FusedDeps {
     uint32_t const ready = static_cast<uint32_t>(fp.gemm.n_tiles) + 1u;
     while (ld_acquire(flag) != ready) __nanosleep(64);
     // Dense A: this thread's TMA boxes read the h rows through the async proxy.
-    if (fp.gemm2.a_dense) asm volatile("fence.proxy.async.global;" ::: "memory");
+    if (fp.gemm2.a_dense) gemm::sm90_util::fence_proxy_async_global();
   }
 
   __device__ __forceinline__ void item_done(int gemm, int slot, int row0, int rows, int mt,
@@ -137,7 +137,7 @@ struct FusedDeps {
     quantize_h_rows(fp, row0, rows, mt);
     // Dense A: the down projection's TMA boxes read these rows through the async proxy; each
     // writer's proxy fence orders its stores before the release below.
-    if (fp.gemm2.a_dense) asm volatile("fence.proxy.async.global;" ::: "memory");
+    if (fp.gemm2.a_dense) gemm::sm90_util::fence_proxy_async_global();
     asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");
     if (mt == 0) {  // a release store: cumulative over the rows the barrier ordered before it
       st_release(reinterpret_cast<uint32_t*>(fp.r.tile_done + slot),

@@ -322,9 +322,9 @@ gemm::Sm90Fp8GemmParams down_gemm_params(MoeProblem const& problem, MoeArgs cons
   g.a_scales = ws.hidden_scales;
   g.a_fp8 = prequant ? ws.hidden_fp8 : nullptr;
   g.a_fp8_row_stride = prequant ? I : 0;
+  gemm::Sm90Fp8Variant const resolved = gemm::sm90_fp8_resolve_variant(g.variant);
   // h rows are in dense order already: the boxes read them where the configuration takes them
-  g.a_fp8_dense = prequant && config.fp8_a_dense &&
-                  gemm::sm90_fp8_resolve_variant(g.variant) != gemm::Sm90Fp8Variant::kBase;
+  g.a_fp8_dense = prequant && config.fp8_a_dense && resolved != gemm::Sm90Fp8Variant::kBase;
   g.a_fp8_dense_rows = g.a_fp8_dense ? config.num_assignments : 0;
   g.w_fp8 = args.w2;
   g.w_scales = args.w2_scale;
@@ -340,7 +340,7 @@ gemm::Sm90Fp8GemmParams down_gemm_params(MoeProblem const& problem, MoeArgs cons
   g.split_tile_slots = 0;
   g.split_partial = nullptr;
   g.split_count = nullptr;
-  bool const pairs = gemm::sm90_fp8_variant_pairs_kb(gemm::sm90_fp8_resolve_variant(g.variant));
+  bool const pairs = gemm::sm90_fp8_variant_pairs_kb(resolved);
   g.promote_kb = prequant && config.fp8_promote_kb_down == 2 && pairs ? 2 : 1;
   return g;
 }

@@ -35,6 +35,14 @@ __device__ __forceinline__ void store_pair(void* out, int32_t dtype, int64_t ind
 /// clobber, so shared-memory accesses around them are pinned in place with this.
 __device__ __forceinline__ void compiler_fence() { asm volatile("" ::: "memory"); }
 
+/// Orders this thread's generic-proxy global accesses with async-proxy ones (TMA loads) on either
+/// side of it: for rows written with st.global and then read by TMA in the same launch (the
+/// dense A rows). Hand-written: CUTLASS 4.2 wraps only the shared-memory form
+/// (fence_view_async_shared).
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;" ::: "memory");
+}
+
 /// atomicAdd with acquire-release semantics at GPU scope: a count that publishes this CTA's
 /// earlier writes (ordered before it by a CTA barrier) and, in the thread that reads the final
 /// count, acquires the others'. MEMBAR.ALL.GPU + the atomic, where `__threadfence(); atomicAdd`

@@ -189,10 +189,12 @@ Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p) {
                                  " in " + str(p.k_splits) + " range(s)");
     }
   }
+  // The pipelined kernel (m64, m128, m128h; m128c on pre-quantized rows runs m128): the only one
+  // that splits K or loads dense A rows.
+  bool const pipelined = variant == Sm90Fp8Variant::kM64 || variant == Sm90Fp8Variant::kM128 ||
+                         variant == Sm90Fp8Variant::kM128Hint ||
+                         variant == Sm90Fp8Variant::kM128Convert;
   if (p.a_fp8_dense) {
-    bool const pipelined = variant == Sm90Fp8Variant::kM64 || variant == Sm90Fp8Variant::kM128 ||
-                           variant == Sm90Fp8Variant::kM128Hint ||
-                           variant == Sm90Fp8Variant::kM128Convert;
     if (p.a_fp8 == nullptr || !pipelined || p.a_fp8_dense_rows <= 0) {
       return Status::Unsupported("sm90 fp8 gemm: dense A rows (a_fp8_dense) need pre-quantized "
                                  "rows (a_fp8), a_fp8_dense_rows > 0 and a pipelined variant "
@@ -200,9 +202,6 @@ Status check_sm90_fp8_grouped_gemm(Sm90Fp8GemmParams const& p) {
     }
   }
   if (p.k_splits > 1) {
-    bool const pipelined = variant == Sm90Fp8Variant::kM64 || variant == Sm90Fp8Variant::kM128 ||
-                           variant == Sm90Fp8Variant::kM128Hint ||
-                           variant == Sm90Fp8Variant::kM128Convert;
     if (p.a_fp8 == nullptr || !pipelined) {
       return Status::Unsupported("sm90 fp8 gemm: split-K (k_splits > 1) runs in the pipelined "
                                  "variants on pre-quantized rows (a_fp8) only");
