@@ -53,11 +53,14 @@ __device__ __forceinline__ uint4 pack8(__half const*, float const (&acc)[8]) {
 /// kCombineUnroll slots, the token's rows and weights are read once and each step issues all its
 /// row loads before the first add (the loads' latency overlaps: the fused kernel combines with 8
 /// warps per SM, not a full grid); the adds stay in slot order, so the bits do not change.
+/// kSteps: steps (8-column chunks, nthreads apart) whose loads a thread issues together -- the
+/// fused kernels' combine after the GEMM runs 2: one token at a time per 128 threads was a chain
+/// of dependent L2 round trips (round 195: 382 us at prefill for 1.2 GB, ~3 TB/s).
 /// [c0, c1): the 8-column chunks to combine (c1 < 0: to the row's end) -- the fused FP8 kernel's
 /// solo mode combines one GEMM n tile's columns at a time (FusedDeps::item_stored). The y rows
 /// are read through L2 (ld.global.cg): other SMs wrote them during the same launch.
 inline constexpr int kCombineUnroll = 8;
-template <class Element>
+template <class Element, int kSteps = 1>
 __device__ __forceinline__ void combine_token(CombineParams const& p, int64_t t, int tid,
                                               int nthreads, int64_t c0 = 0, int64_t c1 = -1) {
   int const k = p.top_k;
@@ -72,21 +75,30 @@ __device__ __forceinline__ void combine_token(CombineParams const& p, int64_t t,
       rows[j] = j < k ? p.slot_row[t * k + j] : -1;
       w[j] = j < k ? p.weights[t * k + j] : 0.0f;
     }
-    for (int64_t c = c0 + tid; c < chunks; c += nthreads) {
-      uint4 v[kCombineUnroll];
+    for (int64_t c = c0 + tid; c < chunks; c += static_cast<int64_t>(nthreads) * kSteps) {
+      uint4 v[kSteps][kCombineUnroll];
 #pragma unroll
-      for (int j = 0; j < kCombineUnroll; ++j) {
-        if (rows[j] >= 0) {
-          v[j] = __ldcg(reinterpret_cast<uint4 const*>(y + static_cast<int64_t>(rows[j]) * p.cols +
-                                                       c * 8));
+      for (int s = 0; s < kSteps; ++s) {
+        int64_t const cs = c + static_cast<int64_t>(s) * nthreads;
+#pragma unroll
+        for (int j = 0; j < kCombineUnroll; ++j) {
+          if (rows[j] >= 0 && cs < chunks) {
+            v[s][j] = __ldcg(reinterpret_cast<uint4 const*>(
+                y + static_cast<int64_t>(rows[j]) * p.cols + cs * 8));
+          }
         }
       }
-      float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int j = 0; j < kCombineUnroll; ++j) {
-        if (rows[j] >= 0) accumulate8(y, v[j], w[j], acc);
+      for (int s = 0; s < kSteps; ++s) {
+        int64_t const cs = c + static_cast<int64_t>(s) * nthreads;
+        if (cs >= chunks) break;
+        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int j = 0; j < kCombineUnroll; ++j) {
+          if (rows[j] >= 0) accumulate8(y, v[s][j], w[j], acc);
+        }
+        *reinterpret_cast<uint4*>(out + t * p.cols + cs * 8) = pack8(out, acc);
       }
-      *reinterpret_cast<uint4*>(out + t * p.cols + c * 8) = pack8(out, acc);
     }
     return;
   }

@@ -191,19 +191,26 @@ __device__ __forceinline__ int solo_tile_count(FusedRoutingParams const& fp) {
 }
 
 // combine_token in the tokens' dtype (y and out are in it).
+template <int kSteps = 1>
 __device__ __forceinline__ void combine_token_of(FusedRoutingParams const& fp, int t, int tid,
                                                  int nthreads, int64_t c0 = 0, int64_t c1 = -1) {
   if (fp.token_bf16) {
-    combine_token<__nv_bfloat16>(fp.cp, t, tid, nthreads, c0, c1);
+    combine_token<__nv_bfloat16, kSteps>(fp.cp, t, tid, nthreads, c0, c1);
   } else {
-    combine_token<__half>(fp.cp, t, tid, nthreads, c0, c1);
+    combine_token<__half, kSteps>(fp.cp, t, tid, nthreads, c0, c1);
   }
 }
 
-// Tokens [t0, t1) by the 256 math threads (mt).
+// Tokens [t0, t1) by the 256 math threads (mt): with two or more, each half of them takes every
+// other token, two steps of loads in flight per thread (combine_token's kSteps), so that each
+// SM has two tokens' loads in flight rather than a chain of round trips per token.
 __device__ __forceinline__ void combine_owned(FusedRoutingParams const& fp, int t0, int t1,
                                               int mt) {
-  for (int t = t0; t < t1; ++t) combine_token_of(fp, t, mt, 256);
+  if (t1 - t0 >= 2) {
+    for (int t = t0 + (mt >> 7); t < t1; t += 2) combine_token_of<2>(fp, t, mt & 127, 128);
+  } else {
+    for (int t = t0; t < t1; ++t) combine_token_of<2>(fp, t, mt, 256);
+  }
 }
 
 // Phase 4, run by every math thread after its last GEMM tile. (The owned tokens are recomputed
@@ -543,7 +550,9 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
     int const warp = kWarps - 1 - tid / 32;
     int const lane = tid % 32;
     int64_t const H = fp.hidden;
-    for (int t = t0 + warp; fp.token_fp8 != nullptr && t < t1; t += kWarps) {
+    // (Dense A rows: phase 2 quantizes each row straight to its slots' dense rows instead.)
+    bool const rows_here = fp.token_fp8 != nullptr && fp.token_fp8_dense == nullptr;
+    for (int t = t0 + warp; rows_here && t < t1; t += kWarps) {
       if (fp.token_bf16) {
         gemm::quantize_row_warp<__nv_bfloat16>(
             static_cast<__nv_bfloat16 const*>(fp.tokens) + t * H, H, fp.tokens_vec16 != 0, lane,
@@ -726,23 +735,25 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
     }
   }
   if (fp.token_fp8_dense != nullptr) {
-    // The owned slots' E4M3 rows (this CTA quantized them in phase 1) to their dense rows, 16
-    // bytes per thread. The GEMM reads them by TMA (the async proxy) after the barrier: each
-    // thread's fence.proxy.async orders its generic stores before that barrier's release.
-    // A warp per 32 slots: their dense rows in one load, then row by row, 16 bytes per lane.
+    // The owned tokens' E4M3 rows, each written to its slots' dense rows (the GEMM's TMA boxes
+    // read them after the barrier): a warp per token, one pass over its 16-bit row -- the same
+    // bits as phase 1's quantization followed by a copy per slot, which took 2x the bytes' time
+    // at prefill (round 195: 278 us). Each thread's fence.proxy.async orders its generic stores
+    // before that barrier's release.
     __syncthreads();  // warp 0's rb.slot_row
     int64_t const H = fp.hidden;
-    int64_t const vecs = H / 16;
     int const warp = tid / 32;
     int const lane = tid % 32;
-    for (int64_t base = a0 + 32 * warp; base < a1; base += 32 * kWarps) {
-      int32_t const mine = base + lane < a1 ? __ldcg(rb.slot_row + base + lane) : -1;
-      for (int j = 0; j < 32; ++j) {
-        int32_t const row = __shfl_sync(0xffffffffu, mine, j);
-        if (row < 0) continue;
-        uint4 const* src = reinterpret_cast<uint4 const*>(fp.token_fp8 + ((base + j) / k) * H);
-        uint4* dst = reinterpret_cast<uint4*>(fp.token_fp8_dense + static_cast<int64_t>(row) * H);
-        for (int64_t v = lane; v < vecs; v += 32) dst[v] = __ldcg(src + v);
+    for (int t = t0 + warp; t < t1; t += kWarps) {
+      int32_t const* rows = rb.slot_row + static_cast<int64_t>(t) * k;
+      if (fp.token_bf16) {
+        gemm::quantize_row_warp_to_rows<__nv_bfloat16>(
+            static_cast<__nv_bfloat16 const*>(fp.tokens) + t * H, H, fp.tokens_vec16 != 0, lane,
+            fp.token_scales + t, fp.token_fp8_dense, rows, k);
+      } else {
+        gemm::quantize_row_warp_to_rows<__half>(static_cast<__half const*>(fp.tokens) + t * H, H,
+                                                fp.tokens_vec16 != 0, lane, fp.token_scales + t,
+                                                fp.token_fp8_dense, rows, k);
       }
     }
     gemm::sm90_util::fence_proxy_async_global();

@@ -114,4 +114,61 @@ __device__ __forceinline__ void quantize_row_warp(T const* __restrict__ xr, int6
   }
 }
 
+/// quantize_row_warp's rule for 16-bit rows, the E4M3 row written to n dense rows instead of one:
+/// to dst + rows[j] * cols for each j < n with rows[j] >= 0 (the fused FP8 kernel's dispatch, which
+/// puts a token's row at each of its slots' dense rows for the GEMM's TMA boxes: one pass over the
+/// 16-bit row instead of an E4M3 row written and then copied k times). rows: read by every lane.
+template <typename T>
+__device__ __forceinline__ void quantize_row_warp_to_rows(T const* __restrict__ xr, int64_t cols,
+                                                          bool vec16, int lane, float* scale,
+                                                          uint8_t* __restrict__ dst,
+                                                          int32_t const* rows, int n) {
+  static_assert(sizeof(T) == 2, "16-bit rows: 16 bytes in, 8 bytes out");
+  constexpr int kPer = 8;
+  constexpr int kRows = 8;  // dense rows per pass over the row
+  float m = 0.0f;
+  if (vec16) {
+#pragma unroll 8
+    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
+      m = fmaxf(m, amax16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c))));
+    }
+  } else {
+    for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, fabsf(to_float(xr[c])));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  float const s = m > 0.0f ? __fdiv_rn(m, kE4M3Max) : 1.0f;
+  if (lane == 0) *scale = s;
+  float const inv = 1.0f / s;  // IEEE division, as the GEMM's gather
+  for (int jb = 0; jb < n; jb += kRows) {
+    int64_t off[kRows];  // byte offset of each dense row, -1: none
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      int32_t const r = jb + j < n ? rows[jb + j] : -1;
+      off[j] = r >= 0 ? static_cast<int64_t>(r) * cols : -1;
+    }
+    if (vec16) {
+#pragma unroll 4
+      for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
+        alignas(8) uint8_t q[kPer];
+        quantize16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c)), inv, q);
+        uint2 const bits = *reinterpret_cast<uint2 const*>(q);
+#pragma unroll
+        for (int j = 0; j < kRows; ++j) {
+          if (off[j] >= 0) *reinterpret_cast<uint2*>(dst + off[j] + c) = bits;
+        }
+      }
+    } else {
+      for (int64_t c = lane; c < cols; c += 32) {
+        uint8_t const q = static_cast<uint8_t>(
+            __nv_cvt_float_to_fp8(to_float(xr[c]) * inv, __NV_SATFINITE, __NV_E4M3));
+#pragma unroll
+        for (int j = 0; j < kRows; ++j) {
+          if (off[j] >= 0) dst[off[j] + c] = q;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace flashmoe::gemm

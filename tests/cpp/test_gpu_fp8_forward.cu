@@ -1260,6 +1260,21 @@ TEST(GpuFp8Fwd, LinearSeedK) {
   check_fp8(paired, WeightScale::kChannel, 1113);
 }
 
+// Dense A rows with more slots per token than one pass of the dispatch's row writer takes (8:
+// quantize_row_warp_to_rows writes a token's row to its slots' dense rows 8 at a time) and
+// fp16 tokens: k = 10 and 12 with >= 128 (linear) and >= 32 (gated FFN, FLASHMOE_FP8_A_DENSE=1
+// inside check_fp8) rows per expert. check_fp8 compares the dense runs with the gathered ones
+// bit for bit on both paths (and k > 8 also takes the combine's loop without the unrolled slots).
+TEST(GpuSmallFp8Fwd, DenseRowsManySlots) {
+  FLASHMOE_REQUIRE_SM90();
+  MoeProblem const p = linear_problem(256, 16, 10, 256, 128, DType::kFloat16);
+  ASSERT_TRUE(fused::choose_fp8_config(prepared_problem(p, WeightScale::kChannel)).fp8_a_dense);
+  check_fp8(p, WeightScale::kChannel, 1131);
+  check_fp8(linear_problem(200, 16, 12, 128, 64, DType::kBFloat16, WeightLayout::kOutIn),
+            WeightScale::kBlock128, 1132);
+  check_fp8(ffn_problem(96, 16, 12, 128, 128, Activation::kSilu), WeightScale::kChannel, 1133);
+}
+
 // ------------------------------------------------------------------------- host-only checks
 
 // The split-K choice: only when the items fill at most a quarter of the CTAs and K has at least
