@@ -239,6 +239,9 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
         fp.gemm2.a_dense != fp.gemm.a_dense) {
       return Status(StatusCode::kInternal, "fused fp8: the FFN's two GEMMs plan different rings");
     }
+    // Its h scales are written by other SMs during the launch, after the producer's early
+    // copy of a tile's row scales could run: the epilogue loads them itself.
+    fp.gemm2.row_scales_early = 0;
     fp.ffn = 1;
     fp.inter = static_cast<int32_t>(problem.inter_dim);
     fp.h_rows = static_cast<__nv_bfloat16 const*>(ws.hidden);

@@ -275,6 +275,12 @@ static Status make_sm90_fp8_kernel_params(Sm90Fp8GemmParams const& p,
   kp.n_prep = static_cast<int32_t>(n_prep);
   kp.n_scale_blocks = static_cast<int32_t>((n_raw + 127) / 128);
   kp.scale_block = p.scale_kind == Fp8ScaleKind::kBlock128 ? 1 : 0;
+  // The pipelined body copies the row scales with the channel scales (block128 tiles have no
+  // such copy); the one-kernel FFN turns it off for its down projection (fused_sm90_fp8.cu).
+  // FLASHMOE_FP8_ROW_SCALES=0 (for comparisons): the epilogue loads them everywhere.
+  char const* const early_env = std::getenv("FLASHMOE_FP8_ROW_SCALES");
+  bool const early_off = early_env != nullptr && std::strcmp(early_env, "0") == 0;
+  kp.row_scales_early = kp.scale_block || early_off ? 0 : 1;
   kp.epilogue = static_cast<int32_t>(p.epilogue);
   kp.a_bf16 = p.a_dtype == DType::kBFloat16 ? 1 : 0;
   kp.out_dtype = p.out_dtype == DType::kFloat32 ? 0 : (p.out_dtype == DType::kBFloat16 ? 1 : 2);

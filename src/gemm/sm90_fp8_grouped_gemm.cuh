@@ -162,6 +162,12 @@ struct Sm90Fp8KernelParams {
   int32_t out_vec8;   // out is 16-bit with 8-byte aligned rows: the plain epilogue's 8-byte stores
   // Sm90Fp8GemmParams::a_fp8_dense (a_mode 2 only): thread 0 loads A by TMA boxes of 64 rows.
   int32_t a_dense;
+  // The pipelined body with channel scales: 1 -- the producer copies each tile's row scales
+  // (a_scales[a_rows[row]]) into shared memory with its channel scales, so that the epilogue
+  // does not wait on two dependent global loads per row and half (v0.40); 0 -- the epilogue
+  // loads them (the one-kernel FFN's down projection, whose h scales other SMs write during
+  // the GEMM phase: the producer's early copy could run before the slot's release).
+  int32_t row_scales_early;
 };
 
 /// The parameters of the m128 pipelined kernel body on pre-quantized rows (p.a_fp8 set; the
@@ -668,6 +674,7 @@ struct PipeControl {
   uint64_t ep_free[2];                  // math -> producer: one arrival per math warp
   float ep_col_scale[2][Cfg::kBlockN];  // warpgroup w's 128 from 128 w (gate/up: its 64 gate,
                                         // then its 64 up channels)
+  float ep_row_scale[2][Cfg::kBlockM];  // row_scales_early: row r's a_scales[a_rows[row0 + r]]
 };
 
 /// pipe_epilogue's channel scales: loaded by the epilogue itself (the convert kernel) ...
@@ -687,6 +694,7 @@ struct EpScalesShared {
   __device__ __forceinline__ float col_scale(int j) const {
     return ctl->ep_col_scale[b][128 * wg + j];
   }
+  __device__ __forceinline__ float row_scale(int r) const { return ctl->ep_row_scale[b][r]; }
 };
 
 /// A tile's tag (PipeControl::tile_tag): its GEMM of the body (bit 0), its K range (bits 1-7,
@@ -896,7 +904,10 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
   // buffer's previous tile: two 4-byte cp.async per thread (the scales are weights: no SM writes
   // them during the launch, so L1 may cache them), whose completion arrives on ep_full -- the
   // producer does not wait for them. Only with channel scales (block128 epilogues have none).
-  auto fetch_col_scales = [&](int4 const& t) {
+  // With p.row_scales_early also the tile's row scales (ep_row_scale), one per thread from its
+  // source row in ctl->src[rows_slot] (load_rows wrote it from this thread): scales written
+  // before the launch or before the fused kernel's GEMM phase, which this SM has not read yet.
+  auto fetch_col_scales = [&](int4 const& t, int rows_slot) {
     if (p.scale_block) return;
     uint32_t const ep = (phase >> 1) & 3;
     int const b = static_cast<int>(ep & 1);
@@ -914,6 +925,12 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
       bool const in = n < p.n_out;
       int const idx = in ? base + n + (gate_up && j >= 64 ? p.n_out : 0) : 0;
       cp_async_4(dst + 4 * c, p.w_scales + idx, in ? 4 : 0);
+    }
+    if (p.row_scales_early && pt < Cfg::kBlockM) {
+      bool const in = pt < t.z;
+      uint32_t const rdst =
+          static_cast<uint32_t>(__cvta_generic_to_shared(&ctl->ep_row_scale[b][pt]));
+      cp_async_4(rdst, p.a_scales + (in ? ctl->src[rows_slot][pt] : 0), in ? 4 : 0);
     }
     cp_async_arrive_noinc(&ctl->ep_full[b]);
     phase = (phase & 1) | (((ep + 1) & 3) << 1);
@@ -1042,7 +1059,7 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
         stage = 0;
         phase ^= 1;
       }
-      if (kb == kb0) fetch_col_scales(tile);
+      if (kb == kb0) fetch_col_scales(tile, meta);
       if (kb - kb0 == kResolveAt) resolve_next(meta ^ 1);
       if (kb - kb0 == kResolveAt + 1) {
         producer_sync();  // ctl->next[meta ^ 1] written
@@ -1110,10 +1127,17 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
     out_row[i1] = static_cast<int64_t>(dense) * p.out_row_stride;
     s_tok[i1] = 0.0f;
     if (row_ok[i1]) {
-      // Through L2 (ld.global.cg), not the non-coherent path: in the fused kernel the scales of
-      // the down projection's rows are written by other SMs during the launch.
-      int const src = p.a_rows != nullptr ? __ldcg(p.a_rows + dense) : dense;
-      s_tok[i1] = __ldcg(p.a_scales + src);
+      bool early = false;  // copied with the channel scales (fetch_col_scales)
+      if constexpr (kSharedScales) {
+        early = p.row_scales_early != 0;
+        if (early) s_tok[i1] = ep.row_scale(r);
+      }
+      if (!early) {
+        // Through L2 (ld.global.cg), not the non-coherent path: in the fused kernel the scales
+        // of the down projection's rows are written by other SMs during the launch.
+        int const src = p.a_rows != nullptr ? __ldcg(p.a_rows + dense) : dense;
+        s_tok[i1] = __ldcg(p.a_scales + src);
+      }
       if (!gate_up && p.combine_out != nullptr) {  // the row's weight and its token's output row
         s_tok[i1] *= __ldcg(p.row_weight + dense);
         out_row[i1] = static_cast<int64_t>(__ldcg(p.row_token + dense)) * p.out_row_stride;
