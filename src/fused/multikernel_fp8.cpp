@@ -1,8 +1,12 @@
 // flashmoe: the FP8 forward on Hopper (multikernel_fp8.h).
 #include "fused/multikernel_fp8.h"
 
+#include <cuda_runtime.h>
+
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <mutex>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -45,12 +49,43 @@ constexpr int kSplitTargetCtas = 132;
 // GEMM gain is what the copy (T*k*H bytes written and read, 64 MB) costs -- so the seed keeps the
 // gather and does not carry the slice; fewer rows per expert (decode) would not earn it back.
 constexpr double kFp8DenseRowsPerExpert = 128.0;
-// Gated-FFN experts from 32 rows per expert (dsv3: 64), both GEMMs, only with
-// FLASHMOE_FP8_A_DENSE=1: dsv3 on an H200 -4.4% on the one kernel, -1.7% on the multi-kernel
-// path (round 188), but on an H100, whose HBM the dsv3 forward already keeps ~86% busy, +3.9% /
-// +1.3% (round 192; the copy's T*k*H bytes cost more there than the gather saves). Opt-in until
-// the choice can follow the card.
+// Gated-FFN experts from 32 rows per expert (dsv3: 64), both GEMMs, by default on cards whose
+// peak HBM bandwidth is at least kFp8FfnDenseMinHbmGbps (fp8_ffn_dense_by_default). Measured on
+// dsv3 with the dispatch writing the dense rows itself (v0.39; round 202, 100-rep runs, three
+// alternations, one kernel / multi-kernel): an H200 (HBM 4.1 TB/s by this formula) -6.2% /
+// -1.7%; an H100 80GB HBM3 (3.35 TB/s), whose HBM the dsv3 forward already keeps ~86% busy,
+// +2.5% / +1.3% (the copy's T*k*H bytes cost more there than the gather saves).
+constexpr double kFp8FfnDenseMinHbmGbps = 3800.0;
 constexpr double kFp8DenseRowsPerExpertFfn = 32.0;
+
+}  // namespace
+
+double current_device_hbm_gbps() {
+  constexpr int kMaxDevices = 64;
+  static std::array<std::once_flag, kMaxDevices> once;
+  static std::array<double, kMaxDevices> cache{};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
+    (void)cudaGetLastError();
+    return 0.0;
+  }
+  std::call_once(once[device], [device] {
+    int clock_khz = 0;
+    int bus_bits = 0;
+    if (cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device) ==
+            cudaSuccess) {
+      cache[device] = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;  // double data rate
+    } else {
+      (void)cudaGetLastError();
+    }
+  });
+  return cache[device];
+}
+
+bool fp8_ffn_dense_by_default(double hbm_gbps) { return hbm_gbps >= kFp8FfnDenseMinHbmGbps; }
+
+namespace {
 
 // FLASHMOE_FP8_ACT=gather|prepass overrides the heuristic's choice (for comparisons); any other
 // value is ignored.
@@ -189,15 +224,18 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
   // row with cp.async (on the prefill GEMM the gather cost ~3x the weights' TMA per byte, round
   // 175). Linear experts: by default, and the workspace slice depends on the shape alone;
   // FLASHMOE_FP8_A_DENSE=0 (for comparisons) keeps the gather. Gated FFN: both GEMMs (h is in
-  // dense order already; the one kernel writes it inside the launch, behind proxy fences), only
-  // with FLASHMOE_FP8_A_DENSE=1, which then also sizes the workspace's slice (set it before
-  // the workspace is sized).
+  // dense order already; the one kernel writes it inside the launch, behind proxy fences), by
+  // default on cards with the HBM bandwidth for it (fp8_ffn_dense_by_default), else with
+  // FLASHMOE_FP8_A_DENSE=1; the choice also sizes the workspace's slice (the env must be set
+  // before the workspace is sized, and the workspace serves the device it was sized on).
   char const* const dense_env = std::getenv("FLASHMOE_FP8_A_DENSE");
   bool const dense_off = dense_env != nullptr && std::strcmp(dense_env, "0") == 0;
   bool const dense_on = dense_env != nullptr && std::strcmp(dense_env, "1") == 0;
-  bool const eligible = problem.kind == ExpertKind::kGatedFFN
-                            ? dense_on && rows_per_expert >= kFp8DenseRowsPerExpertFfn
-                            : rows_per_expert >= kFp8DenseRowsPerExpert;
+  bool const eligible =
+      problem.kind == ExpertKind::kGatedFFN
+          ? (dense_on || (!dense_off && fp8_ffn_dense_by_default(current_device_hbm_gbps()))) &&
+                rows_per_expert >= kFp8DenseRowsPerExpertFfn
+          : rows_per_expert >= kFp8DenseRowsPerExpert;
   if (eligible) {
     c.fp8_dense_rows = c.num_assignments;
     c.fp8_a_dense = c.fp8_prequant && !dense_off;

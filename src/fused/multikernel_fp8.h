@@ -43,6 +43,15 @@ Status check_fp8_problem(MoeProblem const& problem);
 /// kernel is sm_90a code). kNotSupported naming the device's capability otherwise.
 Status check_fp8_device(int device, int major, int minor);
 
+/// The current device's peak HBM bandwidth in GB/s (2 x memory clock x bus width), read once
+/// per device; 0 when it cannot be read (no device: host-only runs).
+double current_device_hbm_gbps();
+
+/// Whether gated-FFN experts take the dense A rows by default on a card of `hbm_gbps` peak HBM
+/// bandwidth (MoeConfig::fp8_a_dense; FLASHMOE_FP8_A_DENSE=0/1 overrides): where the bandwidth
+/// leaves the dsv3 forward less bound by HBM, the rows' boxes save more than their copy costs.
+bool fp8_ffn_dense_by_default(double hbm_gbps);
+
 /// The FP8 path's configuration: 64-row M tiles (the sm_90a kernel's one tile), the worst-case
 /// tile-slot count of the routing's tile list. Separate from choose_moe_config (the sm_80 chooser).
 MoeConfig choose_fp8_config(MoeProblem const& problem);

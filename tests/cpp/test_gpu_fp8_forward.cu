@@ -1281,7 +1281,8 @@ TEST(GpuSmallFp8Fwd, DenseRowsManySlots) {
 // 8 blocks; every K range non-empty; dsv3-tp8 at T = 1 (16 items, K = 7168) in 8 ranges.
 // Dense A rows: linear experts with >= 128 rows per expert on average (prefill: 512; not the
 // seed's 64), the workspace slice by the shape alone, FLASHMOE_FP8_A_DENSE=0 switching them
-// off; gated-FFN experts with >= 32 (dsv3: 64) only with FLASHMOE_FP8_A_DENSE=1.
+// off; gated-FFN experts with >= 32 (dsv3: 64) by default on cards with the HBM bandwidth for it
+// (fp8_ffn_dense_by_default), else with FLASHMOE_FP8_A_DENSE=1.
 TEST(Fp8FwdHost, DenseRowsChoice) {
   auto config = [](MoeProblem const& p) {
     return fused::choose_fp8_config(prepared_problem(p, WeightScale::kChannel));
@@ -1293,9 +1294,19 @@ TEST(Fp8FwdHost, DenseRowsChoice) {
   EXPECT_FALSE(seed.fp8_a_dense);
   EXPECT_EQ(seed.fp8_dense_rows, 0);
   MoeProblem const dsv3 = ffn_problem(2048, 256, 8, 7168, 2048, Activation::kSilu);
+  // Gated FFN: by default where the card's HBM bandwidth is >= 3.8 TB/s (an H200's 4.1 by the
+  // clock x bus formula, not an H100 80GB HBM3's 3.35; none without a device).
+  EXPECT_FALSE(fused::fp8_ffn_dense_by_default(0.0));
+  EXPECT_FALSE(fused::fp8_ffn_dense_by_default(3352.0));
+  EXPECT_TRUE(fused::fp8_ffn_dense_by_default(4097.0));
+  bool const card_default = fused::fp8_ffn_dense_by_default(fused::current_device_hbm_gbps());
   fused::MoeConfig const ffn = config(dsv3);
-  EXPECT_FALSE(ffn.fp8_a_dense);
-  EXPECT_EQ(ffn.fp8_dense_rows, 0);
+  EXPECT_EQ(ffn.fp8_a_dense, card_default);
+  EXPECT_EQ(ffn.fp8_dense_rows, card_default ? 2048 * 8 : 0);
+  setenv("FLASHMOE_FP8_A_DENSE", "0", 1);
+  fused::MoeConfig const ffn_off = config(dsv3);
+  unsetenv("FLASHMOE_FP8_A_DENSE");
+  EXPECT_FALSE(ffn_off.fp8_a_dense);
   setenv("FLASHMOE_FP8_A_DENSE", "1", 1);
   fused::MoeConfig const ffn_on = config(dsv3);
   fused::MoeConfig const ffn16 = config(ffn_problem(16, 256, 8, 7168, 2048, Activation::kSilu));
