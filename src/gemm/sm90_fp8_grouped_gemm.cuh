@@ -778,18 +778,22 @@ __device__ __forceinline__ int4 resolve_item(Sm90Fp8KernelParams const& p, int& 
 }
 
 /// The producer warpgroup of the pipelined kernel for GEMM `gemm` (0 or 1) of the body. kMode:
-/// 0 bf16 rows, 1 fp16 rows, 2 e4m3 rows. stage and phase carry the ring's position from one
-/// GEMM to the next (phase bit 0: the stage ring's parity; bits 1-2: the count of channel-scaled
-/// tiles mod 4, whose bit 0 picks the tile's channel-scale buffer and bit 1 is that buffer's use
-/// parity -- packed there because a separate counter cost the 56-register producer a spill);
-/// `last`: after its items, the end marker.
+/// 0 bf16 rows, 1 fp16 rows, 2 e4m3 rows, 3 e4m3 rows in dense order (a_dense). stage and phase
+/// carry the ring's position from one GEMM to the next (phase bit 0: the stage ring's parity;
+/// bits 1-2: the count of channel-scaled tiles mod 4, whose bit 0 picks the tile's channel-scale
+/// buffer and bit 1 is that buffer's use parity -- packed there because a separate counter cost
+/// the 56-register producer a spill); `last`: after its items, the end marker.
 template <class Cfg, int kMode, class Deps>
 __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint8_t* smem_a,
                                               uint8_t* smem_b, uint8_t* staging,
                                               PipeControl<Cfg>* ctl, int gemm, bool last,
                                               int& stage, uint32_t& phase, Deps const& deps) {
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
-  constexpr bool kFp8 = kMode == 2;
+  // kMode 3: e4m3 rows in dense order (p.a_dense), a compile-time mode of its own: as runtime
+  // branches in the mode-2 producer the dense path cost the gathered one ~8% at decode
+  // (multi-kernel decode-16, rounds 207-210).
+  constexpr bool kFp8 = kMode >= 2;
+  constexpr bool kDense = kMode == 3;
   constexpr int kD = Cfg::kLookahead;
   constexpr int kHalves = Cfg::kMHalves;
   int const pt = threadIdx.x;  // 0..127
@@ -965,7 +969,7 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
       // other threads have no per-stage work and must not wait on a stage's parity: free of the
       // stages they can fall a whole ring behind, and the wait would then alias a later phase
       // and never return (round 183: a deadlock).
-      if (!(kFp8 && p.a_dense) || pt == 0) wait_barrier(&ctl->empty[stage], (phase & 1) ^ 1);
+      if (!kDense || pt == 0) wait_barrier(&ctl->empty[stage], (phase & 1) ^ 1);
       if (pt == 0) {
         if (kb == kb0) {  // published by this thread's (release) arrival
           ctl->tile[stage] = tile;
@@ -980,14 +984,14 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
           compiler_fence();
           TxBarrier::arrive_and_expect_tx(
               &ctl->full[stage],
-              Cfg::kSmemBBytes + (p.a_dense ? (rows > 64 ? 2 : 1) * kDenseBoxBytes : 0));
+              Cfg::kSmemBBytes + (kDense ? (rows > 64 ? 2 : 1) * kDenseBoxBytes : 0));
         } else {
           TxBarrier::expect_transaction(&ctl->full[stage], Cfg::kSmemBBytes);
         }
         cute::SM90_TMA_LOAD_3D::copy(&p.tmap_w, &ctl->full[stage], p.w_cache_hint,
                                      smem_b + stage * Cfg::kSmemBBytes, kb * Cfg::kBlockK,
                                      tile.w * Cfg::kBlockN, tile.x);
-        if (kFp8 && p.a_dense) {
+        if constexpr (kDense) {
           // Each 64-row half holding rows: one box (1024-aligned, 128B swizzle: the layout the
           // cp.async path writes and the wgmma reads).
 #pragma unroll
@@ -1002,7 +1006,7 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
         if (kb == kb0) pipe_stamp(p, 1);
         if (kb + 1 == kb1) pipe_stamp(p, 2);
       }
-      if (kFp8 && p.a_dense) {
+      if constexpr (kDense) {
         // thread 0 loaded A above
       } else if constexpr (kFp8) {
         int const k = kb * Cfg::kBlockK + chunk8 * 16;
@@ -1082,7 +1086,7 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
   // ---- the end marker (everything was drained at the last boundary)
   cp_async_wait_all();
   if (last) {
-    if (kFp8 && p.a_dense) {  // one arrival, thread 0's (see the stage loop)
+    if constexpr (kDense) {  // one arrival, thread 0's (see the stage loop)
       if (pt == 0) {
         wait_barrier(&ctl->empty[stage], (phase & 1) ^ 1);
         ctl->tile[stage] = make_int4(-1, 0, 0, 0);
@@ -1403,7 +1407,10 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
     // One call per GEMM on its own parameter (not a pointer chosen at run time: the 56-register
     // producer addresses each kernel parameter directly).
     auto produce = [&](Sm90Fp8KernelParams const& pg, int g, bool last) {
-      if (p.a_mode == 2) {
+      if (p.a_mode == 2 && p.a_dense) {  // (p0 and p1 share a_mode and a_dense)
+        sm90_fp8_detail::pipe_producer<Cfg, 3>(pg, smem_a, smem_b, staging, ctl, g, last, stage,
+                                               phase, deps);
+      } else if (p.a_mode == 2) {
         sm90_fp8_detail::pipe_producer<Cfg, 2>(pg, smem_a, smem_b, staging, ctl, g, last, stage,
                                                phase, deps);
       } else if (p.a_mode == 0) {
