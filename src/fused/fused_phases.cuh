@@ -75,8 +75,9 @@ struct FusedRoutingParams {
   void const* tokens;
   float* token_scales;  // FP8 GEMMs: the E4M3 token rows phase 1 writes and their scales;
   uint8_t* token_fp8;   // null: the GEMM reads the 16-bit rows (no quantization)
-  // MoeConfig::fp8_a_dense: phase 2 copies the owned slots' E4M3 rows to their dense rows here,
-  // which the GEMM loads by TMA boxes (null: the GEMM gathers from token_fp8).
+  // MoeConfig::fp8_a_dense: phase 2 quantizes each owned token straight into its slots' dense
+  // rows here (phase 1 then skips token_fp8), which the GEMM loads by TMA boxes (null: the GEMM
+  // gathers from token_fp8).
   uint8_t* token_fp8_dense;
   int32_t* cta_counts;  // [E, kFusedMaxCtas]: column c = CTA c's final ids per expert
   uint32_t* grid_sync;  // [3] arrivals, generation, solo dispatch done: zero at launch but for

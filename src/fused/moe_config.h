@@ -30,11 +30,12 @@ struct MoeConfig {
   // and of the FFN's down projection (choose_fp8_config).
   int32_t fp8_promote_kb = 1;
   int32_t fp8_promote_kb_down = 1;
-  // FP8 with >= 128 (linear) or, with FLASHMOE_FP8_A_DENSE=1, >= 32 (gated FFN) rows per expert
-  // on average (choose_fp8_config): the
-  // workspace's token_fp8_dense holds fp8_dense_rows rows (0: not carved; the shape alone decides,
-  // so the workspace size does not depend on the environment), and with fp8_a_dense the forward
-  // copies the routed E4M3 rows there in dense order and the GEMM loads them by TMA boxes
+  // FP8 with >= 128 (linear) or >= 32 (gated FFN, on cards with the HBM bandwidth for it or with
+  // FLASHMOE_FP8_A_DENSE=1) rows per expert on average (choose_fp8_config): the workspace's
+  // token_fp8_dense holds fp8_dense_rows rows (0: not carved; for linear experts the shape alone
+  // decides, for the gated FFN also the card and the environment), and with fp8_a_dense the
+  // routed E4M3 rows go there in dense order (the one kernel's dispatch quantizes into them, the
+  // multi-kernel path copies them) and the GEMM loads them by TMA boxes
   // (gemm::Sm90Fp8GemmParams::a_fp8_dense).
   int64_t fp8_dense_rows = 0;
   bool fp8_a_dense = false;

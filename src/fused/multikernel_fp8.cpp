@@ -315,7 +315,8 @@ gemm::Sm90Fp8GemmParams token_gemm_params(MoeProblem const& problem, MoeArgs con
   }
   if (prequant && config.fp8_a_dense && ws.token_fp8_dense != nullptr &&
       resolved != gemm::Sm90Fp8Variant::kBase) {
-    // The routed rows in dense order (run_multikernel_fp8 / the one kernel's dispatch copy them).
+    // The routed rows in dense order (run_multikernel_fp8 copies them; the one kernel's dispatch
+    // quantizes into them).
     g.a_fp8 = ws.token_fp8_dense;
     g.a_fp8_dense = true;
     g.a_fp8_dense_rows = config.fp8_dense_rows;

@@ -67,6 +67,36 @@ __device__ __forceinline__ void quantize16(uint4 const& v, float inv, uint8_t* o
   }
 }
 
+/// One warp (lane 0..31): the E4M3 scale of one row of `cols` values (written to *scale by lane
+/// 0) and its inverse, returned to every lane -- the first pass of quantize_row_warp and
+/// quantize_row_warp_to_rows. vec16, kL2, kUnroll: as there.
+template <typename T, bool kL2 = false, int kUnroll = 8>
+__device__ __forceinline__ float row_inv_scale_warp(T const* __restrict__ xr, int64_t cols,
+                                                    bool vec16, int lane, float* scale) {
+  constexpr int kPer = 16 / sizeof(T);
+  float m = 0.0f;
+  if (vec16) {
+    // Unrolled so that several 16-byte loads are in flight: at decode one row is the whole
+    // pre-pass, and its loads' latency is the cost.
+#pragma unroll kUnroll
+    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
+      uint4 const* q = reinterpret_cast<uint4 const*>(xr + c);
+      if constexpr (kL2) {
+        m = fmaxf(m, amax16<T>(__ldcg(q)));
+      } else {
+        m = fmaxf(m, amax16<T>(__ldg(q)));
+      }
+    }
+  } else {
+    for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, fabsf(to_float(xr[c])));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  float const s = m > 0.0f ? __fdiv_rn(m, kE4M3Max) : 1.0f;
+  if (lane == 0) *scale = s;
+  return 1.0f / s;  // IEEE division, as the GEMM's gather
+}
+
 /// One warp (lane 0..31) quantizes one row of `cols` values: *scale and q[0, cols). vec16: x and
 /// q allow 16-byte loads (x % 16 == 0, cols * sizeof(T) % 16 == 0). The row is read twice, the
 /// second time from L1/L2. kL2: the 16-byte loads go through L2 only (ld.global.cg), for rows
@@ -85,22 +115,7 @@ __device__ __forceinline__ void quantize_row_warp(T const* __restrict__ xr, int6
     }
   };
   constexpr int kPer = 16 / sizeof(T);
-  float m = 0.0f;
-  if (vec16) {
-    // Unrolled so that several 16-byte loads are in flight: at decode one row is the whole
-    // pre-pass, and its loads' latency is the cost.
-#pragma unroll kUnroll
-    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
-      m = fmaxf(m, amax16<T>(load16(xr + c)));
-    }
-  } else {
-    for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, fabsf(to_float(xr[c])));
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  float const s = m > 0.0f ? __fdiv_rn(m, kE4M3Max) : 1.0f;
-  if (lane == 0) *scale = s;
-  float const inv = 1.0f / s;  // IEEE division, as the GEMM's gather
+  float const inv = row_inv_scale_warp<T, kL2, kUnroll>(xr, cols, vec16, lane, scale);
   if (vec16) {
 #pragma unroll kUnroll
     for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
@@ -126,20 +141,7 @@ __device__ __forceinline__ void quantize_row_warp_to_rows(T const* __restrict__ 
   static_assert(sizeof(T) == 2, "16-bit rows: 16 bytes in, 8 bytes out");
   constexpr int kPer = 8;
   constexpr int kRows = 8;  // dense rows per pass over the row
-  float m = 0.0f;
-  if (vec16) {
-#pragma unroll 8
-    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
-      m = fmaxf(m, amax16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c))));
-    }
-  } else {
-    for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, fabsf(to_float(xr[c])));
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  float const s = m > 0.0f ? __fdiv_rn(m, kE4M3Max) : 1.0f;
-  if (lane == 0) *scale = s;
-  float const inv = 1.0f / s;  // IEEE division, as the GEMM's gather
+  float const inv = row_inv_scale_warp<T>(xr, cols, vec16, lane, scale);
   for (int jb = 0; jb < n; jb += kRows) {
     int64_t off[kRows];  // byte offset of each dense row, -1: none
 #pragma unroll
