@@ -41,6 +41,16 @@ __device__ __forceinline__ double scaled_logit(RoutingParams const& rp, double s
   return isfinite(z) ? z : -INFINITY;
 }
 
+/// Each score s (load_score's) replaced by scaled_logit(rp, s); at temperature 1 nothing to do:
+/// s / 1.0 is s, and s is finite or -inf already (the same bits without the divisions).
+template <int kItems>
+__device__ __forceinline__ void scaled_logits(RoutingParams const& rp, double (&sz)[kItems]) {
+  if (rp.temperature != 1.0) {
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) sz[i] = scaled_logit(rp, sz[i]);
+  }
+}
+
 /// Softmax numerator exp(z - zmax) (0 for z = -inf, also when every z is -inf).
 __device__ __forceinline__ double softmax_numerator(double z, double zmax) {
   return z == -INFINITY ? 0.0 : exp(z - zmax);
@@ -51,11 +61,14 @@ __device__ __forceinline__ double softmax_prob(double numerator, double sum) {
   return sum > 0.0 ? numerator / sum : 0.0;
 }
 
+/// Sigmoid p from the scaled logit z.
+__device__ __forceinline__ double sigmoid_prob(double z) { return 1.0 / (1.0 + exp(-z)); }
+
 /// p[t][e] (routing.h step 1) from the raw score s; `stats` only for softmax.
 __device__ __forceinline__ double score_prob(RoutingParams const& rp, double s,
                                              TokenStats const& stats) {
   switch (static_cast<Scoring>(rp.scoring)) {
-    case Scoring::kSigmoid: return 1.0 / (1.0 + exp(-scaled_logit(rp, s)));
+    case Scoring::kSigmoid: return sigmoid_prob(scaled_logit(rp, s));
     case Scoring::kNone: return s;
     default: return softmax_prob(softmax_numerator(scaled_logit(rp, s), stats.zmax), stats.sum);
   }

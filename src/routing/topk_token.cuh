@@ -78,74 +78,90 @@ __device__ __forceinline__ void topk_stamp(uint64_t* stamps, int tid, int i) {
   if (stamps != nullptr && tid == 0) stamp_globaltimer(stamps + i);
 }
 
+/// Softmax p of the group's token t from its scaled logits (thread tid's kItems experts, replaced
+/// by p in zp): the max and the sum over the group, then numerator / sum per item (score_prob's
+/// value, bit for bit).
+/// The sum is pairwise as routing.h step 1 defines it (the reference's order, so p is bit for
+/// bit the same): kThreads * kItems leaves (a power of two; 0 past E), each thread's kItems
+/// consecutive experts as a perfect binary tree, then the lanes' sums by a butterfly (at offset o
+/// a lane adds the neighbouring block of o lanes: left + right, or right + left, the same sum),
+/// then the warps' sums pairwise. log2 depth instead of E dependent adds.
+template <int kThreads, int kItems, class Sync>
+__device__ __forceinline__ void softmax_probs(RoutingParams const& rp, RoutingBuffers const& rb,
+                                              int t, int tid, TopkSmem<kThreads, kItems>& sm,
+                                              Sync const& sync, uint64_t* stamps,
+                                              double (&zp)[kItems]) {
+  constexpr int kWarps = kThreads / 32;
+  double zmax = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) zmax = fmax(zmax, zp[i]);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) zmax = fmax(zmax, __shfl_xor_sync(0xffffffffu, zmax, off));
+  if constexpr (kWarps > 1) {
+    if (tid % 32 == 0) sm.warp_max[tid / 32] = zmax;
+    sync();
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) zmax = fmax(zmax, sm.warp_max[w]);
+  }
+  topk_stamp(stamps, tid, 0);
+  double v[kItems];
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    zp[i] = softmax_numerator(zp[i], zmax);  // 0 past E (z = -inf); kept for p (no second exp)
+    v[i] = zp[i];
+  }
+  double sum = tree_sum(v);
+#pragma unroll
+  for (int off = 1; off < 32; off *= 2) sum = sum + __shfl_xor_sync(0xffffffffu, sum, off);
+  if constexpr (kWarps > 1) {
+    if (tid % 32 == 0) sm.warp_sum[tid / 32] = sum;
+    sync();
+    double ws[kWarps];
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) ws[w] = sm.warp_sum[w];
+    sum = tree_sum(ws);
+  }
+  if (rp.reroute && tid == 0) rb.token_stats[t] = TokenStats{zmax, sum};
+  topk_stamp(stamps, tid, 1);
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) zp[i] = softmax_prob(zp[i], sum);
+}
+
 /// Token t's top-k: rb.orig_ids / final_ids / weights of its k slots (and the capacity keys when
 /// rp.capacity > 0, the softmax stats when rp.reroute). tid: 0..kThreads-1 within the group;
 /// sync(): a barrier of exactly those threads (and a memory fence among them). sm is the group's.
 /// stamps: null, or kTopkStamps profiling slots (topk_stamp).
 template <int kThreads, int kItems, class Sync>
-__device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffers const& rb,
+__device__ __forceinline__ void topk_token(RoutingParams const& rp_in, RoutingBuffers const& rb,
                                            int t, int tid, TopkSmem<kThreads, kItems>& sm,
                                            Sync const& sync, uint64_t* stamps = nullptr) {
+  // The fields used below, read once at the start: the fused kernel's routing phases reach the
+  // parameters through a pointer, and each field read where it is used (after the group's
+  // shared and global stores) waited on its own memory round trip (perf-log v0.44).
+  RoutingParams const rp = rp_in;
   constexpr int kWarps = kThreads / 32;
   int const E = rp.num_experts;
   int const k = rp.top_k;
   Scoring const scoring = static_cast<Scoring>(rp.scoring);
   int64_t const row = static_cast<int64_t>(t) * E;
 
-  // 1. Scores, blocked: thread tid owns experts tid * kItems + i.
-  double p[kItems];
-  double z[kItems];
-  double zmax_local = -INFINITY;
+  // 1. Scores, blocked: thread tid owns experts tid * kItems + i. Each scoring rule is a loop of
+  // its own (perf-log v0.44: per-item switches made this unrolled code several times longer
+  // than what runs).
+  double p[kItems];  // the scores s, then (softmax, sigmoid) the logits z, then p
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
     int const e = tid * kItems + i;
-    double const s = e < E ? load_score(rp, row + e) : -INFINITY;
-    p[i] = s;
-    z[i] = scaled_logit(rp, s);
-    zmax_local = fmax(zmax_local, z[i]);
+    p[i] = e < E ? load_score(rp, row + e) : -INFINITY;
   }
-  TokenStats stats{0.0, 0.0};
-  double numer[kItems];  // softmax: exp(z - zmax), kept for p (no second exp)
-  if (scoring == Scoring::kSoftmax) {
-    double zmax = zmax_local;
+  if (scoring != Scoring::kNone) {
+    scaled_logits(rp, p);
+    if (scoring == Scoring::kSigmoid) {
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) zmax = fmax(zmax, __shfl_xor_sync(0xffffffffu, zmax, off));
-    if (tid % 32 == 0) sm.warp_max[tid / 32] = zmax;
-    sync();
-    topk_stamp(stamps, tid, 0);
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) zmax = fmax(zmax, sm.warp_max[w]);
-    stats.zmax = zmax;
-    // The sum, pairwise as routing.h step 1 defines it (the reference's order, so p is bit for
-    // bit the same): kThreads * kItems leaves (a power of two; 0 past E), each thread's kItems
-    // consecutive experts as a perfect binary tree, then the lanes' sums by a butterfly (at
-    // offset o a lane adds the neighbouring block of o lanes: left + right, or right + left,
-    // the same sum), then the warps' sums pairwise. log2 depth instead of E dependent adds.
-    double v[kItems];
-#pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      numer[i] = softmax_numerator(z[i], stats.zmax);  // 0 past E (z = -inf)
-      v[i] = numer[i];
+      for (int i = 0; i < kItems; ++i) p[i] = sigmoid_prob(p[i]);
+    } else {
+      softmax_probs<kThreads, kItems>(rp, rb, t, tid, sm, sync, stamps, p);
     }
-    double sum = tree_sum(v);
-#pragma unroll
-    for (int off = 1; off < 32; off *= 2) sum = sum + __shfl_xor_sync(0xffffffffu, sum, off);
-    if constexpr (kWarps > 1) {
-      if (tid % 32 == 0) sm.warp_sum[tid / 32] = sum;
-      sync();
-      double ws[kWarps];
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) ws[w] = sm.warp_sum[w];
-      sum = tree_sum(ws);
-    }
-    stats.sum = sum;
-    if (rp.reroute && tid == 0) rb.token_stats[t] = TokenStats{stats.zmax, sum};
-    topk_stamp(stamps, tid, 1);
-  }
-#pragma unroll
-  for (int i = 0; i < kItems; ++i) {  // p[i] held s; softmax: score_prob's value, bit for bit
-    p[i] = scoring == Scoring::kSoftmax ? softmax_prob(numer[i], stats.sum)
-                                        : score_prob(rp, p[i], stats);
   }
   sync();  // sm.p is rewritten below
 #pragma unroll
@@ -213,7 +229,11 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
 #pragma unroll
   for (int i = 0; i < kItems; ++i) keys[i] = eligible[i] ? descending_key(q[i]) : ~uint64_t{0};
   topk_stamp(stamps, tid, 2);
-  unsigned taken = 0;  // bit i: item i went to an earlier slot
+  // A taken item's key becomes the largest (a real key never is: descending_key of a non-NaN).
+  // The thread's items are in expert order, so a strict key compare keeps the lower expert
+  // among equal keys without comparing experts (the hottest loop of the top-k; perf-log v0.44).
+  // A thread with no candidate left offers (largest key, INT32_MAX); k <= the eligible experts
+  // (validation), so such an offer never wins a round.
   int const lane = tid % 32;
   int const warp = tid / 32;
   for (int r = 0; r < k; ++r) {
@@ -221,10 +241,9 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
     int32_t best_e = INT32_MAX;
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
-      int32_t const e = tid * kItems + i;
-      if (!((taken >> i) & 1u) && topk_before(keys[i], e, best_key, best_e)) {
+      if (keys[i] < best_key) {
         best_key = keys[i];
-        best_e = e;
+        best_e = tid * kItems + i;
       }
     }
     // The warp's minimum (key, expert), lexicographic: three redux.sync steps -- the key's high
@@ -239,23 +258,29 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp, RoutingBuffe
       best_e = static_cast<int32_t>(__reduce_min_sync(0xffffffffu, ex));
       best_key = (static_cast<uint64_t>(min_hi) << 32) | min_lo;
     }
-    if (lane == 0) {
-      sm.warp_key[r & 1][warp] = best_key;
-      sm.warp_expert[r & 1][warp] = best_e;
-    }
-    // The buffer written in round r is next written in round r + 2, after every thread has
-    // passed round r + 1's barrier, i.e. finished reading it here.
-    sync();
-    best_key = sm.warp_key[r & 1][0];
-    best_e = sm.warp_expert[r & 1][0];
+    // Several warps: their minima meet in shared memory. (One warp: every lane holds it already.)
+    if constexpr (kWarps > 1) {
+      if (lane == 0) {
+        sm.warp_key[r & 1][warp] = best_key;
+        sm.warp_expert[r & 1][warp] = best_e;
+      }
+      // The buffer written in round r is next written in round r + 2, after every thread has
+      // passed round r + 1's barrier, i.e. finished reading it here.
+      sync();
+      best_key = sm.warp_key[r & 1][0];
+      best_e = sm.warp_expert[r & 1][0];
 #pragma unroll
-    for (int w = 1; w < kWarps; ++w) {
-      if (topk_before(sm.warp_key[r & 1][w], sm.warp_expert[r & 1][w], best_key, best_e)) {
-        best_key = sm.warp_key[r & 1][w];
-        best_e = sm.warp_expert[r & 1][w];
+      for (int w = 1; w < kWarps; ++w) {
+        if (topk_before(sm.warp_key[r & 1][w], sm.warp_expert[r & 1][w], best_key, best_e)) {
+          best_key = sm.warp_key[r & 1][w];
+          best_e = sm.warp_expert[r & 1][w];
+        }
       }
     }
-    if (best_e / kItems == tid) taken |= 1u << (best_e % kItems);
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      if (best_e == tid * kItems + i) keys[i] = ~uint64_t{0};
+    }
     if (tid == 0) sm.selected[r] = best_e;
   }
   sync();  // sm.selected; sm.aux (q) is reused below
