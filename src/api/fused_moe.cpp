@@ -12,7 +12,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <string>
 
 #include "fused/cuda_check.h"
@@ -24,6 +23,7 @@
 #include "fused/multikernel_moe.h"
 #include "gemm/sm90_grouped_gemm.h"
 #include "routing/routing_kernels.h"
+#include "common/device_properties.h"
 #include "common/str_cat.h"
 
 namespace flashmoe {
@@ -31,31 +31,14 @@ namespace {
 
 using detail::cat;
 
-struct DeviceInfo {
-  int major = 0;
-  int minor = 0;
-};
-
-// Compute capability of the current device, read once per device (thread-safe).
-Status current_device_info(int* device, DeviceInfo* info) {
-  constexpr int kMaxDevices = 64;
-  static std::array<std::once_flag, kMaxDevices> once;
-  static std::array<DeviceInfo, kMaxDevices> cache;
-  static std::array<cudaError_t, kMaxDevices> errors;
-  FLASHMOE_CUDA_CHECK(cudaGetDevice(device));
-  if (*device < 0 || *device >= kMaxDevices) {
+// The current device and its properties (read once per device), as a Status.
+Status current_device_info(int* device, DeviceProperties* info) {
+  cudaError_t const err = current_device_properties(device, info);
+  if (err == cudaErrorInvalidDevice && *device >= kMaxTrackedDevices) {
     return Status::Unsupported(cat("CUDA device ordinal ", *device, " is beyond the ",
-                                   kMaxDevices, " devices this build tracks"));
+                                   kMaxTrackedDevices, " devices this build tracks"));
   }
-  int const d = *device;
-  std::call_once(once[d], [d] {
-    errors[d] = cudaDeviceGetAttribute(&cache[d].major, cudaDevAttrComputeCapabilityMajor, d);
-    if (errors[d] == cudaSuccess) {
-      errors[d] = cudaDeviceGetAttribute(&cache[d].minor, cudaDevAttrComputeCapabilityMinor, d);
-    }
-  });
-  FLASHMOE_CUDA_CHECK(errors[d]);
-  *info = cache[d];
+  FLASHMOE_CUDA_CHECK(err);
   return Status::Ok();
 }
 
@@ -186,7 +169,7 @@ Status fused_moe_can_implement(MoeProblem const& problem, KernelPath* path) {
   FLASHMOE_RETURN_IF_ERROR(validate_problem(problem));
   FLASHMOE_RETURN_IF_ERROR(check_gpu_support(problem));
   int device = 0;
-  DeviceInfo info;
+  DeviceProperties info;
   FLASHMOE_RETURN_IF_ERROR(current_device_info(&device, &info));
   // The sm_90a kernels run on 9.0 only, and FLASHMOE_GEMM=sm80 keeps them off there too.
   bool const sm90a = info.major == 9 && info.minor == 0 && !sm80_gemm_forced();

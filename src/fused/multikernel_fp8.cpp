@@ -4,9 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdint>
-#include <mutex>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -17,6 +15,7 @@
 #include "gemm/sm90_fp8_grouped_gemm.h"
 #include "gemm/token_scales.h"
 #include "routing/routing_kernels.h"
+#include "common/device_properties.h"
 #include "common/str_cat.h"
 #include "fused/multikernel_moe.h"
 
@@ -61,26 +60,13 @@ constexpr double kFp8DenseRowsPerExpertFfn = 32.0;
 }  // namespace
 
 double current_device_hbm_gbps() {
-  constexpr int kMaxDevices = 64;
-  static std::array<std::once_flag, kMaxDevices> once;
-  static std::array<double, kMaxDevices> cache{};
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
-    (void)cudaGetLastError();
+  DeviceProperties props;
+  if (current_device_properties(&device, &props) != cudaSuccess) {
+    (void)cudaGetLastError();  // no device (host-only runs): no dense-row default
     return 0.0;
   }
-  std::call_once(once[device], [device] {
-    int clock_khz = 0;
-    int bus_bits = 0;
-    if (cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device) == cudaSuccess &&
-        cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device) ==
-            cudaSuccess) {
-      cache[device] = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;  // double data rate
-    } else {
-      (void)cudaGetLastError();
-    }
-  });
-  return cache[device];
+  return props.hbm_gbps;
 }
 
 bool fp8_ffn_dense_by_default(double hbm_gbps) { return hbm_gbps >= kFp8FfnDenseMinHbmGbps; }
