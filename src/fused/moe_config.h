@@ -34,8 +34,9 @@ struct MoeConfig {
   // FLASHMOE_FP8_A_DENSE=1) rows per expert on average (choose_fp8_config): the workspace's
   // token_fp8_dense holds fp8_dense_rows rows (0: not carved; for linear experts the shape alone
   // decides, for the gated FFN also the card and the environment), and with fp8_a_dense the
-  // routed E4M3 rows go there in dense order (the one kernel's dispatch quantizes into them, the
-  // multi-kernel path copies them) and the GEMM loads them by TMA boxes
+  // routed E4M3 rows go there in dense order (both paths quantize each 16-bit token row straight
+  // into its slots' rows; float32 tokens are quantized, then copied) and the GEMM loads them by
+  // TMA boxes
   // (gemm::Sm90Fp8GemmParams::a_fp8_dense).
   int64_t fp8_dense_rows = 0;
   bool fp8_a_dense = false;

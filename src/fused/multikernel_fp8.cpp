@@ -205,7 +205,7 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
     bool const even_down = ((problem.inter_dim + 127) / 128) % 2 == 0;
     if (allowed && problem.kind == ExpertKind::kGatedFFN && even_down) c.fp8_promote_kb_down = 2;
   }
-  // Dense A rows (v0.38, rounds 175-184): the routed E4M3 token rows copied into dense order, so
+  // Dense A rows (v0.38, rounds 175-184): the routed E4M3 token rows in dense order, so
   // that the GEMM loads each 64-row half of a stage by one TMA box instead of gathering it row by
   // row with cp.async (on the prefill GEMM the gather cost ~3x the weights' TMA per byte, round
   // 175). Linear experts: by default, and the workspace slice depends on the shape alone;
@@ -230,8 +230,8 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
     c.fp8_variant = static_cast<int32_t>(gemm::Sm90Fp8Variant::kM128);
     c.reason = c.fp8_a_dense
                    ? "sm_90a FP8 grouped GEMM, variant m128 on E4M3 rows quantized by a pass "
-                     "beforehand (per-row scales) and copied in dense order (A by TMA boxes); "
-                     "the routing cuts 64-row tiles"
+                     "beforehand (per-row scales) into dense order (A by TMA boxes); the "
+                     "routing cuts 64-row tiles"
                    : "sm_90a FP8 grouped GEMM, variant m128 on E4M3 rows quantized by a pass "
                      "beforehand (per-row scales); the routing cuts 64-row tiles";
   } else if (rows_per_expert > 16.0) {
@@ -301,8 +301,8 @@ gemm::Sm90Fp8GemmParams token_gemm_params(MoeProblem const& problem, MoeArgs con
   }
   if (prequant && config.fp8_a_dense && ws.token_fp8_dense != nullptr &&
       resolved != gemm::Sm90Fp8Variant::kBase) {
-    // The routed rows in dense order (run_multikernel_fp8 copies them; the one kernel's dispatch
-    // quantizes into them).
+    // The routed rows in dense order (run_multikernel_fp8 and the one kernel's dispatch quantize
+    // each token row into them).
     g.a_fp8 = ws.token_fp8_dense;
     g.a_fp8_dense = true;
     g.a_fp8_dense_rows = config.fp8_dense_rows;
@@ -390,23 +390,30 @@ Status run_multikernel_fp8(MoeProblem const& problem, MoeArgs const& args,
   routing::RoutingBuffers const& rb = ws.routing;
 
   // Per-token scales of every token (the gather reads those of the routed ones); with
-  // fp8_prequant also the E4M3 tokens, in the same pass.
+  // fp8_prequant also the E4M3 tokens, in the same pass -- for the dense A rows, 16-bit tokens
+  // go straight to their slots' dense rows (one pass over the tokens, as the one kernel's
+  // dispatch does with the same device function: the same bytes on both paths).
   bool const prequant = config.fp8_prequant;
-  if (prequant) {
+  gemm::Sm90Fp8GemmParams const g = token_gemm_params(problem, args, config, ws, prequant);
+  bool const tokens_16bit =
+      problem.token_dtype == DType::kBFloat16 || problem.token_dtype == DType::kFloat16;
+  if (g.a_fp8_dense && tokens_16bit) {
+    FLASHMOE_RETURN_IF_ERROR(gemm::launch_token_quantize_fp8_to_rows(
+        args.tokens, problem.token_dtype, T, H, H, rb.slot_row, problem.routing.top_k,
+        ws.token_scales, ws.token_fp8_dense, stream));
+  } else if (prequant) {
     FLASHMOE_RETURN_IF_ERROR(gemm::launch_token_quantize_fp8(args.tokens, problem.token_dtype, T,
                                                              H, H, nullptr, ws.token_scales,
                                                              ws.token_fp8, H, stream));
+    if (g.a_fp8_dense) {  // the routed rows in dense order: the dense count is read on the device
+      FLASHMOE_RETURN_IF_ERROR(gemm::launch_gather_rows_fp8(
+          ws.token_fp8, H, rb.row_token, rb.local_offsets + EL, rows, H, ws.token_fp8_dense, H,
+          stream));
+    }
   } else {
     FLASHMOE_RETURN_IF_ERROR(gemm::launch_token_scales_fp8(args.tokens, problem.token_dtype, T,
                                                            H, H, nullptr, ws.token_scales,
                                                            stream));
-  }
-
-  gemm::Sm90Fp8GemmParams const g = token_gemm_params(problem, args, config, ws, prequant);
-  if (g.a_fp8_dense) {  // the routed rows in dense order: the dense count is read on the device
-    FLASHMOE_RETURN_IF_ERROR(gemm::launch_gather_rows_fp8(
-        ws.token_fp8, H, rb.row_token, rb.local_offsets + EL, rows, H, ws.token_fp8_dense, H,
-        stream));
   }
   FLASHMOE_RETURN_IF_ERROR(gemm::launch_sm90_fp8_grouped_gemm(g, stream));
   if (problem.kind == ExpertKind::kGatedFFN) {

@@ -154,6 +154,71 @@ Status launch_token_scales_fp8(void const* x, DType dtype, int64_t rows, int64_t
 
 namespace {
 
+/// One warp per token (quantize_row_warp_to_rows, token_quantize.cuh).
+template <typename T>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    token_quantize_fp8_to_rows_kernel(T const* __restrict__ x, int64_t tokens, int64_t cols,
+                                      int64_t row_stride, bool vec16,
+                                      int32_t const* __restrict__ slot_row, int k,
+                                      float* __restrict__ scales, uint8_t* __restrict__ dense) {
+  int64_t const t = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  if (t >= tokens) return;
+  quantize_row_warp_to_rows<T>(x + t * row_stride, cols, vec16, threadIdx.x % 32, scales + t,
+                               dense, slot_row + t * k, k);
+}
+
+template <typename T>
+Status launch_to_rows_typed(void const* x, int64_t tokens, int64_t cols, int64_t row_stride,
+                            int32_t const* slot_row, int k, float* scales, void* dense,
+                            cudaStream_t stream) {
+  bool const vec16 = reinterpret_cast<std::uintptr_t>(x) % 16 == 0 &&
+                     (row_stride * static_cast<int64_t>(sizeof(T))) % 16 == 0 &&
+                     (cols * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+  int64_t const blocks = (tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  token_quantize_fp8_to_rows_kernel<T>
+      <<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
+          static_cast<T const*>(x), tokens, cols, row_stride, vec16, slot_row, k, scales,
+          static_cast<uint8_t*>(dense));
+  FLASHMOE_LAUNCH_CHECK("token_quantize_fp8_to_rows_kernel");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status launch_token_quantize_fp8_to_rows(void const* x, DType dtype, int64_t tokens, int64_t cols,
+                                         int64_t row_stride, int32_t const* slot_row, int k,
+                                         float* scales, void* dense, cudaStream_t stream) {
+  if (tokens < 0 || cols <= 0 || row_stride < cols || k <= 0) {
+    return Status::Invalid("token quantize to rows: need tokens >= 0, cols > 0, row_stride >= "
+                           "cols and k > 0");
+  }
+  if (cols % 16 != 0 || reinterpret_cast<std::uintptr_t>(dense) % 16 != 0) {
+    return Status::Unsupported("token quantize to rows: needs cols % 16 == 0 (got " +
+                               std::to_string(cols) + ") and a 16-byte aligned dense buffer");
+  }
+  if (tokens == 0) return Status::Ok();
+  if (x == nullptr || slot_row == nullptr || scales == nullptr || dense == nullptr) {
+    return Status::Invalid("token quantize to rows: x, slot_row, scales and dense must be "
+                           "non-null");
+  }
+  if ((tokens + kWarpsPerBlock - 1) / kWarpsPerBlock > INT32_MAX) {
+    return Status::Unsupported("token quantize to rows: too many tokens");
+  }
+  switch (dtype) {
+    case DType::kBFloat16:
+      return launch_to_rows_typed<__nv_bfloat16>(x, tokens, cols, row_stride, slot_row, k, scales,
+                                                 dense, stream);
+    case DType::kFloat16:
+      return launch_to_rows_typed<__half>(x, tokens, cols, row_stride, slot_row, k, scales, dense,
+                                          stream);
+    default:
+      return Status::BadType(std::string("token quantize to rows: x must be bfloat16 or float16, "
+                                         "got ") + dtype_name(dtype));
+  }
+}
+
+namespace {
+
 __global__ void __launch_bounds__(256) gather_rows_fp8_kernel(
     uint4 const* src, int64_t src_stride16, int32_t const* index, int32_t const* rows_device,
     int64_t max_rows, int64_t cols16, uint4* dst, int64_t dst_stride16) {

@@ -37,6 +37,19 @@ Status launch_token_quantize_fp8(void const* x, DType dtype, int64_t rows, int64
                                  int64_t row_stride, int32_t const* rows_device, float* scales,
                                  void* x_fp8, int64_t fp8_row_stride, cudaStream_t stream);
 
+/// launch_token_quantize_fp8's scales and E4M3 bytes for 16-bit tokens, each token's row written
+/// straight to its slots' dense rows (MoeConfig::fp8_a_dense, the multi-kernel path; the one
+/// kernel's dispatch does the same with the same device function):
+///
+///   scales[t] as above;  dense[slot_row[t*k + j], c] = e4m3(x[t, c] * (1 / scales[t]))
+///
+/// for t < tokens, j < k with slot_row >= 0, c < cols. One pass over x instead of a quantized
+/// copy of every token then a gather of the routed rows. dense: rows of `cols` bytes; needs cols
+/// % 16 == 0 and a 16-byte aligned dense; bf16 / fp16 x (float32 tokens take the two passes).
+Status launch_token_quantize_fp8_to_rows(void const* x, DType dtype, int64_t tokens, int64_t cols,
+                                         int64_t row_stride, int32_t const* slot_row, int k,
+                                         float* scales, void* dense, cudaStream_t stream);
+
 /// The routed E4M3 rows in dense order (MoeConfig::fp8_a_dense, the multi-kernel path):
 ///
 ///   dst[d, c] = src[index[d], c]      c < cols, d < min(max_rows, *rows_device)

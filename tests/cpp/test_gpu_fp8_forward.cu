@@ -489,11 +489,12 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
     EXPECT_EQ(g3.expert_load, g1.expert_load);
     EXPECT_EQ(g3.counts, g1.counts);
   }
-  // Where the configuration copies the A rows into dense order (MoeConfig::fp8_a_dense), both
+  // Where the configuration puts the A rows in dense order (MoeConfig::fp8_a_dense), both
   // paths again with the rows gathered by cp.async instead: the same bytes reach the same wgmma,
   // so the same bits.
-  // Gated FFN (opt-in): with FLASHMOE_FP8_A_DENSE=1 both paths copy the rows and box both GEMMs'
-  // A (the one kernel's h behind proxy fences): the same bits as the default (gathered) run.
+  // Gated FFN (opt-in): with FLASHMOE_FP8_A_DENSE=1 both paths write the dense rows and box both
+  // GEMMs' A (the one kernel's h behind proxy fences): the same bits as the default (gathered)
+  // run.
   setenv("FLASHMOE_FP8_A_DENSE", "1", 1);
   bool const ffn_dense = !prepass_config.fp8_a_dense &&
                          fused::choose_fp8_config(p8).fp8_a_dense;
@@ -1246,7 +1247,7 @@ TEST(GpuFp8Fwd, FfnDownPairs) {
 // references (issue 4's accuracy bounds at the real reduction length). The first shape splits K
 // in ranges of 7 K blocks (no two-block promotion); the second does not split, so its 128-row
 // items promote every two K blocks (MoeConfig::fp8_promote_kb). All three have 128 rows per
-// expert on average, so they also copy the A rows into dense order (MoeConfig::fp8_a_dense; with
+// expert on average, so they also put the A rows in dense order (MoeConfig::fp8_a_dense; with
 // split-K in the first), and check_fp8 compares them with the gathered runs bit for bit.
 TEST(GpuFp8Fwd, LinearSeedK) {
   FLASHMOE_REQUIRE_SM90();
