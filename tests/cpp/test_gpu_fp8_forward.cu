@@ -1274,6 +1274,18 @@ TEST(GpuSmallFp8Fwd, DenseRowsManySlots) {
   check_fp8(linear_problem(200, 16, 12, 128, 64, DType::kBFloat16, WeightLayout::kOutIn),
             WeightScale::kBlock128, 1132);
   check_fp8(ffn_problem(96, 16, 12, 128, 128, Activation::kSilu), WeightScale::kChannel, 1133);
+  // Dense rows with slots that are not computed here: capacity drops and reroutes, experts of
+  // other ranks (expert_map). Each path writes a token's E4M3 row to the dense rows of its
+  // computed slots only (the multi-kernel path by slot_row since v0.45, the one kernel by its
+  // dispatch's ranks); both again bit for bit.
+  MoeProblem m = linear_problem(640, 16, 4, 128, 64);
+  m.has_expert_map = true;
+  m.num_local_experts = 7;
+  m.routing.capacity_factor = 1.0;
+  ASSERT_TRUE(fused::choose_fp8_config(prepared_problem(m, WeightScale::kChannel)).fp8_a_dense);
+  check_fp8(m, WeightScale::kChannel, 1134, Logits::kSkewed);
+  m.routing.overflow = Overflow::kReroute;
+  check_fp8(m, WeightScale::kChannel, 1135, Logits::kSkewed);
 }
 
 // ------------------------------------------------------------------------- host-only checks
