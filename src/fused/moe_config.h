@@ -36,8 +36,7 @@ struct MoeConfig {
   // decides, for the gated FFN also the card and the environment), and with fp8_a_dense the
   // routed E4M3 rows go there in dense order (both paths quantize each 16-bit token row straight
   // into its slots' rows; float32 tokens are quantized, then copied) and the GEMM loads them by
-  // TMA boxes
-  // (gemm::Sm90Fp8GemmParams::a_fp8_dense).
+  // TMA boxes (gemm::Sm90Fp8GemmParams::a_fp8_dense).
   int64_t fp8_dense_rows = 0;
   bool fp8_a_dense = false;
   int32_t bm = 0;               // rows of an M tile

@@ -53,7 +53,7 @@ constexpr double kFp8DenseRowsPerExpert = 128.0;
 // dsv3 with the dispatch writing the dense rows itself (v0.39; round 202, 100-rep runs, three
 // alternations, one kernel / multi-kernel): an H200 (HBM 4.1 TB/s by this formula) -6.2% /
 // -1.7%; an H100 80GB HBM3 (3.35 TB/s), whose HBM the dsv3 forward already keeps ~86% busy,
-// +2.5% / +1.3% (the copy's T*k*H bytes cost more there than the gather saves).
+// +2.5% / +1.3% (the dense rows' T*k*H bytes cost more there than the gather saves).
 constexpr double kFp8FfnDenseMinHbmGbps = 3800.0;
 constexpr double kFp8DenseRowsPerExpertFfn = 32.0;
 

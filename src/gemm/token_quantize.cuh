@@ -130,9 +130,10 @@ __device__ __forceinline__ void quantize_row_warp(T const* __restrict__ xr, int6
 }
 
 /// quantize_row_warp's rule for 16-bit rows, the E4M3 row written to n dense rows instead of one:
-/// to dst + rows[j] * cols for each j < n with rows[j] >= 0 (the fused FP8 kernel's dispatch, which
-/// puts a token's row at each of its slots' dense rows for the GEMM's TMA boxes: one pass over the
-/// 16-bit row instead of an E4M3 row written and then copied k times). rows: read by every lane.
+/// to dst + rows[j] * cols for each j < n with rows[j] >= 0 (the fused FP8 kernel's dispatch and
+/// the multi-kernel path's launch_token_quantize_fp8_to_rows, which put a token's row at each of
+/// its slots' dense rows for the GEMM's TMA boxes: one pass over the 16-bit row instead of an E4M3
+/// row written and then copied k times). rows: read by every lane.
 template <typename T>
 __device__ __forceinline__ void quantize_row_warp_to_rows(T const* __restrict__ xr, int64_t cols,
                                                           bool vec16, int lane, float* scale,
