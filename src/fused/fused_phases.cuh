@@ -96,6 +96,10 @@ struct FusedRoutingParams {
   int32_t chunk;        // tokens per CTA
   int32_t active_ctas;  // ceil(T / chunk)
   int32_t solo;         // 1: CTA 0 owns every token and dispatches alone (solo_dispatch)
+  // Solo mode, FP8 forward (perf-log v0.46b): the CTAs other than 0 do not wait for CTA 0's flag
+  // here but in the GEMM's producer, after the body's set-up and their first queue take
+  // (FusedDeps::wait_routed): the set-up's cold code then runs while CTA 0 routes.
+  int32_t solo_wait_in_gemm;
   // Solo mode, FP8 forward, deterministic combine: per n tile of the last GEMM, the count of its
   // finished items (in the sync region: zero at launch, zeroed again by the item that completes
   // it). The item that completes an n tile combines those columns of every token
@@ -583,6 +587,8 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
     uint32_t* const done = fp.grid_sync + 2;
     if (cta == 0) {
       solo_dispatch(fp, sm, done);
+    } else if (fp.solo_wait_in_gemm) {
+      if (tid == 0) stamp(fp, 3);  // the GEMM's producer waits (FusedDeps::wait_routed)
     } else {
       if (tid == 0) {
         stamp(fp, 3);

@@ -10,7 +10,8 @@
 //      into its row of the [CTAs, E] table.                                       -- barrier --
 //   Solo mode (T <= 2 tokens of <= 32 slots, no capacity): CTA 0 owns every token and, after
 //      phase 1, writes phase 2's outputs itself (solo_dispatch); the other CTAs wait for its flag
-//      instead of barriers 1 and 2; the last GEMM's items combine (phase 4 below), so no CTA
+//      instead of barriers 1 and 2 -- in the GEMM's producer, after the body's set-up and their
+//      first queue take (FusedDeps::wait_routed); the last GEMM's items combine (phase 4 below), so no CTA
 //      waits at barrier 3 (where the sync region has no room for their counts, CTA 0 waits
 //      there alone and combines, the others only arrive).
 //   1b. capacity only (capacity_phases): each expert's slots listed in (token, slot) order, the
@@ -112,6 +113,21 @@ __device__ __forceinline__ void combine_n_tile(FusedRoutingParams const& r, int 
 struct FusedDeps {
   static constexpr bool kActive = true;
   FusedParams const& fp;
+
+  // Solo mode (FusedRoutingParams::solo_wait_in_gemm): CTA 0's flag, before the first GEMM's
+  // tile list is read. The acquire and the producer's barriers and stage arrivals after it order
+  // every later read of the dispatch in this CTA (the math warpgroups read it only after their
+  // first item's stages; a CTA without an item has none to read); this SM has read none of it
+  // before in this launch (no stale L1 line). Every producer passes here before it counts itself
+  // done, so the flag's clearing (clear_on_done) comes after every wait.
+  __device__ __forceinline__ void wait_routed(int gemm) const {
+    if (gemm != 0 || !fp.r.solo_wait_in_gemm || blockIdx.x == 0) return;
+    uint32_t const* flag = fp.r.grid_sync + 2;
+    while (ld_acquire(flag) == 0u) __nanosleep(32);
+    if (fp.r.timeline != nullptr) {  // profiling: "barrier2", when this CTA saw the flag
+      stamp_globaltimer(fp.r.timeline + blockIdx.x * kFusedTimelineSlots + 4);
+    }
+  }
 
   __device__ __forceinline__ void wait_rows(int gemm, int slot) const {
     if (gemm == 0) return;
@@ -250,6 +266,7 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
   }
   smem_bytes = std::max(smem_bytes, static_cast<int>(sizeof(RoutingSmem)));
   fp.r = make_fused_routing_params(problem, args, config, ws, ctas, /*fp8_rows=*/true);
+  fp.r.solo_wait_in_gemm = fp.r.solo;  // (FusedDeps::wait_routed)
   // Solo mode: the first GEMM's last CTA done clears the flag every CTA waited on by then.
   fp.gemm.clear_on_done = fp.r.solo ? fp.r.grid_sync + 2 : nullptr;
   // Solo mode: the last GEMM's items combine (FusedDeps::item_stored), counting per n tile in

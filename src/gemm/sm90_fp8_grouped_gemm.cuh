@@ -944,6 +944,9 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
   // body, the barrier first: a lagging thread may still read ctl->next of its last boundary.)
   int meta = 0;
   if (gemm > 0) producer_sync();
+  if constexpr (Deps::kActive) {
+    if (pt == 0) deps.wait_routed(gemm);  // (the take above is in flight meanwhile)
+  }
   resolve_next(meta);
   producer_sync();
   int4 tile = ctl->next[meta];
