@@ -66,6 +66,7 @@ static_assert(kFusedMaxExperts % 32 == 0, "whole lanes of local experts in warp 
 constexpr int kTopkBarrier = 12;  // 12, 13, 14: warpgroups 0..2 in phase 1
 constexpr int kMathBarrier = 15;  // the 256 math threads in phase 4
 constexpr int kDepsBarrier = 11;  // the 256 math threads after a gate/up item (the FFN deps)
+constexpr int kRowsBarrier = 9;   // solo_fast: CTA 0's warp 0 and the warp quantizing the row
 
 /// What the routing phases and the combine read and write: the kernels' parameters hold one.
 struct FusedRoutingParams {
@@ -100,6 +101,11 @@ struct FusedRoutingParams {
   // here but in the GEMM's producer, after the body's set-up and their first queue take
   // (FusedDeps::wait_routed): the set-up's cold code then runs while CTA 0 routes.
   int32_t solo_wait_in_gemm;
+  // Solo mode with one token, FP8 forward (perf-log v0.47): CTA 0's warp 0 writes the GEMM's
+  // inputs and releases the flag (kSoloDispatched) right after the selection; the weights and
+  // the rest follow, released with kSoloRest, which every producer acquires before its end
+  // marker (FusedDeps::wait_rest) -- before the combine reads the weights.
+  int32_t solo_fast;
   // Solo mode, FP8 forward, deterministic combine: per n tile of the last GEMM, the count of its
   // finished items (in the sync region: zero at launch, zeroed again by the item that completes
   // it). The item that completes an n tile combines those columns of every token
@@ -188,6 +194,11 @@ __device__ __forceinline__ void solo_arrive_or_wait(uint32_t* sync, uint32_t cta
   sync[0] = 0u;
 }
 
+
+// Solo mode's flag word (grid_sync[2]): the GEMM's inputs are written; solo_fast: the rest too
+// (the weights, which the combine reads).
+constexpr uint32_t kSoloDispatched = 1u;
+constexpr uint32_t kSoloRest = 2u;
 
 // Solo mode: the tiles of the dispatch (tile_starts[EL], which solo_dispatch writes before its
 // flag).
@@ -414,6 +425,85 @@ __device__ __noinline__ void capacity_phases(FusedRoutingParams const& fp, Routi
 // (at T = 1 those cost ~10 us of a ~100 us forward). Then, while they stream, every thread writes
 // its share of the rest (slot -> row, per-local-expert offsets, the user's outputs), all read
 // after a later grid barrier or by the caller. Ends with a CTA barrier.
+// Solo mode, lane a of a warp holding slot a's final id e (-1: none; a >= n: no slot): the
+// slot's place in (local expert, slot) order. One function for solo_dispatch and the one-token
+// early release (solo_release_gemm_inputs), so that both give the same rows and tiles.
+struct SoloSlotRank {
+  int key;         // local expert, or E_local + a when not computed here (above every expert)
+  unsigned group;  // the lanes of the same key
+  bool computed;
+  bool leader;     // computed, and the first slot of its local expert: it owns the tile
+  int row;         // computed slots before this one: its dense row
+  int tile;        // local experts with rows before this one's: its tile
+  int tiles;       // tiles in all (the same in every lane)
+};
+__device__ __forceinline__ SoloSlotRank solo_slot_rank(routing::RoutingParams const& rp, int a,
+                                                       int n, int32_t e) {
+  int const EL = rp.num_local_experts;
+  int32_t le = -1;
+  if (e >= 0) le = rp.expert_map != nullptr ? rp.expert_map[e] : e;
+  SoloSlotRank r;
+  r.computed = a < n && le >= 0 && le < EL;
+  r.key = r.computed ? le : EL + a;
+  r.group = __match_any_sync(0xffffffffu, r.key);
+  r.leader = r.computed && a == __ffs(r.group) - 1;
+  r.row = 0;
+  r.tile = 0;
+  for (int j = 0; j < n; ++j) {
+    int const kj = __shfl_sync(0xffffffffu, r.key, j);
+    bool const lj = __shfl_sync(0xffffffffu, r.leader, j);
+    r.row += (kj < EL && (kj < r.key || (kj == r.key && j < a))) ? 1 : 0;
+    r.tile += (lj && kj < r.key) ? 1 : 0;
+  }
+  r.tiles = __popc(__ballot_sync(0xffffffffu, r.leader));
+  return r;
+}
+
+// Solo mode, warp 0 (lane a = slot a, n slots): what the GEMM reads (the tile list with its
+// empty slots, dense row -> token, the FFN's zeroed counts) and what the items that combine read
+// besides the weights (the slots' rows, the tile count: tile_starts[EL], written again by
+// solo_dispatch). The caller's __syncwarp and lane 0's release follow.
+__device__ __forceinline__ void solo_write_gemm_inputs(FusedRoutingParams const& fp, int a, int n,
+                                                       SoloSlotRank const& sr) {
+  routing::RoutingParams const& rp = fp.rp;
+  routing::RoutingBuffers const& rb = fp.rb;
+  int const k = rp.top_k;
+  int const EL = rp.num_local_experts;
+  if (sr.computed) {
+    rb.row_token[sr.row] = a / k;
+    if (fp.atomic_combine) rb.row_weight[sr.row] = rb.weights[a];  // (never with solo_fast)
+  }
+  if (sr.leader) rb.tiles[sr.tile] = gemm::TileInfo{sr.key, sr.row, __popc(sr.group), 0};
+  if (a < n) rb.slot_row[a] = sr.computed ? sr.row : -1;
+  if (a == 0) rb.local_offsets[2 * EL + 1] = sr.tiles;
+  for (int m = sr.tiles + a; m < rp.num_tile_slots; m += 32) {
+    rb.tiles[m] = gemm::TileInfo{-1, 0, 0, 0};
+  }
+  if (fp.tile_done != nullptr) {  // the gate/up counts start at zero
+    for (int m = a; m < rp.num_tile_slots; m += 32) fp.tile_done[m] = 0;
+  }
+}
+
+// solo_fast (T = 1), warp 0 of CTA 0 right after topk_select: the GEMM's inputs from the
+// selection in `tk`, then, once warp 11's E4M3 row is written (it arrives on kRowsBarrier), the
+// flag. The release is cumulative over the row's stores, which the named barrier ordered before
+// it, and over the lanes' stores (__syncwarp).
+__device__ __noinline__ void solo_release_gemm_inputs(FusedRoutingParams const& fp,
+                                                      TopkSmemWg const& tk, uint32_t* done) {
+  int const a = static_cast<int>(threadIdx.x);  // 0..31
+  int const n = fp.rp.top_k;                    // T = 1
+  int32_t e = -1;
+  if (a < n) e = tk.selected[a] < fp.rp.num_experts ? tk.selected[a] : -1;  // topk_write's rule
+  SoloSlotRank const sr = solo_slot_rank(fp.rp, a, n, e);
+  solo_write_gemm_inputs(fp, a, n, sr);
+  __syncwarp();
+  asm volatile("bar.sync %0, 64;" ::"n"(kRowsBarrier) : "memory");
+  if (a == 0) {
+    stamp(fp, 3);
+    st_release(done, kSoloDispatched);
+  }
+}
+
 __device__ __noinline__ void solo_dispatch(FusedRoutingParams const& fp, RoutingSmem& sm,
                                            uint32_t* done) {
   routing::RoutingParams const& rp = fp.rp;
@@ -427,50 +517,25 @@ __device__ __noinline__ void solo_dispatch(FusedRoutingParams const& fp, Routing
     int const a = tid;
     bool const valid = a < n;
     int32_t const e = valid ? rb.final_ids[a] : -1;  // written by this CTA in phase 1
-    int32_t le = -1;
-    if (e >= 0) le = rp.expert_map != nullptr ? rp.expert_map[e] : e;
-    bool const computed = valid && le >= 0 && le < EL;
-    int const key = computed ? le : EL + a;  // not computed: a key above every local expert
-    unsigned const group = __match_any_sync(0xffffffffu, key);
-    bool const leader = computed && a == __ffs(group) - 1;
-    int row = 0;   // computed slots before this one in (local expert, slot) order
-    int tile = 0;  // local experts with rows before this one's
-    for (int j = 0; j < n; ++j) {
-      int const kj = __shfl_sync(0xffffffffu, key, j);
-      bool const lj = __shfl_sync(0xffffffffu, leader, j);
-      row += (kj < EL && (kj < key || (kj == key && j < a))) ? 1 : 0;
-      tile += (lj && kj < key) ? 1 : 0;
-    }
-    int const tiles = __popc(__ballot_sync(0xffffffffu, leader));
-    // What the GEMM reads, then the flag (the rows and scales of phase 1 were written before the
-    // caller's CTA barrier; __syncwarp orders the lanes' writes before lane 0's release store,
-    // which is cumulative over them: no separate fence).
-    if (computed) {
-      rb.row_token[row] = a / k;
-      if (fp.atomic_combine) rb.row_weight[row] = rb.weights[a];
-    }
-    if (leader) rb.tiles[tile] = gemm::TileInfo{le, row, __popc(group), 0};
-    // Read during the GEMM by the items that combine (FusedRoutingParams::tile_combine_count):
-    // the slots' rows, and the tile count (tile_starts[EL], written again below).
-    if (valid) rb.slot_row[a] = computed ? row : -1;
-    if (a == 0) rb.local_offsets[2 * EL + 1] = tiles;
-    for (int m = tiles + a; m < rp.num_tile_slots; m += 32) {
-      rb.tiles[m] = gemm::TileInfo{-1, 0, 0, 0};
-    }
-    if (fp.tile_done != nullptr) {  // the gate/up counts start at zero
-      for (int m = a; m < rp.num_tile_slots; m += 32) fp.tile_done[m] = 0;
-    }
-    __syncwarp();
-    if (a == 0) {
-      stamp(fp, 3);
-      st_release(done, 1u);
+    SoloSlotRank const sr = solo_slot_rank(rp, a, n, e);
+    if (!fp.solo_fast) {
+      // What the GEMM reads, then the flag (the rows and scales of phase 1 were written before
+      // the caller's CTA barrier; __syncwarp orders the lanes' writes before lane 0's release
+      // store, which is cumulative over them: no separate fence). (solo_fast: written and
+      // released in phase 1 already, solo_release_gemm_inputs.)
+      solo_write_gemm_inputs(fp, a, n, sr);
+      __syncwarp();
+      if (a == 0) {
+        stamp(fp, 3);
+        st_release(done, kSoloDispatched);
+      }
     }
     if (valid) {
       if (fp.topk_ids_out != nullptr) fp.topk_ids_out[a] = e;
       if (fp.topk_weights_out != nullptr) fp.topk_weights_out[a] = e >= 0 ? rb.weights[a] : 0.f;
-      sm.solo_key[a] = key;
+      sm.solo_key[a] = sr.key;
       sm.solo_id[a] = e;
-      sm.solo_leader[a] = leader ? 1 : 0;
+      sm.solo_leader[a] = sr.leader ? 1 : 0;
     }
   }
   __syncthreads();
@@ -499,6 +564,9 @@ __device__ __noinline__ void solo_dispatch(FusedRoutingParams const& fp, Routing
   }
   if (tid < 2 && fp.drop_reroute_out != nullptr) fp.drop_reroute_out[tid] = 0;  // no capacity
   __syncthreads();  // sm.solo_* read; the GEMM's pipeline reuses the shared memory
+  // solo_fast: the rest (phase 1's weights included) is written: cumulative over the CTA's
+  // stores, which the barrier above ordered before this release.
+  if (fp.solo_fast && tid == 0) st_release(done, kSoloDispatched | kSoloRest);
 }
 
 // Phases 1 and 2 (everything before the GEMM), not inlined: compiled apart from the GEMM body,
@@ -534,10 +602,19 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
     } else if (fp.chunk <= kWarpgroupTopkMaxChunk) {
       int const wg = tid / 128;
       for (int t = t0 + wg; t < t1; t += 3) {
-        routing::topk_token<128, 2>(
-            rp, rb, t, tid % 128, sm.topk.wg[wg], routing::WarpgroupSync{kTopkBarrier + wg},
-            t == t0 ? topk_stamps : nullptr);
-        routing::WarpgroupSync{kTopkBarrier + wg}();  // the next token rewrites sm.topk.wg[wg]
+        routing::WarpgroupSync const sync{kTopkBarrier + wg};
+        if (fp.solo_fast) {
+          // (CTA 0, T = 1, warpgroup 0) the selection, the GEMM's inputs and the flag by warp 0,
+          // then the weights.
+          routing::RoutingParams const rpl = rp;  // (topk_token says why)
+          routing::topk_select<128, 2>(rpl, rb, t, tid % 128, sm.topk.wg[wg], sync, topk_stamps);
+          if (tid < 32) solo_release_gemm_inputs(fp, sm.topk.wg[0], fp.grid_sync + 2);
+          routing::topk_write<128, 2>(rpl, rb, t, tid % 128, sm.topk.wg[wg], sync);
+        } else {
+          routing::topk_token<128, 2>(rp, rb, t, tid % 128, sm.topk.wg[wg], sync,
+                                      t == t0 ? topk_stamps : nullptr);
+        }
+        sync();  // the next token rewrites sm.topk.wg[wg]
       }
     } else {
       int const w = tid / 32;
@@ -567,6 +644,8 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
                                         fp.tokens_vec16 != 0, lane, fp.token_scales + t,
                                         fp.token_fp8 + t * H);
       }
+      // solo_fast (this is warp 11 and t = 0): the row is written for warp 0's release.
+      if (fp.solo_fast) asm volatile("bar.arrive %0, 64;" ::"n"(kRowsBarrier) : "memory");
     }
   }
   if (tid == 0) stamp(fp, 9);

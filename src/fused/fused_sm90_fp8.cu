@@ -123,10 +123,20 @@ struct FusedDeps {
   __device__ __forceinline__ void wait_routed(int gemm) const {
     if (gemm != 0 || !fp.r.solo_wait_in_gemm || blockIdx.x == 0) return;
     uint32_t const* flag = fp.r.grid_sync + 2;
-    while (ld_acquire(flag) == 0u) __nanosleep(32);
+    while ((ld_acquire(flag) & kSoloDispatched) == 0u) __nanosleep(32);
     if (fp.r.timeline != nullptr) {  // profiling: "barrier2", when this CTA saw the flag
       stamp_globaltimer(fp.r.timeline + blockIdx.x * kFusedTimelineSlots + 4);
     }
+  }
+
+  // solo_fast: the rest of CTA 0's routing (the weights, which the combine reads), acquired
+  // before the end marker that the math warpgroups wait for before they combine, and before this
+  // CTA counts itself done (so again before the flag's clearing). Off the math warpgroups'
+  // chain: the producer gets here while they still work on the last stages.
+  __device__ __forceinline__ void wait_rest(int gemm) const {
+    if (gemm != 0 || !fp.r.solo_fast) return;
+    uint32_t const* flag = fp.r.grid_sync + 2;
+    while ((ld_acquire(flag) & kSoloRest) == 0u) __nanosleep(64);
   }
 
   __device__ __forceinline__ void wait_rows(int gemm, int slot) const {
@@ -267,6 +277,12 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
   smem_bytes = std::max(smem_bytes, static_cast<int>(sizeof(RoutingSmem)));
   fp.r = make_fused_routing_params(problem, args, config, ws, ctas, /*fp8_rows=*/true);
   fp.r.solo_wait_in_gemm = fp.r.solo;  // (FusedDeps::wait_routed)
+  // One token, top-k routing, E4M3 rows gathered (warp 11 quantizes the row in phase 1), the
+  // deterministic combine: CTA 0 releases the GEMM's inputs right after the selection
+  // (FusedRoutingParams::solo_fast).
+  fp.r.solo_fast = fp.r.solo && problem.num_tokens == 1 && !fp.r.rp.prerouted &&
+                   !fp.r.atomic_combine && fp.r.token_fp8 != nullptr &&
+                   fp.r.token_fp8_dense == nullptr;
   // Solo mode: the first GEMM's last CTA done clears the flag every CTA waited on by then.
   fp.gemm.clear_on_done = fp.r.solo ? fp.r.grid_sync + 2 : nullptr;
   // Solo mode: the last GEMM's items combine (FusedDeps::item_stored), counting per n tile in

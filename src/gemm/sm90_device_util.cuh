@@ -187,11 +187,14 @@ __device__ __forceinline__ void cp_async_arrive_noinc(uint64_t const* bar) {
 ///                         the same threads after the CTA's last item (the FP8 body only);
 ///   wait_routed(g)        producer thread 0 of the FP8 body, after its first take from GEMM g's
 ///                         queue and before it reads the tile list: the fused kernel's solo mode
-///                         waits there for CTA 0's dispatch (nothing of it is read before).
+///                         waits there for CTA 0's dispatch (nothing of it is read before);
+///   wait_rest(g)          the same thread after GEMM g's last item, before its end marker and
+///                         before the CTA counts itself done (the FP8 body only).
 /// kActive false: none is called (the single-GEMM kernels).
 struct NoPipeDeps {
   static constexpr bool kActive = false;
   __device__ __forceinline__ void wait_routed(int) const {}
+  __device__ __forceinline__ void wait_rest(int) const {}
   __device__ __forceinline__ void wait_rows(int, int) const {}
   __device__ __forceinline__ void item_done(int, int, int, int, int, int32_t*) const {}
   __device__ __forceinline__ void item_stored(int, int, int, uint32_t*) const {}

@@ -1088,6 +1088,9 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
 
   // ---- the end marker (everything was drained at the last boundary)
   cp_async_wait_all();
+  if constexpr (Deps::kActive) {
+    if (pt == 0) deps.wait_rest(gemm);  // before the marker and before this CTA counts itself done
+  }
   if (last) {
     if constexpr (kDense) {  // one arrival, thread 0's (see the stage loop)
       if (pt == 0) {

@@ -127,18 +127,14 @@ __device__ __forceinline__ void softmax_probs(RoutingParams const& rp, RoutingBu
   for (int i = 0; i < kItems; ++i) zp[i] = softmax_prob(zp[i], sum);
 }
 
-/// Token t's top-k: rb.orig_ids / final_ids / weights of its k slots (and the capacity keys when
-/// rp.capacity > 0, the softmax stats when rp.reroute). tid: 0..kThreads-1 within the group;
-/// sync(): a barrier of exactly those threads (and a memory fence among them). sm is the group's.
-/// stamps: null, or kTopkStamps profiling slots (topk_stamp).
+/// Token t's top-k, steps 1-4 (topk_token's first part): sm.selected[r] = the expert of slot r
+/// (>= E only if k exceeded the eligible experts), sm.p = the experts' p, visible to the group
+/// on return (the softmax stats in rb.token_stats when rp.reroute; nothing else is written).
+/// rp: a local copy (topk_token says why).
 template <int kThreads, int kItems, class Sync>
-__device__ __forceinline__ void topk_token(RoutingParams const& rp_in, RoutingBuffers const& rb,
-                                           int t, int tid, TopkSmem<kThreads, kItems>& sm,
-                                           Sync const& sync, uint64_t* stamps = nullptr) {
-  // The fields used below, read once at the start: the fused kernel's routing phases reach the
-  // parameters through a pointer, and each field read where it is used (after the group's
-  // shared and global stores) waited on its own memory round trip (perf-log v0.44).
-  RoutingParams const rp = rp_in;
+__device__ __forceinline__ void topk_select(RoutingParams const& rp, RoutingBuffers const& rb,
+                                            int t, int tid, TopkSmem<kThreads, kItems>& sm,
+                                            Sync const& sync, uint64_t* stamps) {
   constexpr int kWarps = kThreads / 32;
   int const E = rp.num_experts;
   int const k = rp.top_k;
@@ -283,9 +279,19 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp_in, RoutingBu
     }
     if (tid == 0) sm.selected[r] = best_e;
   }
-  sync();  // sm.selected; sm.aux (q) is reused below
+  sync();  // sm.selected; sm.aux (q) is reused by topk_write
   topk_stamp(stamps, tid, 3);
+}
 
+/// Token t's top-k, step 5 (topk_token's second part, after topk_select on the same group and
+/// sm): rb.orig_ids / final_ids / weights of its k slots (and the capacity keys when
+/// rp.capacity > 0).
+template <int kThreads, int kItems, class Sync>
+__device__ __forceinline__ void topk_write(RoutingParams const& rp, RoutingBuffers const& rb,
+                                           int t, int tid, TopkSmem<kThreads, kItems>& sm,
+                                           Sync const& sync) {
+  int const E = rp.num_experts;
+  int const k = rp.top_k;
   // 5. Combine weights from p of the k selected experts (slot r = rank r).
   // (An expert >= E only if k exceeded the eligible experts, which validation excludes.)
   for (int r = tid; r < k; r += kThreads) {
@@ -316,6 +322,22 @@ __device__ __forceinline__ void topk_token(RoutingParams const& rp_in, RoutingBu
       rb.iota[a] = static_cast<int32_t>(a);
     }
   }
+}
+
+/// Token t's top-k: rb.orig_ids / final_ids / weights of its k slots (and the capacity keys when
+/// rp.capacity > 0, the softmax stats when rp.reroute). tid: 0..kThreads-1 within the group;
+/// sync(): a barrier of exactly those threads (and a memory fence among them). sm is the group's.
+/// stamps: null, or kTopkStamps profiling slots (topk_stamp).
+template <int kThreads, int kItems, class Sync>
+__device__ __forceinline__ void topk_token(RoutingParams const& rp_in, RoutingBuffers const& rb,
+                                           int t, int tid, TopkSmem<kThreads, kItems>& sm,
+                                           Sync const& sync, uint64_t* stamps = nullptr) {
+  // The fields used, read once at the start: the fused kernel's routing phases reach the
+  // parameters through a pointer, and each field read where it is used (after the group's
+  // shared and global stores) waited on its own memory round trip (perf-log v0.44).
+  RoutingParams const rp = rp_in;
+  topk_select<kThreads, kItems>(rp, rb, t, tid, sm, sync, stamps);
+  topk_write<kThreads, kItems>(rp, rb, t, tid, sm, sync);
 }
 
 }  // namespace flashmoe::routing
