@@ -31,7 +31,9 @@ inline constexpr int kFusedMaxExperts = 256;
 /// loaded, softmax sum, selection scores ready, experts selected); 20-22 the CTA's *first* GEMM
 /// item (rows ready, K loop done, its split-K count taken -- with the sum where it finishes the
 /// item), 23 the first FFN slot the CTA released (h rows quantized), 24 the count of first-GEMM
-/// items the CTA ran (a count, not a time), 25 the last one's K loop done. Written to
+/// items the CTA ran (a count, not a time), 25 the last one's K loop done, 26 the CTA's first
+/// token row quantized (phase 1), 27 solo_fast: CTA 0's warp 0 has written the GEMM's inputs
+/// (before it waits for that row and releases the flag). Written to
 /// MoeWorkspace::fused_timeline[cta * kFusedTimelineSlots + i].
 inline constexpr int kFusedTimelineSlots = 32;
 /// The first of the GEMM body's slots.

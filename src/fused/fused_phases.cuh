@@ -497,6 +497,7 @@ __device__ __noinline__ void solo_release_gemm_inputs(FusedRoutingParams const& 
   SoloSlotRank const sr = solo_slot_rank(fp.rp, a, n, e);
   solo_write_gemm_inputs(fp, a, n, sr);
   __syncwarp();
+  if (a == 0) stamp(fp, 27);  // profiling: the inputs written, before the wait for the row
   asm volatile("bar.sync %0, 64;" ::"n"(kRowsBarrier) : "memory");
   if (a == 0) {
     stamp(fp, 3);
@@ -643,6 +644,10 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
         gemm::quantize_row_warp<__half>(static_cast<__half const*>(fp.tokens) + t * H, H,
                                         fp.tokens_vec16 != 0, lane, fp.token_scales + t,
                                         fp.token_fp8 + t * H);
+      }
+      if (t == t0 && fp.timeline != nullptr) {  // profiling: the CTA's first row quantized
+        __syncwarp();
+        if (lane == 0) stamp(fp, 26);
       }
       // solo_fast (this is warp 11 and t = 0): the row is written for warp 0's release.
       if (fp.solo_fast) asm volatile("bar.arrive %0, 64;" ::"n"(kRowsBarrier) : "memory");
