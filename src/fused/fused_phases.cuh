@@ -415,16 +415,6 @@ __device__ __noinline__ void capacity_phases(FusedRoutingParams const& fp, Routi
   read_count_table(fp, sm);
 }
 
-// Solo mode (T <= kSoloMaxTokens, T * k <= kSoloMaxSlots, no capacity): CTA 0 owns every token
-// and, after its phase 1, writes the whole dispatch of its <= 32 slots itself -- what phase 2
-// writes, in the same order and values. Warp 0, one lane per slot, gives each computed slot its
-// dense row (the computed slots before it in (local expert, token, slot) order) and each local
-// expert's group leader (its first slot) the expert's tile (its <= 32 rows: one tile), writes
-// what the GEMM reads (the tile list with its empty slots, dense row -> token, the FFN's
-// counters) and releases the other CTAs with one flag `done` -- no count table, no grid barrier
-// (at T = 1 those cost ~10 us of a ~100 us forward). Then, while they stream, every thread writes
-// its share of the rest (slot -> row, per-local-expert offsets, the user's outputs), all read
-// after a later grid barrier or by the caller. Ends with a CTA barrier.
 // Solo mode, lane a of a warp holding slot a's final id e (-1: none; a >= n: no slot): the
 // slot's place in (local expert, slot) order. One function for solo_dispatch and the one-token
 // early release (solo_release_gemm_inputs), so that both give the same rows and tiles.
@@ -505,6 +495,18 @@ __device__ __noinline__ void solo_release_gemm_inputs(FusedRoutingParams const& 
   }
 }
 
+// Solo mode (T <= kSoloMaxTokens, T * k <= kSoloMaxSlots, no capacity): CTA 0 owns every token
+// and, after its phase 1, writes the whole dispatch of its <= 32 slots itself -- what phase 2
+// writes, in the same order and values. Warp 0, one lane per slot, gives each computed slot its
+// dense row (the computed slots before it in (local expert, token, slot) order) and each local
+// expert's group leader (its first slot) the expert's tile (its <= 32 rows: one tile), writes
+// what the GEMM reads (the tile list with its empty slots, dense row -> token, the FFN's
+// counters) and releases the other CTAs with one flag `done` -- no count table, no grid barrier
+// (at T = 1 those cost ~10 us of a ~100 us forward). Then, while they stream, every thread writes
+// its share of the rest (slot -> row, per-local-expert offsets, the user's outputs), all read
+// after a later grid barrier or by the caller. Ends with a CTA barrier. (solo_fast: the GEMM's
+// part was written and released in phase 1 by solo_release_gemm_inputs; this writes the rest
+// and releases it with kSoloRest.)
 __device__ __noinline__ void solo_dispatch(FusedRoutingParams const& fp, RoutingSmem& sm,
                                            uint32_t* done) {
   routing::RoutingParams const& rp = fp.rp;

@@ -11,9 +11,11 @@
 //   Solo mode (T <= 2 tokens of <= 32 slots, no capacity): CTA 0 owns every token and, after
 //      phase 1, writes phase 2's outputs itself (solo_dispatch); the other CTAs wait for its flag
 //      instead of barriers 1 and 2 -- in the GEMM's producer, after the body's set-up and their
-//      first queue take (FusedDeps::wait_routed); the last GEMM's items combine (phase 4 below), so no CTA
-//      waits at barrier 3 (where the sync region has no room for their counts, CTA 0 waits
-//      there alone and combines, the others only arrive).
+//      first queue take (FusedDeps::wait_routed); the last GEMM's items combine (phase 4
+//      below), so no CTA waits at barrier 3 (where the sync region has no room for their
+//      counts, CTA 0 waits there alone and combines, the others only arrive). With one token
+//      CTA 0 releases what the GEMM reads right after the selection and the rest later
+//      (FusedRoutingParams::solo_fast).
 //   1b. capacity only (capacity_phases): each expert's slots listed in (token, slot) order, the
 //      experts over capacity cut by one CTA each (a radix select of the cap-th priority key),
 //      the reroute rounds by CTA 0, the final ids counted again.            -- 3 or 4 barriers --
