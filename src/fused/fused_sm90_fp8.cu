@@ -112,6 +112,9 @@ __device__ __forceinline__ void combine_n_tile(FusedRoutingParams const& r, int 
 
 // The body's hooks (sm90_util::NoPipeDeps says when they run): the gated FFN's per-slot order
 // (wait_rows, item_done) and solo mode's combine by the items (item_stored, after_tiles).
+// kTimeline: the profiling build (FLASHMOE_FUSED_TIMELINE=1), whose hooks stamp the timeline;
+// in the production kernel the stamps are compiled out (gemm::Sm90Fp8PipeTile::kTimeline).
+template <bool kTimeline>
 struct FusedDeps {
   static constexpr bool kActive = true;
   FusedParams const& fp;
@@ -126,7 +129,7 @@ struct FusedDeps {
     if (gemm != 0 || !fp.r.solo_wait_in_gemm || blockIdx.x == 0) return;
     uint32_t const* flag = fp.r.grid_sync + 2;
     while ((ld_acquire(flag) & kSoloDispatched) == 0u) __nanosleep(32);
-    if (fp.r.timeline != nullptr) {  // profiling: "barrier2", when this CTA saw the flag
+    if (kTimeline && fp.r.timeline != nullptr) {  // profiling: "barrier2", flag seen
       stamp_globaltimer(fp.r.timeline + blockIdx.x * kFusedTimelineSlots + 4);
     }
   }
@@ -170,7 +173,7 @@ struct FusedDeps {
     if (mt == 0) {  // a release store: cumulative over the rows the barrier ordered before it
       st_release(reinterpret_cast<uint32_t*>(fp.r.tile_done + slot),
                  static_cast<uint32_t>(fp.gemm.n_tiles) + 1u);
-      if (fp.r.timeline != nullptr) {  // profiling: the first slot this CTA released
+      if (kTimeline && fp.r.timeline != nullptr) {  // profiling: first slot released
         stamp_globaltimer_once(fp.r.timeline + blockIdx.x * kFusedTimelineSlots + 23);
       }
     }
@@ -209,21 +212,24 @@ struct FusedDeps {
         any = true;
       }
     }
-    if (any && fp.r.timeline != nullptr) {  // profiling: "combined", this CTA's n tiles
+    if (kTimeline && any && fp.r.timeline != nullptr) {  // profiling: "combined"
       asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");
       if (mt == 0) stamp_globaltimer(fp.r.timeline + blockIdx.x * kFusedTimelineSlots + 7);
     }
   }
 };
 
+// kTimeline: the profiling build, launched when FLASHMOE_FUSED_TIMELINE=1 (the routing phases
+// test their stamps at run time either way: they are not on the GEMM's paths).
+template <bool kTimeline>
 __global__ void __launch_bounds__(kFusedThreads, 1) fused_sm90_fp8_kernel(
     __grid_constant__ FusedParams const fp) {
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   routing_phases(fp.r);
   // ---- phases 3 and 4: the GEMM body (gated FFN: both GEMMs); its math warpgroups then combine
   // the owned tokens.
-  gemm::sm90_fp8_pipelined_body<Pipe>(fp.gemm, fp.gemm2, fp.ffn ? 2 : 1, CombineAfterGemm{fp.r},
-                                      FusedDeps{fp});
+  gemm::sm90_fp8_pipelined_body<gemm::Sm90Fp8PipeTile<Pipe::kBlockM, kTimeline>>(
+      fp.gemm, fp.gemm2, fp.ffn ? 2 : 1, CombineAfterGemm{fp.r}, FusedDeps<kTimeline>{fp});
 #else
   __trap();
 #endif
@@ -306,7 +312,9 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
     last.row_token = ws.routing.row_token;
     last.row_weight = ws.routing.row_weight;
   }
-  return launch_fused_kernel(&fused_sm90_fp8_kernel, fp, ctas, smem_bytes, stream,
+  return launch_fused_kernel(fp.r.timeline != nullptr ? &fused_sm90_fp8_kernel<true>
+                                                      : &fused_sm90_fp8_kernel<false>,
+                             fp, ctas, smem_bytes, stream,
                              "fused_sm90_fp8_kernel");
 }
 

@@ -601,8 +601,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 // only), PipeControl.
 // =====================================================================================================
 
-template <int BlockM_>
+// kTimeline_: the profiling stamps (Sm90Fp8KernelParams::timeline) compiled in. Off in every
+// production kernel: tested at run time, the stamps cost the T <= 16 forwards ~2 us and ~1.5%
+// (rounds 232-233 in docs/perf-log.md); the fused kernel has a profiling instantiation.
+template <int BlockM_, bool kTimeline_ = false>
 struct Sm90Fp8PipeTile {
+  static constexpr bool kTimeline = kTimeline_;
   static constexpr int kBlockM = BlockM_;           // 64 or 128 rows per work item
   static constexpr int kMHalves = kBlockM / 64;     // m64 wgmma per warpgroup per k32 step
   static constexpr int kWgN = 128;
@@ -639,15 +643,23 @@ inline constexpr uint32_t kDenseBoxBytes = 64 * 128;
 inline constexpr uint64_t kDenseBoxHint =
     static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
 
-/// Profiling stamp i of Sm90Fp8KernelParams::timeline (nothing without one).
+/// Profiling stamp i of Sm90Fp8KernelParams::timeline (nothing without one, or unless the
+/// kernel is the profiling build: Cfg::kTimeline).
+template <class Cfg>
 __device__ __forceinline__ void pipe_stamp(Sm90Fp8KernelParams const& p, int i) {
-  if (p.timeline == nullptr) return;
-  stamp_globaltimer(p.timeline + static_cast<int64_t>(blockIdx.x) * p.timeline_stride + i);
+  if constexpr (Cfg::kTimeline) {
+    if (p.timeline == nullptr) return;
+    stamp_globaltimer(p.timeline + static_cast<int64_t>(blockIdx.x) * p.timeline_stride + i);
+  }
 }
 /// The same, only if slot i is still unset (zeroed by the caller): the CTA's first item.
+template <class Cfg>
 __device__ __forceinline__ void pipe_stamp_first(Sm90Fp8KernelParams const& p, int i) {
-  if (p.timeline == nullptr) return;
-  stamp_globaltimer_once(p.timeline + static_cast<int64_t>(blockIdx.x) * p.timeline_stride + i);
+  if constexpr (Cfg::kTimeline) {
+    if (p.timeline == nullptr) return;
+    stamp_globaltimer_once(p.timeline + static_cast<int64_t>(blockIdx.x) * p.timeline_stride +
+                           i);
+  }
 }
 
 template <class Cfg>
@@ -961,8 +973,8 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
   while (tile.x >= 0) {
     int const rows = tile.z;
     if (pt == 0) {
-      pipe_stamp(p, 0);
-      pipe_stamp_first(p, 10);
+      pipe_stamp<Cfg>(p, 0);
+      pipe_stamp_first<Cfg>(p, 10);
     }
     // The tile's K blocks: all of them, or its range (split-K).
     int const kb0 = ctl->next_split[meta] * p.kb_per_split;
@@ -1006,8 +1018,8 @@ __device__ __forceinline__ void pipe_producer(Sm90Fp8KernelParams const& p, uint
             }
           }
         }
-        if (kb == kb0) pipe_stamp(p, 1);
-        if (kb + 1 == kb1) pipe_stamp(p, 2);
+        if (kb == kb0) pipe_stamp<Cfg>(p, 1);
+        if (kb + 1 == kb1) pipe_stamp<Cfg>(p, 2);
       }
       if constexpr (kDense) {
         // thread 0 loaded A above
@@ -1469,7 +1481,7 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
       int4 const tile = ctl->tile[stage];
       if (tile.x < 0) break;
       int const tag = ctl->tile_tag[stage];
-      if (mt == 0) sm90_fp8_detail::pipe_stamp(p0, 3);
+      if (mt == 0) sm90_fp8_detail::pipe_stamp<Cfg>(p0, 3);
       // The tile, on its GEMM's parameter: one copy of the loop per GEMM, each addressing its
       // kernel parameter directly (a pointer chosen at run time cost ptxas a spill).
       // kGemm: which GEMM, known at compile time in each copy (only the first splits K).
@@ -1576,19 +1588,19 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
         sm90_fp8_detail::wait_barrier(&ctl->full[stage], phase);
       }
       if (mt == 0) {
-        sm90_fp8_detail::pipe_stamp(p, 4);
-        sm90_fp8_detail::pipe_stamp_first(p, 11);
-        if (kGemm == 0 && p.timeline != nullptr) {  // GEMM 0's items: count, last K done
+        sm90_fp8_detail::pipe_stamp<Cfg>(p, 4);
+        sm90_fp8_detail::pipe_stamp_first<Cfg>(p, 11);
+        if (Cfg::kTimeline && kGemm == 0 && p.timeline != nullptr) {  // GEMM 0: count, last K
           uint64_t* const row = p.timeline + static_cast<int64_t>(blockIdx.x) * p.timeline_stride;
           atomicAdd(reinterpret_cast<unsigned long long*>(row + 14), 1ull);
-          sm90_fp8_detail::pipe_stamp(p, 15);
+          sm90_fp8_detail::pipe_stamp<Cfg>(p, 15);
         }
       }
       // Split-K: only the CTA that completes the item's last K range goes on, with the sum.
       bool const finish = !(kGemm == 0 && p.k_splits > 1) ||
                           sm90_fp8_detail::split_k_reduce<kHalves>(p, total, tag, n_tile, rows,
                                                                    active, mt, &ctl->deps_word);
-      if (mt == 0) sm90_fp8_detail::pipe_stamp_first(p, 12);
+      if (mt == 0) sm90_fp8_detail::pipe_stamp_first<Cfg>(p, 12);
       // With channel scales every tile uses one buffer of them, read or not: wait for it only
       // to read it, hand it back in any case (the producer refills it two tiles later).
       // (The tag made opaque here: ptxas hoisted the buffer index to the tile's start and spilled
@@ -1613,7 +1625,7 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
         if (lane == 0) sm90_fp8_detail::arrive_barrier(&ctl->ep_free[epb]);
       }
       if (!finish) return;
-      if (mt == 0) sm90_fp8_detail::pipe_stamp(p, 5);
+      if (mt == 0) sm90_fp8_detail::pipe_stamp<Cfg>(p, 5);
       if constexpr (Deps::kActive) {
         deps.item_done(kGemm, sm90_fp8_detail::tag_slot(tag), row0, rows, mt,
                        &ctl->deps_word);
