@@ -602,8 +602,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 // =====================================================================================================
 
 // kTimeline_: the profiling stamps (Sm90Fp8KernelParams::timeline) compiled in. Off in every
-// production kernel: tested at run time, the stamps cost the T <= 16 forwards ~2 us and ~1.5%
-// (rounds 232-233 in docs/perf-log.md); the fused kernel has a profiling instantiation.
+// production kernel: tested at run time, the stamps cost ~1-1.5 us at T = 1 and ~1-1.5% at seed
+// and prefill (v0.49, rounds 232-234 in docs/perf-log.md); the fused kernel has a profiling
+// instantiation (FLASHMOE_FUSED_TIMELINE=1).
 template <int BlockM_, bool kTimeline_ = false>
 struct Sm90Fp8PipeTile {
   static constexpr bool kTimeline = kTimeline_;
