@@ -69,7 +69,8 @@ __device__ __forceinline__ void quantize16(uint4 const& v, float inv, uint8_t* o
 
 /// One warp (lane 0..31): the E4M3 scale of one row of `cols` values (written to *scale by lane
 /// 0) and its inverse, returned to every lane -- the first pass of quantize_row_warp and
-/// quantize_row_warp_to_rows. vec16, kL2, kUnroll: as there.
+/// quantize_row_warp_to_rows, and all of the scales-only pre-pass (token_scales.cu). vec16, kL2,
+/// kUnroll: as there.
 template <typename T, bool kL2 = false, int kUnroll = 8>
 __device__ __forceinline__ float row_inv_scale_warp(T const* __restrict__ xr, int64_t cols,
                                                     bool vec16, int lane, float* scale) {

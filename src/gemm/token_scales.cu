@@ -20,37 +20,31 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 
+/// Whether rows of T at x (row_stride apart, `cols` values each) allow 16-byte loads.
+template <typename T>
+bool rows_allow_vec16(void const* x, int64_t row_stride, int64_t cols) {
+  return reinterpret_cast<std::uintptr_t>(x) % 16 == 0 &&
+         (row_stride * static_cast<int64_t>(sizeof(T))) % 16 == 0 &&
+         (cols * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+}
+
+/// Scales only (launch_token_scales_fp8): the first pass of quantize_row_warp, one warp per row.
 template <typename T>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     token_scales_fp8_kernel(T const* __restrict__ x, int64_t rows, int64_t cols,
                             int64_t row_stride, int32_t const* __restrict__ rows_device,
                             bool vec16, float* __restrict__ scales) {
   int64_t const row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  int const lane = threadIdx.x % 32;
   int64_t limit = rows;
   if (rows_device != nullptr) limit = min(limit, static_cast<int64_t>(*rows_device));
   if (row >= limit) return;
-  T const* const xr = x + row * row_stride;
-  float m = 0.0f;
-  if (vec16) {
-    constexpr int kPer = 16 / sizeof(T);
-    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
-      m = fmaxf(m, amax16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c))));
-    }
-  } else {
-    for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, fabsf(to_float(xr[c])));
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  if (lane == 0) scales[row] = m > 0.0f ? __fdiv_rn(m, kE4M3Max) : 1.0f;
+  (void)row_inv_scale_warp<T>(x + row * row_stride, cols, vec16, threadIdx.x % 32, scales + row);
 }
 
 template <typename T>
 Status launch_typed(void const* x, int64_t rows, int64_t cols, int64_t row_stride,
                     int32_t const* rows_device, float* scales, cudaStream_t stream) {
-  bool const vec16 = reinterpret_cast<std::uintptr_t>(x) % 16 == 0 &&
-                     (row_stride * static_cast<int64_t>(sizeof(T))) % 16 == 0 &&
-                     (cols * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+  bool const vec16 = rows_allow_vec16<T>(x, row_stride, cols);
   int64_t const blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
   token_scales_fp8_kernel<T><<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
       static_cast<T const*>(x), rows, cols, row_stride, rows_device, vec16, scales);
@@ -78,9 +72,7 @@ template <typename T>
 Status launch_quantize_typed(void const* x, int64_t rows, int64_t cols, int64_t row_stride,
                              int32_t const* rows_device, float* scales, void* q, int64_t q_stride,
                              cudaStream_t stream) {
-  bool const vec16 = reinterpret_cast<std::uintptr_t>(x) % 16 == 0 &&
-                     (row_stride * static_cast<int64_t>(sizeof(T))) % 16 == 0 &&
-                     (cols * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+  bool const vec16 = rows_allow_vec16<T>(x, row_stride, cols);
   int64_t const blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
   token_quantize_fp8_kernel<T><<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
       static_cast<T const*>(x), rows, cols, row_stride, rows_device, vec16, scales,
@@ -171,9 +163,7 @@ template <typename T>
 Status launch_to_rows_typed(void const* x, int64_t tokens, int64_t cols, int64_t row_stride,
                             int32_t const* slot_row, int k, float* scales, void* dense,
                             cudaStream_t stream) {
-  bool const vec16 = reinterpret_cast<std::uintptr_t>(x) % 16 == 0 &&
-                     (row_stride * static_cast<int64_t>(sizeof(T))) % 16 == 0 &&
-                     (cols * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+  bool const vec16 = rows_allow_vec16<T>(x, row_stride, cols);
   int64_t const blocks = (tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
   token_quantize_fp8_to_rows_kernel<T>
       <<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
