@@ -66,7 +66,15 @@ static_assert(kFusedMaxExperts % 32 == 0, "whole lanes of local experts in warp 
 constexpr int kTopkBarrier = 12;  // 12, 13, 14: warpgroups 0..2 in phase 1
 constexpr int kMathBarrier = 15;  // the 256 math threads in phase 4
 constexpr int kDepsBarrier = 11;  // the 256 math threads after a gate/up item (the FFN deps)
-constexpr int kRowsBarrier = 9;   // solo_fast: CTA 0's warp 0 and the warp quantizing the row
+constexpr int kRowsBarrier = 9;   // solo_fast: CTA 0's warp 0 and the warps quantizing the row
+// solo_fast: the row's quantizing warps among themselves (phase 1 only: hardware barrier 10 is
+// also the GEMM body's split-K barrier, CUTLASS NamedBarrier 2, which runs after the phases)
+constexpr int kRowQuantBarrier = 10;
+// solo_fast: warp 4 runs warp 0's release routine dry, warps 5-11 quantize the token's row.
+constexpr int kSoloWarmWarp = 4;
+constexpr int kSoloRowWarps = kWarps - kSoloWarmWarp - 1;
+static_assert(kSoloWarmWarp >= 4 && kSoloWarmWarp % 4 == 0,
+              "outside warpgroup 0 (the top-k), on warp 0's sub-partition");
 
 /// What the routing phases and the combine read and write: the kernels' parameters hold one.
 struct FusedRoutingParams {
@@ -144,6 +152,7 @@ struct RoutingSmem {
   int32_t solo_key[kSoloMaxSlots];
   int32_t solo_id[kSoloMaxSlots];
   int32_t solo_leader[kSoloMaxSlots];
+  float solo_row_amax[kSoloRowWarps];  // solo_fast: the row's quantizing warps' maxima
 };
 
 
@@ -452,43 +461,49 @@ __device__ __forceinline__ SoloSlotRank solo_slot_rank(routing::RoutingParams co
 // Solo mode, warp 0 (lane a = slot a, n slots): what the GEMM reads (the tile list with its
 // empty slots, dense row -> token, the FFN's zeroed counts) and what the items that combine read
 // besides the weights (the slots' rows, the tile count: tile_starts[EL], written again by
-// solo_dispatch). The caller's __syncwarp and lane 0's release follow.
+// solo_dispatch). The caller's __syncwarp and lane 0's release follow. dry: the same code with
+// no store (solo_release_gemm_inputs' warm-up run).
 __device__ __forceinline__ void solo_write_gemm_inputs(FusedRoutingParams const& fp, int a, int n,
-                                                       SoloSlotRank const& sr) {
+                                                       SoloSlotRank const& sr, bool dry = false) {
   routing::RoutingParams const& rp = fp.rp;
   routing::RoutingBuffers const& rb = fp.rb;
   int const k = rp.top_k;
   int const EL = rp.num_local_experts;
-  if (sr.computed) {
+  if (sr.computed && !dry) {
     rb.row_token[sr.row] = a / k;
     if (fp.atomic_combine) rb.row_weight[sr.row] = rb.weights[a];  // (never with solo_fast)
   }
-  if (sr.leader) rb.tiles[sr.tile] = gemm::TileInfo{sr.key, sr.row, __popc(sr.group), 0};
-  if (a < n) rb.slot_row[a] = sr.computed ? sr.row : -1;
-  if (a == 0) rb.local_offsets[2 * EL + 1] = sr.tiles;
-  for (int m = sr.tiles + a; m < rp.num_tile_slots; m += 32) {
-    rb.tiles[m] = gemm::TileInfo{-1, 0, 0, 0};
-  }
+  if (sr.leader && !dry) rb.tiles[sr.tile] = gemm::TileInfo{sr.key, sr.row, __popc(sr.group), 0};
+  if (a < n && !dry) rb.slot_row[a] = sr.computed ? sr.row : -1;
+  if (a == 0 && !dry) rb.local_offsets[2 * EL + 1] = sr.tiles;
+  int const slots = dry ? 0 : rp.num_tile_slots;
+  for (int m = sr.tiles + a; m < slots; m += 32) rb.tiles[m] = gemm::TileInfo{-1, 0, 0, 0};
   if (fp.tile_done != nullptr) {  // the gate/up counts start at zero
-    for (int m = a; m < rp.num_tile_slots; m += 32) fp.tile_done[m] = 0;
+    for (int m = a; m < slots; m += 32) fp.tile_done[m] = 0;
   }
 }
 
 // solo_fast (T = 1), warp 0 of CTA 0 right after topk_select: the GEMM's inputs from the
-// selection in `tk`, then, once warp 11's E4M3 row is written (it arrives on kRowsBarrier), the
-// flag. The release is cumulative over the row's stores, which the named barrier ordered before
-// it, and over the lanes' stores (__syncwarp).
+// selection in `tk`, then, once the E4M3 row is written (its kSoloRowWarps warps arrive on
+// kRowsBarrier), the flag. The release is cumulative over the row's stores, which the named
+// barrier ordered before it, and over the lanes' stores (__syncwarp).
+// dry (warp kSoloWarmWarp at the start of phase 1, perf-log v0.50): the same instructions with
+// no slot (every lane's id -1), no store, no barrier and no release -- a run that only brings
+// this code into the SM's instruction caches before warp 0 needs it (~3 us of first fetch on
+// the T = 1 chain otherwise, round 227). Not inlined, so both runs fetch the same addresses.
 __device__ __noinline__ void solo_release_gemm_inputs(FusedRoutingParams const& fp,
-                                                      TopkSmemWg const& tk, uint32_t* done) {
-  int const a = static_cast<int>(threadIdx.x);  // 0..31
-  int const n = fp.rp.top_k;                    // T = 1
+                                                      TopkSmemWg const& tk, uint32_t* done,
+                                                      bool dry) {
+  int const a = static_cast<int>(threadIdx.x % 32);
+  int const n = fp.rp.top_k;  // T = 1
   int32_t e = -1;
-  if (a < n) e = tk.selected[a] < fp.rp.num_experts ? tk.selected[a] : -1;  // topk_write's rule
+  if (a < n && !dry) e = tk.selected[a] < fp.rp.num_experts ? tk.selected[a] : -1;  // topk_write's
   SoloSlotRank const sr = solo_slot_rank(fp.rp, a, n, e);
-  solo_write_gemm_inputs(fp, a, n, sr);
+  solo_write_gemm_inputs(fp, a, n, sr, dry);
   __syncwarp();
+  if (dry) return;
   if (a == 0) stamp(fp, 27);  // profiling: the inputs written, before the wait for the row
-  asm volatile("bar.sync %0, 64;" ::"n"(kRowsBarrier) : "memory");
+  asm volatile("bar.sync %0, %1;" ::"n"(kRowsBarrier), "n"(32 * (1 + kSoloRowWarps)) : "memory");
   if (a == 0) {
     stamp(fp, 3);
     st_release(done, kSoloDispatched);
@@ -611,7 +626,7 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
           // then the weights.
           routing::RoutingParams const rpl = rp;  // (topk_token says why)
           routing::topk_select<128, 2>(rpl, rb, t, tid % 128, sm.topk.wg[wg], sync, topk_stamps);
-          if (tid < 32) solo_release_gemm_inputs(fp, sm.topk.wg[0], fp.grid_sync + 2);
+          if (tid < 32) solo_release_gemm_inputs(fp, sm.topk.wg[0], fp.grid_sync + 2, false);
           routing::topk_write<128, 2>(rpl, rb, t, tid % 128, sm.topk.wg[wg], sync);
         } else {
           routing::topk_token<128, 2>(rp, rb, t, tid % 128, sm.topk.wg[wg], sync,
@@ -637,22 +652,54 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
     int64_t const H = fp.hidden;
     // (Dense A rows: phase 2 quantizes each row straight to its slots' dense rows instead.)
     bool const rows_here = fp.token_fp8 != nullptr && fp.token_fp8_dense == nullptr;
-    for (int t = t0 + warp; rows_here && t < t1; t += kWarps) {
-      if (fp.token_bf16) {
-        gemm::quantize_row_warp<__nv_bfloat16>(
-            static_cast<__nv_bfloat16 const*>(fp.tokens) + t * H, H, fp.tokens_vec16 != 0, lane,
-            fp.token_scales + t, fp.token_fp8 + t * H);
-      } else {
-        gemm::quantize_row_warp<__half>(static_cast<__half const*>(fp.tokens) + t * H, H,
-                                        fp.tokens_vec16 != 0, lane, fp.token_scales + t,
-                                        fp.token_fp8 + t * H);
+    if (fp.solo_fast) {
+      // One token, owned by CTA 0 (the other CTAs own none), whose warpgroup 0 runs the top-k:
+      // warp kSoloWarmWarp warms warp 0's release routine (a dry run), the kSoloRowWarps warps
+      // after it quantize the row together and arrive on kRowsBarrier, where warp 0 waits for
+      // the row before its release (perf-log v0.50).
+      if (t0 < t1 && tid / 32 >= kSoloWarmWarp) {
+        if (tid / 32 == kSoloWarmWarp) {
+          solo_release_gemm_inputs(fp, sm.topk.wg[0], nullptr, true);
+        } else {
+          int const i = tid - 32 * (kSoloWarmWarp + 1);
+          auto const rows_sync = [] {
+            asm volatile("bar.sync %0, %1;" ::"n"(kRowQuantBarrier), "n"(32 * kSoloRowWarps)
+                         : "memory");
+          };
+          bool const vec16 = fp.tokens_vec16 != 0;
+          if (rows_here && fp.token_bf16) {
+            gemm::quantize_row_warps<__nv_bfloat16, kSoloRowWarps>(
+                static_cast<__nv_bfloat16 const*>(fp.tokens) + t0 * H, H, vec16, i,
+                sm.solo_row_amax, rows_sync, fp.token_scales + t0, fp.token_fp8 + t0 * H);
+          } else if (rows_here) {
+            gemm::quantize_row_warps<__half, kSoloRowWarps>(
+                static_cast<__half const*>(fp.tokens) + t0 * H, H, vec16, i, sm.solo_row_amax,
+                rows_sync, fp.token_scales + t0, fp.token_fp8 + t0 * H);
+          }
+          if (fp.timeline != nullptr) {  // profiling: the row quantized (all its warps' stores)
+            rows_sync();
+            if (i == 0) stamp(fp, 26);
+          }
+          asm volatile("bar.arrive %0, %1;" ::"n"(kRowsBarrier), "n"(32 * (1 + kSoloRowWarps))
+                       : "memory");
+        }
       }
-      if (t == t0 && fp.timeline != nullptr) {  // profiling: the CTA's first row quantized
-        __syncwarp();
-        if (lane == 0) stamp(fp, 26);
+    } else {
+      for (int t = t0 + warp; rows_here && t < t1; t += kWarps) {
+        if (fp.token_bf16) {
+          gemm::quantize_row_warp<__nv_bfloat16>(
+              static_cast<__nv_bfloat16 const*>(fp.tokens) + t * H, H, fp.tokens_vec16 != 0,
+              lane, fp.token_scales + t, fp.token_fp8 + t * H);
+        } else {
+          gemm::quantize_row_warp<__half>(static_cast<__half const*>(fp.tokens) + t * H, H,
+                                          fp.tokens_vec16 != 0, lane, fp.token_scales + t,
+                                          fp.token_fp8 + t * H);
+        }
+        if (t == t0 && fp.timeline != nullptr) {  // profiling: the CTA's first row quantized
+          __syncwarp();
+          if (lane == 0) stamp(fp, 26);
+        }
       }
-      // solo_fast (this is warp 11 and t = 0): the row is written for warp 0's release.
-      if (fp.solo_fast) asm volatile("bar.arrive %0, 64;" ::"n"(kRowsBarrier) : "memory");
     }
   }
   if (tid == 0) stamp(fp, 9);

@@ -14,8 +14,8 @@
 //      first queue take (FusedDeps::wait_routed); the last GEMM's items combine (phase 4
 //      below), so no CTA waits at barrier 3 (where the sync region has no room for their
 //      counts, CTA 0 waits there alone and combines, the others only arrive). With one token
-//      CTA 0 releases what the GEMM reads right after the selection and the rest later
-//      (FusedRoutingParams::solo_fast).
+//      CTA 0 releases what the GEMM reads right after the selection and the rest later, its
+//      idle warps quantizing the row meanwhile (FusedRoutingParams::solo_fast).
 //   1b. capacity only (capacity_phases): each expert's slots listed in (token, slot) order, the
 //      experts over capacity cut by one CTA each (a radix select of the cap-th priority key),
 //      the reroute rounds by CTA 0, the final ids counted again.            -- 3 or 4 barriers --
@@ -285,7 +285,7 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
   smem_bytes = std::max(smem_bytes, static_cast<int>(sizeof(RoutingSmem)));
   fp.r = make_fused_routing_params(problem, args, config, ws, ctas, /*fp8_rows=*/true);
   fp.r.solo_wait_in_gemm = fp.r.solo;  // (FusedDeps::wait_routed)
-  // One token, top-k routing, E4M3 rows gathered (warp 11 quantizes the row in phase 1), the
+  // One token, top-k routing, E4M3 rows gathered (warps 5-11 quantize the row in phase 1), the
   // deterministic combine: CTA 0 releases the GEMM's inputs right after the selection
   // (FusedRoutingParams::solo_fast).
   fp.r.solo_fast = fp.r.solo && problem.num_tokens == 1 && !fp.r.rp.prerouted &&

@@ -130,6 +130,49 @@ __device__ __forceinline__ void quantize_row_warp(T const* __restrict__ xr, int6
   }
 }
 
+/// quantize_row_warp with kWarpsN warps on one row (thread i of kWarpsN * 32, sync(): a barrier
+/// of exactly those threads, warp_amax: kWarpsN floats of shared memory): each 16-byte vector is
+/// loaded by one thread per pass, the warps' maxima meet in shared memory. A max is the same
+/// whatever the order, so the scale and the bytes are quantize_row_warp's. For a row whose load
+/// latency is on the critical path (the fused kernel's one token: perf-log v0.50).
+template <typename T, int kWarpsN, class Sync>
+__device__ __forceinline__ void quantize_row_warps(T const* __restrict__ xr, int64_t cols,
+                                                   bool vec16, int i, float* warp_amax,
+                                                   Sync const& sync, float* scale,
+                                                   uint8_t* __restrict__ qr) {
+  constexpr int kThreadsN = kWarpsN * 32;
+  constexpr int kPer = 16 / sizeof(T);
+  float m = 0.0f;
+  if (vec16) {
+#pragma unroll 4
+    for (int64_t c = static_cast<int64_t>(i) * kPer; c < cols; c += kThreadsN * kPer) {
+      m = fmaxf(m, amax16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c))));
+    }
+  } else {
+    for (int64_t c = i; c < cols; c += kThreadsN) m = fmaxf(m, fabsf(to_float(xr[c])));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  if (i % 32 == 0) warp_amax[i / 32] = m;
+  sync();
+#pragma unroll
+  for (int w = 0; w < kWarpsN; ++w) m = fmaxf(m, warp_amax[w]);
+  float const s = m > 0.0f ? __fdiv_rn(m, kE4M3Max) : 1.0f;
+  if (i == 0) *scale = s;
+  float const inv = 1.0f / s;  // IEEE division, as the GEMM's gather
+  if (vec16) {
+#pragma unroll 4
+    for (int64_t c = static_cast<int64_t>(i) * kPer; c < cols; c += kThreadsN * kPer) {
+      quantize16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c)), inv, qr + c);
+    }
+  } else {
+    for (int64_t c = i; c < cols; c += kThreadsN) {
+      qr[c] = static_cast<uint8_t>(
+          __nv_cvt_float_to_fp8(to_float(xr[c]) * inv, __NV_SATFINITE, __NV_E4M3));
+    }
+  }
+}
+
 /// quantize_row_warp's rule for 16-bit rows, the E4M3 row written to n dense rows instead of one:
 /// to dst + rows[j] * cols for each j < n with rows[j] >= 0 (the fused FP8 kernel's dispatch and
 /// the multi-kernel path's launch_token_quantize_fp8_to_rows, which put a token's row at each of

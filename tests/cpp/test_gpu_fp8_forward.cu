@@ -641,6 +641,16 @@ TEST(GpuSmallFp8Fwd, SingleToken) {
   check_fp8(ffn_problem(1, 8, 2, 256, 128, Activation::kSilu), WeightScale::kChannel, 1023);
 }
 
+// T = 1 rows that seven warps share unevenly (perf-log v0.50: the one token's row is quantized by
+// 224 threads): 512 and 226 16-byte vectors, both token types.
+TEST(GpuSmallFp8Fwd, SingleTokenWideRow) {
+  FLASHMOE_REQUIRE_SM90();
+  check_fp8(linear_problem(1, 8, 2, 4096, 128), WeightScale::kChannel, 1024);
+  check_fp8(ffn_problem(1, 8, 2, 1808, 128, Activation::kSilu), WeightScale::kChannel, 1025);
+  check_fp8(linear_problem(1, 8, 2, 1808, 128, DType::kFloat16, WeightLayout::kOutIn),
+            WeightScale::kBlock128, 1026);
+}
+
 // Two and three tokens: the one-kernel forward's solo dispatch (CTA 0 routes and dispatches up
 // to 2 tokens of up to 32 slots alone) at T = 2, the general dispatch over 3 CTAs at T = 3;
 // also pre-routed, with an expert map, at the solo slot limit (2 x 16).
