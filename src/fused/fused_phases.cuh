@@ -496,8 +496,8 @@ __device__ __noinline__ void solo_release_gemm_inputs(FusedRoutingParams const& 
                                                       bool dry) {
   int const a = static_cast<int>(threadIdx.x % 32);
   int const n = fp.rp.top_k;  // T = 1
-  int32_t e = -1;
-  if (a < n && !dry) e = tk.selected[a] < fp.rp.num_experts ? tk.selected[a] : -1;  // topk_write's
+  int32_t e = -1;  // lane a's slot: its expert (topk_write's rule), -1 past E or in a dry run
+  if (a < n && !dry) e = tk.selected[a] < fp.rp.num_experts ? tk.selected[a] : -1;
   SoloSlotRank const sr = solo_slot_rank(fp.rp, a, n, e);
   solo_write_gemm_inputs(fp, a, n, sr, dry);
   __syncwarp();
