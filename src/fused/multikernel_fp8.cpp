@@ -175,11 +175,14 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
     c.fp8_split_items = c.fp8_split_tile_slots * n_tiles;
     c.fp8_k_splits = gemm::sm90_fp8_k_splits(c.fp8_split_items, problem.hidden,
                                              kSplitTargetCtas);
-    // FLASHMOE_FP8_SPLITK=n (for comparisons): n K ranges when every range stays non-empty.
+    // FLASHMOE_FP8_SPLITK=n (for comparisons): n K ranges when every range stays non-empty and
+    // the items fit the workspace's split counts (kSyncSplitMaxInts; decode-1's 128 items do
+    // not); ignored otherwise, like the other overrides (FLASHMOE_PRINT_CONFIG shows the split).
     if (char const* v = std::getenv("FLASHMOE_FP8_SPLITK")) {
       int64_t const want = std::atoll(v);
       int64_t const kb = (problem.hidden + 127) / 128;
-      if (want >= 1 && want <= 127 && (want - 1) * ((kb + want - 1) / want) < kb) {
+      bool const fits = want == 1 || c.fp8_split_items <= kSyncSplitMaxInts;
+      if (want >= 1 && want <= 127 && (want - 1) * ((kb + want - 1) / want) < kb && fits) {
         c.fp8_k_splits = static_cast<int32_t>(want);
       }
     }

@@ -1366,6 +1366,17 @@ TEST(Fp8FwdHost, SplitKChoice) {
   EXPECT_EQ(fused::choose_fp8_config(tp8).fp8_k_splits, 8);
   tp8.num_tokens = 16;
   EXPECT_EQ(fused::choose_fp8_config(tp8).fp8_k_splits, 1);
+  // FLASHMOE_FP8_SPLITK applies where the items fit the workspace's split counts: dsv3-tp8's
+  // 16 at T = 1, not decode-1's 128 (whose workspace could not hold them).
+  setenv("FLASHMOE_FP8_SPLITK", "4", 1);
+  tp8.num_tokens = 1;
+  fused::MoeConfig const forced = fused::choose_fp8_config(tp8);
+  MoeProblem const d1 = linear_problem(1, 256, 8, 4096, 4096);
+  fused::MoeConfig const kept = fused::choose_fp8_config(d1);
+  unsetenv("FLASHMOE_FP8_SPLITK");
+  EXPECT_EQ(forced.fp8_k_splits, 4);
+  EXPECT_EQ(kept.fp8_split_items, 128);
+  EXPECT_EQ(kept.fp8_k_splits, 1);
 }
 
 TEST(Fp8FwdHost, PreparedLayoutSizes) {
