@@ -67,6 +67,67 @@ __device__ __forceinline__ void quantize16(uint4 const& v, float inv, uint8_t* o
   }
 }
 
+/// 16 bytes of a row; kL2: through L2 only (ld.global.cg), else the non-coherent path.
+template <typename T, bool kL2>
+__device__ __forceinline__ uint4 row_load16(T const* p) {
+  uint4 const* q = reinterpret_cast<uint4 const*>(p);
+  if constexpr (kL2) {
+    return __ldcg(q);
+  } else {
+    return __ldg(q);
+  }
+}
+
+/// The two passes over a row shared by kThreads threads (thread i; whole warps): the max |x| of
+/// this thread's 16-byte vectors (or values, without vec16), and the conversion of the same ones.
+/// kUnroll: loads in flight per thread.
+template <typename T, int kThreads, bool kL2, int kUnroll>
+__device__ __forceinline__ float row_amax_part(T const* __restrict__ xr, int64_t cols, bool vec16,
+                                               int i) {
+  constexpr int kPer = 16 / sizeof(T);
+  float m = 0.0f;
+  if (vec16) {
+    // Unrolled so that several 16-byte loads are in flight: at decode one row is the whole
+    // pre-pass, and its loads' latency is the cost.
+#pragma unroll kUnroll
+    for (int64_t c = static_cast<int64_t>(i) * kPer; c < cols; c += kThreads * kPer) {
+      m = fmaxf(m, amax16<T>(row_load16<T, kL2>(xr + c)));
+    }
+  } else {
+    for (int64_t c = i; c < cols; c += kThreads) m = fmaxf(m, fabsf(to_float(xr[c])));
+  }
+  return m;
+}
+template <typename T, int kThreads, bool kL2, int kUnroll>
+__device__ __forceinline__ void quantize_row_part(T const* __restrict__ xr, int64_t cols,
+                                                  bool vec16, int i, float inv,
+                                                  uint8_t* __restrict__ qr) {
+  constexpr int kPer = 16 / sizeof(T);
+  if (vec16) {
+#pragma unroll kUnroll
+    for (int64_t c = static_cast<int64_t>(i) * kPer; c < cols; c += kThreads * kPer) {
+      quantize16<T>(row_load16<T, kL2>(xr + c), inv, qr + c);
+    }
+  } else {
+    for (int64_t c = i; c < cols; c += kThreads) {
+      qr[c] = static_cast<uint8_t>(
+          __nv_cvt_float_to_fp8(to_float(xr[c]) * inv, __NV_SATFINITE, __NV_E4M3));
+    }
+  }
+}
+
+/// The max of m over the 32 lanes of a warp.
+__device__ __forceinline__ float warp_max(float m) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  return m;
+}
+
+/// A row's E4M3 scale from its amax (1 for an all-zero row).
+__device__ __forceinline__ float e4m3_row_scale(float amax) {
+  return amax > 0.0f ? __fdiv_rn(amax, kE4M3Max) : 1.0f;
+}
+
 /// One warp (lane 0..31): the E4M3 scale of one row of `cols` values (written to *scale by lane
 /// 0) and its inverse, returned to every lane -- the first pass of quantize_row_warp and
 /// quantize_row_warp_to_rows, and all of the scales-only pre-pass (token_scales.cu). vec16, kL2,
@@ -74,26 +135,8 @@ __device__ __forceinline__ void quantize16(uint4 const& v, float inv, uint8_t* o
 template <typename T, bool kL2 = false, int kUnroll = 8>
 __device__ __forceinline__ float row_inv_scale_warp(T const* __restrict__ xr, int64_t cols,
                                                     bool vec16, int lane, float* scale) {
-  constexpr int kPer = 16 / sizeof(T);
-  float m = 0.0f;
-  if (vec16) {
-    // Unrolled so that several 16-byte loads are in flight: at decode one row is the whole
-    // pre-pass, and its loads' latency is the cost.
-#pragma unroll kUnroll
-    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
-      uint4 const* q = reinterpret_cast<uint4 const*>(xr + c);
-      if constexpr (kL2) {
-        m = fmaxf(m, amax16<T>(__ldcg(q)));
-      } else {
-        m = fmaxf(m, amax16<T>(__ldg(q)));
-      }
-    }
-  } else {
-    for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, fabsf(to_float(xr[c])));
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  float const s = m > 0.0f ? __fdiv_rn(m, kE4M3Max) : 1.0f;
+  float const m = warp_max(row_amax_part<T, 32, kL2, kUnroll>(xr, cols, vec16, lane));
+  float const s = e4m3_row_scale(m);
   if (lane == 0) *scale = s;
   return 1.0f / s;  // IEEE division, as the GEMM's gather
 }
@@ -107,70 +150,29 @@ template <typename T, bool kL2 = false, int kUnroll = 8>
 __device__ __forceinline__ void quantize_row_warp(T const* __restrict__ xr, int64_t cols,
                                                   bool vec16, int lane, float* scale,
                                                   uint8_t* __restrict__ qr) {
-  auto load16 = [](T const* p) {
-    uint4 const* q = reinterpret_cast<uint4 const*>(p);
-    if constexpr (kL2) {
-      return __ldcg(q);
-    } else {
-      return __ldg(q);
-    }
-  };
-  constexpr int kPer = 16 / sizeof(T);
   float const inv = row_inv_scale_warp<T, kL2, kUnroll>(xr, cols, vec16, lane, scale);
-  if (vec16) {
-#pragma unroll kUnroll
-    for (int64_t c = static_cast<int64_t>(lane) * kPer; c < cols; c += 32 * kPer) {
-      quantize16<T>(load16(xr + c), inv, qr + c);
-    }
-  } else {
-    for (int64_t c = lane; c < cols; c += 32) {
-      qr[c] = static_cast<uint8_t>(
-          __nv_cvt_float_to_fp8(to_float(xr[c]) * inv, __NV_SATFINITE, __NV_E4M3));
-    }
-  }
+  quantize_row_part<T, 32, kL2, kUnroll>(xr, cols, vec16, lane, inv, qr);
 }
 
 /// quantize_row_warp with kWarpsN warps on one row (thread i of kWarpsN * 32, sync(): a barrier
-/// of exactly those threads, warp_amax: kWarpsN floats of shared memory): each 16-byte vector is
-/// loaded by one thread per pass, the warps' maxima meet in shared memory. A max is the same
-/// whatever the order, so the scale and the bytes are quantize_row_warp's. For a row whose load
-/// latency is on the critical path (the fused kernel's one token: perf-log v0.50).
+/// of exactly those threads, warp_amax: kWarpsN floats of shared memory): the same two passes,
+/// each vector loaded by one thread per pass, the warps' maxima meeting in shared memory. A max
+/// is the same whatever the order, so the scale and the bytes are quantize_row_warp's. For a row
+/// whose load latency is on the critical path (the fused kernel's one token: perf-log v0.50).
 template <typename T, int kWarpsN, class Sync>
 __device__ __forceinline__ void quantize_row_warps(T const* __restrict__ xr, int64_t cols,
                                                    bool vec16, int i, float* warp_amax,
                                                    Sync const& sync, float* scale,
                                                    uint8_t* __restrict__ qr) {
   constexpr int kThreadsN = kWarpsN * 32;
-  constexpr int kPer = 16 / sizeof(T);
-  float m = 0.0f;
-  if (vec16) {
-#pragma unroll 4
-    for (int64_t c = static_cast<int64_t>(i) * kPer; c < cols; c += kThreadsN * kPer) {
-      m = fmaxf(m, amax16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c))));
-    }
-  } else {
-    for (int64_t c = i; c < cols; c += kThreadsN) m = fmaxf(m, fabsf(to_float(xr[c])));
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  float m = warp_max(row_amax_part<T, kThreadsN, false, 4>(xr, cols, vec16, i));
   if (i % 32 == 0) warp_amax[i / 32] = m;
   sync();
 #pragma unroll
   for (int w = 0; w < kWarpsN; ++w) m = fmaxf(m, warp_amax[w]);
-  float const s = m > 0.0f ? __fdiv_rn(m, kE4M3Max) : 1.0f;
+  float const s = e4m3_row_scale(m);
   if (i == 0) *scale = s;
-  float const inv = 1.0f / s;  // IEEE division, as the GEMM's gather
-  if (vec16) {
-#pragma unroll 4
-    for (int64_t c = static_cast<int64_t>(i) * kPer; c < cols; c += kThreadsN * kPer) {
-      quantize16<T>(__ldg(reinterpret_cast<uint4 const*>(xr + c)), inv, qr + c);
-    }
-  } else {
-    for (int64_t c = i; c < cols; c += kThreadsN) {
-      qr[c] = static_cast<uint8_t>(
-          __nv_cvt_float_to_fp8(to_float(xr[c]) * inv, __NV_SATFINITE, __NV_E4M3));
-    }
-  }
+  quantize_row_part<T, kThreadsN, false, 4>(xr, cols, vec16, i, 1.0f / s, qr);
 }
 
 /// quantize_row_warp's rule for 16-bit rows, the E4M3 row written to n dense rows instead of one:
