@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) fused_sm90_fp8_kernel(
   routing_phases(fp.r);
   // ---- phases 3 and 4: the GEMM body (gated FFN: both GEMMs); its math warpgroups then combine
   // the owned tokens.
-  gemm::sm90_fp8_pipelined_body<gemm::Sm90Fp8PipeTile<Pipe::kBlockM, kTimeline>>(
+  gemm::sm90_fp8_pipelined_body<gemm::Sm90Fp8PipeTile<Pipe::kBlockM, kTimeline, true>>(
       fp.gemm, fp.gemm2, fp.ffn ? 2 : 1, CombineAfterGemm{fp.r}, FusedDeps<kTimeline>{fp});
 #else
   __trap();

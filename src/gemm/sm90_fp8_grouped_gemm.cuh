@@ -605,9 +605,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 // production kernel: tested at run time, the stamps cost ~1-1.5 us at T = 1 and ~1-1.5% at seed
 // and prefill (v0.49, rounds 232-234 in docs/perf-log.md); the fused kernel has a profiling
 // instantiation (FLASHMOE_FUSED_TIMELINE=1).
-template <int BlockM_, bool kTimeline_ = false>
+// kE4m3RowsOnly_: the body's A rows are always E4M3 (a_mode 2: the one-kernel forward, whose
+// routing phases quantize them), so only the E4M3 producers are compiled, not the bf16/fp16
+// gathers, dead code there (perf-log v0.54).
+template <int BlockM_, bool kTimeline_ = false, bool kE4m3RowsOnly_ = false>
 struct Sm90Fp8PipeTile {
   static constexpr bool kTimeline = kTimeline_;
+  static constexpr bool kE4m3RowsOnly = kE4m3RowsOnly_;
   static constexpr int kBlockM = BlockM_;           // 64 or 128 rows per work item
   static constexpr int kMHalves = kBlockM / 64;     // m64 wgmma per warpgroup per k32 step
   static constexpr int kWgN = 128;
@@ -1224,32 +1228,38 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
       }
     }
   } else {
-    bool const use_gelu = p.epilogue == static_cast<int32_t>(Fp8Epilogue::kGateUpGelu);
+    // The activation is chosen once, outside the unrolled loop: one loop per activation, each a
+    // contiguous path, rather than both activations' code at every element (perf-log v0.54).
+    auto gate_up_rows = [&](auto act) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      int const h = 64 * chunk128 + 8 * j + c0;
-      if (h < p.n_out) {
-        float sg0 = 1.0f, sg1 = 1.0f, su0 = 1.0f, su1 = 1.0f;
-        if (channel) {
-          int const l = 8 * j + c0;
-          sg0 = col_scale(h, l);
-          sg1 = col_scale(h + 1, l + 1);
-          su0 = col_scale(p.n_out + h, 64 + l);
-          su1 = col_scale(p.n_out + h + 1, 64 + l + 1);
-        }
+      for (int j = 0; j < 8; ++j) {
+        int const h = 64 * chunk128 + 8 * j + c0;
+        if (h < p.n_out) {
+          float sg0 = 1.0f, sg1 = 1.0f, su0 = 1.0f, su1 = 1.0f;
+          if (channel) {
+            int const l = 8 * j + c0;
+            sg0 = col_scale(h, l);
+            sg1 = col_scale(h + 1, l + 1);
+            su0 = col_scale(p.n_out + h, 64 + l);
+            su1 = col_scale(p.n_out + h + 1, 64 + l + 1);
+          }
 #pragma unroll
-        for (int i1 = 0; i1 < 2; ++i1) {
-          if (row_ok[i1]) {
-            float const g0 = total[4 * j + 2 * i1] * s_tok[i1] * sg0;
-            float const g1 = total[4 * j + 2 * i1 + 1] * s_tok[i1] * sg1;
-            float const u0 = total[32 + 4 * j + 2 * i1] * s_tok[i1] * su0;
-            float const u1 = total[32 + 4 * j + 2 * i1 + 1] * s_tok[i1] * su1;
-            float const a0 = use_gelu ? gelu(g0) : silu(g0);
-            float const a1 = use_gelu ? gelu(g1) : silu(g1);
-            store_pair(p.out, p.out_dtype, out_row[i1] + h, a0 * u0, a1 * u1);
+          for (int i1 = 0; i1 < 2; ++i1) {
+            if (row_ok[i1]) {
+              float const g0 = total[4 * j + 2 * i1] * s_tok[i1] * sg0;
+              float const g1 = total[4 * j + 2 * i1 + 1] * s_tok[i1] * sg1;
+              float const u0 = total[32 + 4 * j + 2 * i1] * s_tok[i1] * su0;
+              float const u1 = total[32 + 4 * j + 2 * i1 + 1] * s_tok[i1] * su1;
+              store_pair(p.out, p.out_dtype, out_row[i1] + h, act(g0) * u0, act(g1) * u1);
+            }
           }
         }
       }
+    };
+    if (p.epilogue == static_cast<int32_t>(Fp8Epilogue::kGateUpGelu)) {
+      gate_up_rows([](float g) { return gelu(g); });
+    } else {
+      gate_up_rows([](float g) { return silu(g); });
     }
   }
 }
@@ -1431,7 +1441,7 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
       if (p.a_mode == 2 && p.a_dense) {  // (p0 and p1 share a_mode and a_dense)
         sm90_fp8_detail::pipe_producer<Cfg, 3>(pg, smem_a, smem_b, staging, ctl, g, last, stage,
                                                phase, deps);
-      } else if (p.a_mode == 2) {
+      } else if (Cfg::kE4m3RowsOnly || p.a_mode == 2) {
         sm90_fp8_detail::pipe_producer<Cfg, 2>(pg, smem_a, smem_b, staging, ctl, g, last, stage,
                                                phase, deps);
       } else if (p.a_mode == 0) {
@@ -1493,7 +1503,9 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
       auto run_tile = [&](Sm90Fp8KernelParams const& p, auto gemm_constant)
                           __attribute__((always_inline)) {
       constexpr int kGemm = decltype(gemm_constant)::value;
-      bool const gate_up = p.epilogue != static_cast<int32_t>(Fp8Epilogue::kPlain);
+      // (GEMM 1 of the body is the FFN's down projection: plain, so its copy of the epilogue
+      // has no gate/up code.)
+      bool const gate_up = kGemm == 0 && p.epilogue != static_cast<int32_t>(Fp8Epilogue::kPlain);
       int const e = tile.x;
       int const row0 = tile.y;
       int const rows = tile.z;
