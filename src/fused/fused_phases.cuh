@@ -215,15 +215,25 @@ __device__ __forceinline__ int solo_tile_count(FusedRoutingParams const& fp) {
   return __ldcg(fp.rb.local_offsets + 2 * fp.rp.num_local_experts + 1);
 }
 
+// f(T{}) with T the tokens' element type, __nv_bfloat16 or __half: the one place that reads
+// FusedRoutingParams::token_bf16 (the phases that read token rows, and the combine, whose y and
+// out rows are in that type).
+template <class F>
+__device__ __forceinline__ void with_token_type(FusedRoutingParams const& fp, F const& f) {
+  if (fp.token_bf16) {
+    f(__nv_bfloat16{});
+  } else {
+    f(__half{});
+  }
+}
+
 // combine_token in the tokens' dtype (y and out are in it).
 template <int kSteps = 1>
 __device__ __forceinline__ void combine_token_of(FusedRoutingParams const& fp, int t, int tid,
                                                  int nthreads, int64_t c0 = 0, int64_t c1 = -1) {
-  if (fp.token_bf16) {
-    combine_token<__nv_bfloat16, kSteps>(fp.cp, t, tid, nthreads, c0, c1);
-  } else {
-    combine_token<__half, kSteps>(fp.cp, t, tid, nthreads, c0, c1);
-  }
+  with_token_type(fp, [&](auto tag) {
+    combine_token<decltype(tag), kSteps>(fp.cp, t, tid, nthreads, c0, c1);
+  });
 }
 
 // Tokens [t0, t1) by the 256 math threads (mt): with two or more, each half of them takes every
@@ -667,14 +677,13 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
                          : "memory");
           };
           bool const vec16 = fp.tokens_vec16 != 0;
-          if (rows_here && fp.token_bf16) {
-            gemm::quantize_row_warps<__nv_bfloat16, kSoloRowWarps>(
-                static_cast<__nv_bfloat16 const*>(fp.tokens) + t0 * H, H, vec16, i,
-                sm.solo_row_amax, rows_sync, fp.token_scales + t0, fp.token_fp8 + t0 * H);
-          } else if (rows_here) {
-            gemm::quantize_row_warps<__half, kSoloRowWarps>(
-                static_cast<__half const*>(fp.tokens) + t0 * H, H, vec16, i, sm.solo_row_amax,
-                rows_sync, fp.token_scales + t0, fp.token_fp8 + t0 * H);
+          if (rows_here) {
+            with_token_type(fp, [&](auto tag) {
+              using T = decltype(tag);
+              gemm::quantize_row_warps<T, kSoloRowWarps>(
+                  static_cast<T const*>(fp.tokens) + t0 * H, H, vec16, i, sm.solo_row_amax,
+                  rows_sync, fp.token_scales + t0, fp.token_fp8 + t0 * H);
+            });
           }
           if (fp.timeline != nullptr) {  // profiling: the row quantized (all its warps' stores)
             rows_sync();
@@ -686,15 +695,12 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
       }
     } else {
       for (int t = t0 + warp; rows_here && t < t1; t += kWarps) {
-        if (fp.token_bf16) {
-          gemm::quantize_row_warp<__nv_bfloat16>(
-              static_cast<__nv_bfloat16 const*>(fp.tokens) + t * H, H, fp.tokens_vec16 != 0,
-              lane, fp.token_scales + t, fp.token_fp8 + t * H);
-        } else {
-          gemm::quantize_row_warp<__half>(static_cast<__half const*>(fp.tokens) + t * H, H,
-                                          fp.tokens_vec16 != 0, lane, fp.token_scales + t,
-                                          fp.token_fp8 + t * H);
-        }
+        with_token_type(fp, [&](auto tag) {
+          using T = decltype(tag);
+          gemm::quantize_row_warp<T>(static_cast<T const*>(fp.tokens) + t * H, H,
+                                     fp.tokens_vec16 != 0, lane, fp.token_scales + t,
+                                     fp.token_fp8 + t * H);
+        });
         if (t == t0 && fp.timeline != nullptr) {  // profiling: the CTA's first row quantized
           __syncwarp();
           if (lane == 0) stamp(fp, 26);
@@ -886,15 +892,12 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
     int const lane = tid % 32;
     for (int t = t0 + warp; t < t1; t += kWarps) {
       int32_t const* rows = rb.slot_row + static_cast<int64_t>(t) * k;
-      if (fp.token_bf16) {
-        gemm::quantize_row_warp_to_rows<__nv_bfloat16>(
-            static_cast<__nv_bfloat16 const*>(fp.tokens) + t * H, H, fp.tokens_vec16 != 0, lane,
-            fp.token_scales + t, fp.token_fp8_dense, rows, k);
-      } else {
-        gemm::quantize_row_warp_to_rows<__half>(static_cast<__half const*>(fp.tokens) + t * H, H,
-                                                fp.tokens_vec16 != 0, lane, fp.token_scales + t,
-                                                fp.token_fp8_dense, rows, k);
-      }
+      with_token_type(fp, [&](auto tag) {
+        using T = decltype(tag);
+        gemm::quantize_row_warp_to_rows<T>(static_cast<T const*>(fp.tokens) + t * H, H,
+                                           fp.tokens_vec16 != 0, lane, fp.token_scales + t,
+                                           fp.token_fp8_dense, rows, k);
+      });
     }
     gemm::sm90_util::fence_proxy_async_global();
   }
