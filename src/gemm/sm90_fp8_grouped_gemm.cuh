@@ -349,6 +349,44 @@ __device__ __forceinline__ void producer_loop(Sm90Fp8KernelParams const& p, uint
   }
 }
 
+/// The gated epilogue of one 64-row half of a math warpgroup's promoted sums (both FP8 GEMM
+/// kernels): h = act(g) * u for the (row, channel) pairs this thread holds -- columns 0..63 of
+/// the warpgroup's chunk are gate channels 64 chunk + c, 64..127 the matching up channels (value
+/// v pairs with v + 32) -- g and u scaled by the row's token scale and, with channel scales, by
+/// col_scale(n, local) (n the raw channel, local its column 0..127 in the chunk). The activation
+/// is a parameter so that each caller chooses it once, outside the unrolled loop (perf-log v0.54).
+template <class ColScale, class Act>
+__device__ __forceinline__ void store_gate_up(Sm90Fp8KernelParams const& p,
+                                              float const (&total)[64], int chunk128, int c0,
+                                              float const (&s_tok)[2], bool const (&row_ok)[2],
+                                              int64_t const (&out_row)[2], bool channel,
+                                              ColScale const& col_scale, Act const& act) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    int const h = 64 * chunk128 + 8 * j + c0;  // output column (intermediate channel)
+    if (h < p.n_out) {
+      float sg0 = 1.0f, sg1 = 1.0f, su0 = 1.0f, su1 = 1.0f;
+      if (channel) {
+        int const l = 8 * j + c0;
+        sg0 = col_scale(h, l);
+        sg1 = col_scale(h + 1, l + 1);
+        su0 = col_scale(p.n_out + h, 64 + l);
+        su1 = col_scale(p.n_out + h + 1, 64 + l + 1);
+      }
+#pragma unroll
+      for (int i1 = 0; i1 < 2; ++i1) {
+        if (row_ok[i1]) {
+          float const g0 = total[4 * j + 2 * i1] * s_tok[i1] * sg0;
+          float const g1 = total[4 * j + 2 * i1 + 1] * s_tok[i1] * sg1;
+          float const u0 = total[32 + 4 * j + 2 * i1] * s_tok[i1] * su0;
+          float const u1 = total[32 + 4 * j + 2 * i1 + 1] * s_tok[i1] * su1;
+          store_pair(p.out, p.out_dtype, out_row[i1] + h, act(g0) * u0, act(g1) * u1);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace sm90_fp8_detail
 
 template <class Cfg>
@@ -521,34 +559,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           }
         }
       } else {
-        bool const use_gelu = p.epilogue == static_cast<int32_t>(Fp8Epilogue::kGateUpGelu);
-        // Columns 0..63 of the chunk are gate channels 64 chunk + c, 64..127 the matching up
-        // channels: value v (column c) pairs with v + 32 (column c + 64).
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          int const h = 64 * chunk128 + 8 * j + c0;  // output column (intermediate channel)
-          if (h < p.n_out) {
-            float sg0 = 1.0f, sg1 = 1.0f, su0 = 1.0f, su1 = 1.0f;
-            if (channel) {
-              sg0 = __ldg(cs + h);
-              sg1 = __ldg(cs + h + 1);
-              su0 = __ldg(cs + p.n_out + h);
-              su1 = __ldg(cs + p.n_out + h + 1);
-            }
-#pragma unroll
-            for (int i1 = 0; i1 < 2; ++i1) {
-              if (row_ok[i1]) {
-                float const g0 = total[4 * j + 2 * i1] * s_tok[i1] * sg0;
-                float const g1 = total[4 * j + 2 * i1 + 1] * s_tok[i1] * sg1;
-                float const u0 = total[32 + 4 * j + 2 * i1] * s_tok[i1] * su0;
-                float const u1 = total[32 + 4 * j + 2 * i1 + 1] * s_tok[i1] * su1;
-                float const a0 = use_gelu ? sm90_fp8_detail::gelu(g0) : sm90_fp8_detail::silu(g0);
-                float const a1 = use_gelu ? sm90_fp8_detail::gelu(g1) : sm90_fp8_detail::silu(g1);
-                sm90_fp8_detail::store_pair(p.out, p.out_dtype, out_row[i1] + h, a0 * u0,
-                                            a1 * u1);
-              }
-            }
-          }
+        auto col_scale = [&](int n, int) { return __ldg(cs + n); };
+        if (p.epilogue == static_cast<int32_t>(Fp8Epilogue::kGateUpGelu)) {
+          sm90_fp8_detail::store_gate_up(p, total, chunk128, c0, s_tok, row_ok, out_row, channel,
+                                         col_scale,
+                                         [](float g) { return sm90_fp8_detail::gelu(g); });
+        } else {
+          sm90_fp8_detail::store_gate_up(p, total, chunk128, c0, s_tok, row_ok, out_row, channel,
+                                         col_scale,
+                                         [](float g) { return sm90_fp8_detail::silu(g); });
         }
       }
     }
@@ -1228,38 +1247,13 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
       }
     }
   } else {
-    // The activation is chosen once, outside the unrolled loop: one loop per activation, each a
-    // contiguous path, rather than both activations' code at every element (perf-log v0.54).
-    auto gate_up_rows = [&](auto act) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        int const h = 64 * chunk128 + 8 * j + c0;
-        if (h < p.n_out) {
-          float sg0 = 1.0f, sg1 = 1.0f, su0 = 1.0f, su1 = 1.0f;
-          if (channel) {
-            int const l = 8 * j + c0;
-            sg0 = col_scale(h, l);
-            sg1 = col_scale(h + 1, l + 1);
-            su0 = col_scale(p.n_out + h, 64 + l);
-            su1 = col_scale(p.n_out + h + 1, 64 + l + 1);
-          }
-#pragma unroll
-          for (int i1 = 0; i1 < 2; ++i1) {
-            if (row_ok[i1]) {
-              float const g0 = total[4 * j + 2 * i1] * s_tok[i1] * sg0;
-              float const g1 = total[4 * j + 2 * i1 + 1] * s_tok[i1] * sg1;
-              float const u0 = total[32 + 4 * j + 2 * i1] * s_tok[i1] * su0;
-              float const u1 = total[32 + 4 * j + 2 * i1 + 1] * s_tok[i1] * su1;
-              store_pair(p.out, p.out_dtype, out_row[i1] + h, act(g0) * u0, act(g1) * u1);
-            }
-          }
-        }
-      }
-    };
+    // The activation is chosen once, outside the unrolled loop (store_gate_up).
     if (p.epilogue == static_cast<int32_t>(Fp8Epilogue::kGateUpGelu)) {
-      gate_up_rows([](float g) { return gelu(g); });
+      store_gate_up(p, total, chunk128, c0, s_tok, row_ok, out_row, channel, col_scale,
+                    [](float g) { return gelu(g); });
     } else {
-      gate_up_rows([](float g) { return silu(g); });
+      store_gate_up(p, total, chunk128, c0, s_tok, row_ok, out_row, channel, col_scale,
+                    [](float g) { return silu(g); });
     }
   }
 }
