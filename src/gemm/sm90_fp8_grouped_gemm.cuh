@@ -353,14 +353,15 @@ __device__ __forceinline__ void producer_loop(Sm90Fp8KernelParams const& p, uint
 /// kernels): h = act(g) * u for the (row, channel) pairs this thread holds -- columns 0..63 of
 /// the warpgroup's chunk are gate channels 64 chunk + c, 64..127 the matching up channels (value
 /// v pairs with v + 32) -- g and u scaled by the row's token scale and, with channel scales, by
-/// col_scale(n, local) (n the raw channel, local its column 0..127 in the chunk). The activation
-/// is a parameter so that each caller chooses it once, outside the unrolled loop (perf-log v0.54).
+/// col_scale(n, local) (n the raw channel, local its column 0..127 in the chunk). act: the
+/// activation, chosen by store_gate_up outside the unrolled loop (perf-log v0.54).
 template <class ColScale, class Act>
-__device__ __forceinline__ void store_gate_up(Sm90Fp8KernelParams const& p,
-                                              float const (&total)[64], int chunk128, int c0,
-                                              float const (&s_tok)[2], bool const (&row_ok)[2],
-                                              int64_t const (&out_row)[2], bool channel,
-                                              ColScale const& col_scale, Act const& act) {
+__device__ __forceinline__ void store_gate_up_act(Sm90Fp8KernelParams const& p,
+                                                  float const (&total)[64], int chunk128, int c0,
+                                                  float const (&s_tok)[2],
+                                                  bool const (&row_ok)[2],
+                                                  int64_t const (&out_row)[2], bool channel,
+                                                  ColScale const& col_scale, Act const& act) {
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     int const h = 64 * chunk128 + 8 * j + c0;  // output column (intermediate channel)
@@ -384,6 +385,22 @@ __device__ __forceinline__ void store_gate_up(Sm90Fp8KernelParams const& p,
         }
       }
     }
+  }
+}
+
+/// store_gate_up_act with p.epilogue's activation (GELU or SiLU): one unrolled loop each.
+template <class ColScale>
+__device__ __forceinline__ void store_gate_up(Sm90Fp8KernelParams const& p,
+                                              float const (&total)[64], int chunk128, int c0,
+                                              float const (&s_tok)[2], bool const (&row_ok)[2],
+                                              int64_t const (&out_row)[2], bool channel,
+                                              ColScale const& col_scale) {
+  if (p.epilogue == static_cast<int32_t>(Fp8Epilogue::kGateUpGelu)) {
+    store_gate_up_act(p, total, chunk128, c0, s_tok, row_ok, out_row, channel, col_scale,
+                      [](float g) { return gelu(g); });
+  } else {
+    store_gate_up_act(p, total, chunk128, c0, s_tok, row_ok, out_row, channel, col_scale,
+                      [](float g) { return silu(g); });
   }
 }
 
@@ -559,16 +576,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           }
         }
       } else {
-        auto col_scale = [&](int n, int) { return __ldg(cs + n); };
-        if (p.epilogue == static_cast<int32_t>(Fp8Epilogue::kGateUpGelu)) {
-          sm90_fp8_detail::store_gate_up(p, total, chunk128, c0, s_tok, row_ok, out_row, channel,
-                                         col_scale,
-                                         [](float g) { return sm90_fp8_detail::gelu(g); });
-        } else {
-          sm90_fp8_detail::store_gate_up(p, total, chunk128, c0, s_tok, row_ok, out_row, channel,
-                                         col_scale,
-                                         [](float g) { return sm90_fp8_detail::silu(g); });
-        }
+        sm90_fp8_detail::store_gate_up(p, total, chunk128, c0, s_tok, row_ok, out_row, channel,
+                                       [&](int n, int) { return __ldg(cs + n); });
       }
     }
   }
@@ -1247,14 +1256,7 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
       }
     }
   } else {
-    // The activation is chosen once, outside the unrolled loop (store_gate_up).
-    if (p.epilogue == static_cast<int32_t>(Fp8Epilogue::kGateUpGelu)) {
-      store_gate_up(p, total, chunk128, c0, s_tok, row_ok, out_row, channel, col_scale,
-                    [](float g) { return gelu(g); });
-    } else {
-      store_gate_up(p, total, chunk128, c0, s_tok, row_ok, out_row, channel, col_scale,
-                    [](float g) { return silu(g); });
-    }
+    store_gate_up(p, total, chunk128, c0, s_tok, row_ok, out_row, channel, col_scale);
   }
 }
 
