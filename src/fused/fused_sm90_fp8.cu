@@ -100,6 +100,90 @@ __device__ __forceinline__ void quantize_h_rows(FusedParams const& fp, int row0,
   }
 }
 
+// The split gate/up GEMM with gemm.split_by_slot (MoeConfig::fp8_slot_finish, I <= 256): every
+// K range of both n tiles counted on the slot, and the last one finishes the slot's h rows in
+// one pass instead of each n tile's last range summing its ranges, storing bf16 h and counting
+// itself, and the slot's last n tile reloading h to quantize it (perf-log v0.56). Thread c of
+// the 256 math threads takes h channel c: its gate and up sums over the ranges in range order
+// (split_k_reduce's adds), scaled as pipe_epilogue scales them, h = act(g) * u rounded to bf16
+// (the h rows' type), then the row's E4M3 scale from the amax across the 256 threads and the
+// channel's byte (quantize_row_warp's rule) -- the bits of the two-step path. The partials
+// (written by other SMs during the launch) and the row scales through L2.
+// Out of line (inlined into the tile loop, its code moved the T = 1 paths of the kernel that
+// never run it: decode-1 +2..3 us, round 254), with what it reads of the kernel's parameters
+// passed by value: through a reference each field would be a load on its chain.
+struct SlotFinish {
+  float const* partials;    // the slot's: n tile t's range s at + (t * k_splits + s) * floats
+  float const* col_scales;  // the expert's channel scales (gate c, up inter + c); null: block
+  int32_t const* a_rows;    // the rows' token (null: the dense row itself)
+  float const* a_scales;    // the tokens' E4M3 scales
+  uint8_t* h_fp8;           // [rows, inter] E4M3
+  float* h_scales;
+  uint32_t* release;        // the slot's count: `ready` once its h rows are written
+  uint64_t* timeline;       // profiling: the CTA's "slot released" stamp, else null
+  int32_t k_splits;
+  int32_t inter;
+  uint32_t ready;
+  int32_t gelu;
+  int32_t a_dense;          // the down projection boxes its A rows (async proxy)
+};
+
+__device__ __noinline__ void finish_split_slot(SlotFinish const f, int row0, int rows, int mt,
+                                               float* warp_amax) {
+  bool const has = mt < f.inter;
+  int const chunk = mt >> 6;  // the 64-channel chunk: its 64 gate, then its 64 up columns
+  int const gate_col = 128 * (chunk & 1) + (mt & 63);  // in its n tile (two chunks each)
+  int64_t const range_floats = gemm::kSm90Fp8SplitPartialFloats;
+  float const* const part = f.partials + (has ? chunk >> 1 : 0) * f.k_splits * range_floats;
+  float sg = 1.0f;
+  float su = 1.0f;
+  if (f.col_scales != nullptr && has) {
+    sg = __ldg(f.col_scales + mt);
+    su = __ldg(f.col_scales + f.inter + mt);
+  }
+#pragma unroll 1
+  for (int r = 0; r < rows; ++r) {
+    int const dense = row0 + r;
+    float h = 0.0f;
+    if (has) {
+      int const src = f.a_rows != nullptr ? __ldcg(f.a_rows + dense) : dense;
+      int const gi = gemm::sm90_fp8_detail::split_image_index<2>(r, gate_col);
+      int const ui = gemm::sm90_fp8_detail::split_image_index<2>(r, gate_col + 64);
+      float g = 0.0f;
+      float u = 0.0f;
+#pragma unroll 8
+      for (int s = 0; s < f.k_splits; ++s) {
+        g += __ldcg(part + s * range_floats + gi);
+        u += __ldcg(part + s * range_floats + ui);
+      }
+      float const s_tok = __ldcg(f.a_scales + src);
+      float const gs = g * s_tok * sg;
+      float const us = u * s_tok * su;
+      float const a = f.gelu ? gemm::sm90_util::gelu(gs) : gemm::sm90_util::silu(gs);
+      h = __bfloat162float(__float2bfloat16_rn(a * us));
+    }
+    float m = gemm::warp_max(fabsf(h));
+    float* const maxima = warp_amax + 8 * (r & 1);  // by row parity: one barrier per row
+    if ((mt & 31) == 0) maxima[mt >> 5] = m;
+    asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");
+#pragma unroll
+    for (int w = 0; w < 8; ++w) m = fmaxf(m, maxima[w]);
+    float const scale = gemm::e4m3_row_scale(m);
+    if (has) {
+      f.h_fp8[static_cast<int64_t>(dense) * f.inter + mt] = static_cast<uint8_t>(
+          __nv_cvt_float_to_fp8(h * (1.0f / scale), __NV_SATFINITE, __NV_E4M3));
+    }
+    if (mt == 0) f.h_scales[dense] = scale;
+  }
+  // Dense A: the down projection's TMA boxes read these rows through the async proxy.
+  if (f.a_dense) gemm::sm90_util::fence_proxy_async_global();
+  asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");
+  if (mt == 0) {  // a release store: cumulative over the rows the barrier ordered before it
+    st_release(f.release, f.ready);
+    if (f.timeline != nullptr) stamp_globaltimer_once(f.timeline);  // profiling
+  }
+}
+
 // Solo mode: the columns of the last GEMM's n tile `n_tile`, every token (token mt / 128: at most
 // 2), by the 256 math threads (after the CTA's last item: FusedDeps::after_tiles).
 static_assert(kSoloMaxTokens <= 2, "two tokens per 256 math threads");
@@ -177,6 +261,30 @@ struct FusedDeps {
         stamp_globaltimer_once(fp.r.timeline + blockIdx.x * kFusedTimelineSlots + 23);
       }
     }
+  }
+
+  // The split gate/up GEMM with gemm.split_by_slot: the slot's last K range (finish_split_slot).
+  static constexpr bool kSlotFinish = true;
+  __device__ __forceinline__ void finish_slot(gemm::Sm90Fp8KernelParams const& p, int e,
+                                              int slot, int row0, int rows, int mt,
+                                              float* warp_amax) const {
+    SlotFinish f;
+    f.partials = gemm::sm90_fp8_detail::split_partial_image(p, slot, 0, 0);
+    f.col_scales = p.scale_block ? nullptr : p.w_scales + static_cast<int64_t>(e) * p.n_raw;
+    f.a_rows = p.a_rows;
+    f.a_scales = p.a_scales;
+    f.h_fp8 = fp.hidden_fp8;
+    f.h_scales = fp.hidden_scales;
+    f.release = reinterpret_cast<uint32_t*>(fp.r.tile_done + slot);
+    f.timeline = kTimeline && fp.r.timeline != nullptr
+                     ? fp.r.timeline + blockIdx.x * kFusedTimelineSlots + 23  // slot released
+                     : nullptr;
+    f.k_splits = p.k_splits;
+    f.inter = fp.inter;
+    f.ready = static_cast<uint32_t>(fp.gemm.n_tiles) + 1u;
+    f.gelu = p.epilogue == static_cast<int32_t>(gemm::Fp8Epilogue::kGateUpGelu) ? 1 : 0;
+    f.a_dense = fp.gemm2.a_dense;
+    finish_split_slot(f, row0, rows, mt, warp_amax);
   }
 
   // Solo mode (FusedRoutingParams::tile_combine_count): an item of the last GEMM counts itself
@@ -276,6 +384,7 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
     // Its h scales are written by other SMs during the launch, after the producer's early
     // copy of a tile's row scales could run: the epilogue loads them itself.
     fp.gemm2.row_scales_early = 0;
+    fp.gemm.split_by_slot = config.fp8_slot_finish && fp.gemm.k_splits > 1 ? 1 : 0;
     fp.ffn = 1;
     fp.inter = static_cast<int32_t>(problem.inter_dim);
     fp.h_rows = static_cast<__nv_bfloat16 const*>(ws.hidden);

@@ -26,6 +26,11 @@ struct MoeConfig {
   int32_t fp8_k_splits = 1;
   int64_t fp8_split_tile_slots = 0;
   int64_t fp8_split_items = 0;  // fp8_split_tile_slots x N tiles: the split-K counts
+  // FP8 gated FFN with a split first GEMM and I <= 256 (choose_fp8_config): in the one-kernel
+  // forward the slot's last K range finishes the slot (h, its E4M3 rows, the release) in one
+  // pass (gemm::Sm90Fp8KernelParams::split_by_slot, perf-log v0.56); FLASHMOE_FP8_SLOT_FINISH=0
+  // (for comparisons) turns it off. The multi-kernel path does not read it.
+  bool fp8_slot_finish = false;
   // FP8: K blocks per fp32 promotion (gemm::Sm90Fp8GemmParams::promote_kb) of the first GEMM
   // and of the FFN's down projection (choose_fp8_config).
   int32_t fp8_promote_kb = 1;

@@ -186,6 +186,10 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
         c.fp8_k_splits = static_cast<int32_t>(want);
       }
     }
+    // One h channel per math thread of the slot's finisher (256 threads, so I <= 256).
+    char const* const finish_env = std::getenv("FLASHMOE_FP8_SLOT_FINISH");
+    c.fp8_slot_finish = gate_up && c.fp8_k_splits > 1 && problem.inter_dim <= 256 &&
+                        !(finish_env != nullptr && std::strcmp(finish_env, "0") == 0);
   }
   // Two K blocks per fp32 promotion in the 128-row items of the plain GEMMs (v0.34, rounds
   // 162-164): linear experts' GEMM, the FFN's down projection, with channel scales on E4M3 rows.
@@ -265,6 +269,7 @@ std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& conf
                      config.fp8_a_dense ? " a_rows=dense" : "",
                      " k_splits=",
                      config.fp8_k_splits,
+                     config.fp8_slot_finish ? " slot_finish" : "",
                      " promote_kb=",
                      config.fp8_promote_kb,
                      "/",

@@ -189,10 +189,16 @@ __device__ __forceinline__ void cp_async_arrive_noinc(uint64_t const* bar) {
 ///                         queue and before it reads the tile list: the fused kernel's solo mode
 ///                         waits there for CTA 0's dispatch (nothing of it is read before);
 ///   wait_rest(g)          the same thread after GEMM g's last item, before its end marker and
-///                         before the CTA counts itself done (the FP8 body only).
+///                         before the CTA counts itself done (the FP8 body only);
+///   finish_slot(p, e, slot, row0, rows, mt, warp_amax)
+///                         kSlotFinish only (the FP8 body's split GEMM 0 with p.split_by_slot):
+///                         the 256 math threads of the CTA whose K range was the slot's last,
+///                         instead of the epilogue, item_done and item_stored of each n tile;
+///                         `warp_amax` is 16 shared floats.
 /// kActive false: none is called (the single-GEMM kernels).
 struct NoPipeDeps {
   static constexpr bool kActive = false;
+  static constexpr bool kSlotFinish = false;
   __device__ __forceinline__ void wait_routed(int) const {}
   __device__ __forceinline__ void wait_rest(int) const {}
   __device__ __forceinline__ void wait_rows(int, int) const {}

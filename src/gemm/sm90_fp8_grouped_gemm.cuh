@@ -147,6 +147,11 @@ struct Sm90Fp8KernelParams {
   int32_t split_tile_slots;        // tile slots covered by split_partial / split_count
   float* split_partial;
   int32_t* split_count;
+  // The one-kernel gated FFN's split gate/up GEMM (I <= 256): the ranges count on their m slot
+  // (split_count[slot * n_tiles], n_tiles x k_splits arrivals) and the slot's last one finishes
+  // every n tile of it through the body's Deps hook (finish_slot: the sums, h, its E4M3 row,
+  // the slot's release) instead of the epilogue of each n tile.
+  int32_t split_by_slot;
   // The one-kernel forwards' atomic combine (MoeProblem::deterministic false; plain epilogue of
   // the last GEMM): dense row r's values, times row_weight[r], are added into the token's row
   // row_token[r] of combine_out (T x n_out, out_dtype) instead of being stored at row r of out.
@@ -704,6 +709,7 @@ struct PipeControl {
   int32_t next_slot[Cfg::kMetaSlots];  // the m slot of next[i] (written by producer thread 0)
   int32_t next_split[Cfg::kMetaSlots];  // its K range (split-K)
   int32_t deps_word;                // the math warpgroups' broadcast word (PipeDeps::item_done)
+  float deps_amax[16];              // the math warps' maxima (PipeDeps::finish_slot)
   uint32_t deps_pending[2];         // the Deps hooks' record across a CTA's items (item_stored
                                     // sets, after_tiles reads; zeroed at the body's start)
   int4 next[Cfg::kMetaSlots];       // thread 0 -> producer warpgroup: the next tile, in the
@@ -1260,14 +1266,8 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
   }
 }
 
-/// Split-K, run by the 256 math threads after their K range of an item: stores this range's
-/// sums (rows < `rows` only) in a register-image layout [half][value][thread], counts the range,
-/// and -- in the CTA whose range is the item's last -- replaces `total` by the sum of all ranges
-/// in range order (fixed: the result does not depend on which CTA finishes last). Returns
-/// whether this CTA finishes the item. Partials go through L2 only (other SMs wrote them during
-/// the launch). The sum is formed in two steps so that no thread holds more than its 128 sums
-/// plus a few loads: (a) the 256 threads add the ranges of the valid (row, column) elements, a
-/// column per thread, into range 0's partial; (b) each thread loads its own sums from there.
+/// Where a split-K partial holds (row, col) of its item: the register image of the math
+/// warpgroups' m64n128 fragments, [half][value][thread].
 template <int kHalves>
 __device__ __forceinline__ int split_image_index(int row, int col) {
   // The m64n128 wgmma C fragment: thread 128 wg + 32 warp + lane, value v (sm90 layout).
@@ -1279,10 +1279,30 @@ __device__ __forceinline__ int split_image_index(int row, int col) {
   return ((row >> 6) * 64 + v) * 256 + t;
 }
 
-template <int kHalves>
+/// The first float of range `split`'s partial of the item (slot, n_tile).
+__device__ __forceinline__ float* split_partial_image(Sm90Fp8KernelParams const& p, int slot,
+                                                      int n_tile, int split) {
+  int64_t const item = static_cast<int64_t>(slot) * p.n_tiles + n_tile;
+  return p.split_partial + (item * p.k_splits + split) * kSm90Fp8SplitPartialFloats;
+}
+
+/// Split-K, run by the 256 math threads after their K range of an item: stores this range's
+/// sums (rows < `rows` only) in a register-image layout [half][value][thread], counts the range,
+/// and -- in the CTA whose range is the item's last -- replaces `total` by the sum of all ranges
+/// in range order (fixed: the result does not depend on which CTA finishes last). Returns
+/// whether this CTA finishes the item. Partials go through L2 only (other SMs wrote them during
+/// the launch). The sum is formed in two steps so that no thread holds more than its 128 sums
+/// plus a few loads: (a) the 256 threads add the ranges of the valid (row, column) elements, a
+/// column per thread, into range 0's partial; (b) each thread loads its own sums from there.
+/// With p.split_by_slot (Deps::kSlotFinish: the one-kernel gated FFN) the ranges count on their
+/// m slot instead, and the slot's last range hands the whole slot to deps.finish_slot, which
+/// reads the partials itself (split_partial_image, split_image_index): this returns false.
+template <int kHalves, class Deps>
 __device__ __forceinline__ bool split_k_reduce(Sm90Fp8KernelParams const& p,
-                                               float (&total)[kHalves][64], int tag, int n_tile,
-                                               int rows, bool active, int mt, int32_t* word) {
+                                               float (&total)[kHalves][64], int tag, int e,
+                                               int n_tile, int row0, int rows, bool active,
+                                               int mt, int32_t* word, float* warp_amax,
+                                               Deps const& deps) {
   int const slot = tag_slot(tag);
   int const split = tag_split(tag);
   int const halves = (kHalves == 2 && rows > 64) ? 2 : 1;
@@ -1291,7 +1311,7 @@ __device__ __forceinline__ bool split_k_reduce(Sm90Fp8KernelParams const& p,
   int const lane = mt & 31;
   int const r0 = 16 * warp + (lane >> 2);  // + 8 * ((v >> 1) & 1) + 64 * h: the C fragment's row
   int64_t const item = static_cast<int64_t>(slot) * p.n_tiles + n_tile;
-  float* const base = p.split_partial + item * p.k_splits * kSm90Fp8SplitPartialFloats;
+  float* const base = split_partial_image(p, slot, n_tile, 0);
   if (active) {
     float* const mine = base + static_cast<int64_t>(split) * kSm90Fp8SplitPartialFloats;
 #pragma unroll
@@ -1307,16 +1327,26 @@ __device__ __forceinline__ bool split_k_reduce(Sm90Fp8KernelParams const& p,
     }
   }
   cutlass::arch::NamedBarrier::sync(256, 2);  // the item's partial stores
+  bool by_slot = false;
+  if constexpr (Deps::kSlotFinish) by_slot = p.split_by_slot != 0;
   if (mt == 0) {
     // Release (this range's partials, ordered before by the barrier) and, for the last range,
     // acquire (the others'); the barrier below orders the 256 threads' L2 reads after it.
-    int const before = sm90_util::atomic_add_acq_rel_gpu(p.split_count + item, 1);
-    bool const last = before == p.k_splits - 1;
-    if (last) p.split_count[item] = 0;  // every range has counted: leave the workspace clean
+    int64_t const counter = by_slot ? static_cast<int64_t>(slot) * p.n_tiles : item;
+    int const arrivals = by_slot ? p.n_tiles * p.k_splits : p.k_splits;
+    int const before = sm90_util::atomic_add_acq_rel_gpu(p.split_count + counter, 1);
+    bool const last = before == arrivals - 1;
+    if (last) p.split_count[counter] = 0;  // every range has counted: leave the workspace clean
     *word = last;
   }
   cutlass::arch::NamedBarrier::sync(256, 2);
   if (*word == 0) return false;  // the same for all 256 threads
+  if constexpr (Deps::kSlotFinish) {
+    if (by_slot) {
+      deps.finish_slot(p, e, slot, row0, rows, mt, warp_amax);
+      return false;
+    }
+  }
   // (a) column mt of every valid row: the ranges in order, into range 0's partial. Columns of an
   // inactive warpgroup (past N) hold nothing and are skipped.
   int const cols = min(256, p.n_prep - n_tile * 256);
@@ -1609,8 +1639,10 @@ __device__ __forceinline__ void sm90_fp8_pipelined_body(Sm90Fp8KernelParams cons
       }
       // Split-K: only the CTA that completes the item's last K range goes on, with the sum.
       bool const finish = !(kGemm == 0 && p.k_splits > 1) ||
-                          sm90_fp8_detail::split_k_reduce<kHalves>(p, total, tag, n_tile, rows,
-                                                                   active, mt, &ctl->deps_word);
+                          sm90_fp8_detail::split_k_reduce<kHalves>(p, total, tag, e, n_tile,
+                                                                   row0, rows, active, mt,
+                                                                   &ctl->deps_word, ctl->deps_amax,
+                                                                   deps);
       if (mt == 0) sm90_fp8_detail::pipe_stamp_first<Cfg>(p, 12);
       // With channel scales every tile uses one buffer of them, read or not: wait for it only
       // to read it, hand it back in any case (the producer refills it two tiles later).

@@ -459,6 +459,21 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
     EXPECT_EQ(gn.counts, g1.counts);
   }
 
+  // The split gate/up GEMM's slot finisher (MoeConfig::fp8_slot_finish) against the same
+  // kernel's two-step path (FLASHMOE_FP8_SLOT_FINISH=0: each n tile sums its ranges, stores bf16
+  // h and counts itself; the slot's last n tile quantizes h): the same bits.
+  if (g1.path == KernelPath::kFusedSm90Fp8 && fused::choose_fp8_config(p8).fp8_slot_finish) {
+    setenv("FLASHMOE_FP8_SLOT_FINISH", "0", 1);
+    bool const off = !fused::choose_fp8_config(p8).fp8_slot_finish;
+    Result const gs = run_fp8(p8, in, w);
+    unsetenv("FLASHMOE_FP8_SLOT_FINISH");
+    EXPECT_TRUE(off) << "FLASHMOE_FP8_SLOT_FINISH=0 does not turn the slot finisher off";
+    ASSERT_TRUE(gs.status.ok()) << gs.status.message();
+    EXPECT_EQ(gs.path, KernelPath::kFusedSm90Fp8);
+    EXPECT_EQ(first_mismatch(gs.out, g1.out), -1)
+        << "the slot finisher gives other bits than the two-step path";
+  }
+
   // The multi-kernel path (FLASHMOE_FUSED=0), with the A rows quantized by a pass (its default,
   // MoeConfig::fp8_prequant) and inside the GEMM's gather: same quantization rules, so the same
   // bits as the default run, and the same routing outputs -- except where the prepass
@@ -936,6 +951,38 @@ TEST(GpuSmallFp8Fwd, SplitKDecode) {
   check_fp8(one, WeightScale::kChannel, 1205);
 }
 
+// The gated FFN's split gate/up GEMM with I <= 256 (MoeConfig::fp8_slot_finish, perf-log v0.56):
+// the slot's last K range sums the ranges of every n tile, forms h and its E4M3 rows and releases
+// the slot. check_fp8 compares it bit for bit with the multi-kernel path and with the two-step
+// path of the same kernel. The cases (slot_finish_cases, their configuration checked on the host
+// by Fp8FwdHost.SlotFinishChoice): dsv3-tp8's form (T = 1, two n tiles, 4 ranges); three ranges;
+// a partial last chunk (I = 96, 208: channels with no column, a half-empty second n tile); a
+// second n tile whose second warpgroup has no columns (I = 192); up to 3 rows per slot outside
+// solo mode (T = 3); a 100-row item (both 64-row halves of the partials); GELU and SiLU; fp16
+// tokens; both scale kinds.
+struct SlotFinishCase {
+  MoeProblem problem;
+  WeightScale scale;
+  int32_t splits;
+};
+std::vector<SlotFinishCase> slot_finish_cases() {
+  return {
+      {ffn_problem(1, 32, 8, 2048, 256, Activation::kSilu), WeightScale::kBlock128, 4},
+      {ffn_problem(1, 32, 8, 2048, 256, Activation::kSilu), WeightScale::kChannel, 4},
+      {ffn_problem(2, 4, 2, 1536, 208, Activation::kSilu, DType::kFloat16), WeightScale::kChannel,
+       3},
+      {ffn_problem(1, 16, 4, 1024, 192, Activation::kGelu), WeightScale::kBlock128, 2},
+      {ffn_problem(3, 8, 4, 1024, 96, Activation::kGelu), WeightScale::kChannel, 2},
+      {ffn_problem(100, 1, 1, 1024, 128, Activation::kSilu), WeightScale::kBlock128, 2},
+  };
+}
+
+TEST(GpuSmallFp8Fwd, FfnSlotFinish) {
+  FLASHMOE_REQUIRE_SM90();
+  uint32_t seed = 1301;
+  for (SlotFinishCase const& c : slot_finish_cases()) check_fp8(c.problem, c.scale, seed++);
+}
+
 // An expert map that sends two global experts to the same local expert (nothing forbids it):
 // their rows share that expert's weights, in (token, slot) order, on both paths.
 TEST(GpuSmallFp8Fwd, ExpertMapTwoGlobalsOneLocal) {
@@ -1299,6 +1346,32 @@ TEST(GpuSmallFp8Fwd, DenseRowsManySlots) {
 }
 
 // ------------------------------------------------------------------------- host-only checks
+
+// The slot finisher's choice (GpuSmallFp8Fwd.FfnSlotFinish runs the cases): a gated FFN whose
+// first GEMM splits K, with I <= 256 (one h channel per math thread); FLASHMOE_FP8_SLOT_FINISH=0
+// turns it off; linear experts, I > 256 and unsplit shapes never take it.
+TEST(Fp8FwdHost, SlotFinishChoice) {
+  auto config = [](MoeProblem const& p, WeightScale scale) {
+    return fused::choose_fp8_config(prepared_problem(p, scale));
+  };
+  for (SlotFinishCase const& c : slot_finish_cases()) {
+    fused::MoeConfig const cfg = config(c.problem, c.scale);
+    EXPECT_EQ(cfg.fp8_k_splits, c.splits) << describe(c.problem, c.scale);
+    EXPECT_TRUE(cfg.fp8_slot_finish) << describe(c.problem, c.scale);
+  }
+  MoeProblem const tp8 = ffn_problem(1, 256, 8, 7168, 256, Activation::kSilu);
+  EXPECT_TRUE(config(tp8, WeightScale::kBlock128).fp8_slot_finish);
+  setenv("FLASHMOE_FP8_SLOT_FINISH", "0", 1);
+  bool const off = config(tp8, WeightScale::kBlock128).fp8_slot_finish;
+  unsetenv("FLASHMOE_FP8_SLOT_FINISH");
+  EXPECT_FALSE(off);
+  EXPECT_FALSE(config(ffn_problem(1, 32, 8, 2048, 320, Activation::kSilu), WeightScale::kChannel)
+                   .fp8_slot_finish);  // I > 256 (split 4 ways)
+  EXPECT_FALSE(config(ffn_problem(1, 32, 8, 512, 256, Activation::kSilu), WeightScale::kChannel)
+                   .fp8_slot_finish);  // K of 4 blocks: no split
+  EXPECT_FALSE(config(linear_problem(1, 16, 4, 2048, 256), WeightScale::kChannel)
+                   .fp8_slot_finish);  // linear experts (split 4 ways)
+}
 
 // The split-K choice: only when the items fill at most a quarter of the CTAs and K has at least
 // 8 blocks; every K range non-empty; dsv3-tp8 at T = 1 (16 items, K = 7168) in 8 ranges.

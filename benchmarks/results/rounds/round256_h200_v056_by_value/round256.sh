@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Round 256: v0.56 with the slot finisher out of line, its parameters by value (c), against HEAD (p),
+# v0.56 inlined (i, round 254), out of line by reference (b, round 255) and c with the finisher off (o). FP8 forward gtests, memcheck on the split suites,
+# then alternating runs; dsv3-tp8 timeline of b.
+
+set -uo pipefail
+OUT="$1"; D="$(cd "$(dirname "$0")" && pwd)"; T0=$SECONDS
+nvidia-smi -L; echo "commit $(cat $D/COMMIT)"
+mkdir -p /tmp/b /tmp/p /tmp/i /tmp/c
+for f in $D/bin/*.gz; do gunzip -c $f > /tmp/c/$(basename $f .gz); done; gunzip -c $D/bin_b/flashmoe_bench.gz > /tmp/b/flashmoe_bench
+gunzip -c $D/bin_prev/flashmoe_bench.gz > /tmp/p/flashmoe_bench; gunzip -c $D/bin_i/flashmoe_bench.gz > /tmp/i/flashmoe_bench; chmod +x /tmp/b/* /tmp/p/* /tmp/i/* /tmp/c/*
+timeout 200 /tmp/c/flashmoe_tests --gtest_brief=1 --gtest_filter='GpuSmallFp8Fwd.*:GpuFp8Fwd.*:Fp8FwdHost.*' > $OUT/gtest.log 2>&1; echo "gtests rc=$? at $((SECONDS-T0)) s"; grep -E "tests from .* ran|PASSED|^\[  FAILED|Failure" $OUT/gtest.log | head -8
+timeout 200 compute-sanitizer --tool memcheck /tmp/c/flashmoe_tests --gtest_brief=1 --gtest_filter='GpuSmallFp8Fwd.SplitKDecode:GpuSmallFp8Fwd.FfnSlotFinish' > $OUT/memcheck.log 2>&1; echo "memcheck rc=$? at $((SECONDS-T0)) s"; grep -E "ERROR SUMMARY|PASSED|FAILED" $OUT/memcheck.log | head -3
+run() {  # tag binary-dir env
+  env $3 timeout 120 /tmp/$2/flashmoe_bench --fp8 channel --reps 100 --warmup 10 --config dsv3-tp8 --config decode-1 --config dsv3-16 > $OUT/b_$1_r$rep.log 2>&1
+  env $3 timeout 60 /tmp/$2/flashmoe_bench --fp8 block128 --reps 100 --warmup 10 --config dsv3-tp8 > $OUT/bb_$1_r$rep.log 2>&1
+  echo "$1 $rep: $(grep -E '^(seed|dsv3|decode)' $OUT/b_$1_r$rep.log | awk '{printf "%s %s | ", $1, $3}') block $(grep -E '^dsv3' $OUT/bb_$1_r$rep.log | awk '{printf "%s %s", $1, $3}')"
+}
+for rep in 1 2 3 4 5; do
+  run p p X=1; run i i X=1; run b b X=1; run c c X=1; run o c FLASHMOE_FP8_SLOT_FINISH=0
+done
+export FLASHMOE_FUSED_TIMELINE=1
+for v in c o; do
+  e=X=1; [ $v = o ] && e=FLASHMOE_FP8_SLOT_FINISH=0
+  env $e FLASHMOE_TIMELINE_PER_CTA=1 timeout 60 /tmp/c/flashmoe_bench --fp8 channel --reps 10 --warmup 3 --config dsv3-tp8 > $OUT/tl_$v.log 2>&1
+  echo "tl $v: $(grep -oE 'median [0-9.]+ ms|first:K-done [0-9./]+|first:split-done [0-9./]+|slot-released [0-9./]+|item:1st-full [0-9./]+|item:K-done [0-9./]+|combined [0-9./]+' $OUT/tl_$v.log | head -8 | tr '\n' ' ')"
+done
+(cd $OUT && cat b_*.log bb_*.log > bench_all.log && rm -f b_*.log bb_*.log && tar czf tl.tgz tl_*.log && rm -f tl_*.log)
+echo "total $((SECONDS-T0)) s"
