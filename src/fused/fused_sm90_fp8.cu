@@ -147,8 +147,8 @@ __device__ __noinline__ void finish_split_slot(SlotFinish const f, int row0, int
     float h = 0.0f;
     if (has) {
       int const src = f.a_rows != nullptr ? __ldcg(f.a_rows + dense) : dense;
-      int const gi = gemm::sm90_fp8_detail::split_image_index<2>(r, gate_col);
-      int const ui = gemm::sm90_fp8_detail::split_image_index<2>(r, gate_col + 64);
+      int const gi = gemm::sm90_fp8_detail::split_image_index(r, gate_col);
+      int const ui = gemm::sm90_fp8_detail::split_image_index(r, gate_col + 64);
       float g = 0.0f;
       float u = 0.0f;
 #pragma unroll 8
@@ -170,8 +170,7 @@ __device__ __noinline__ void finish_split_slot(SlotFinish const f, int row0, int
     for (int w = 0; w < 8; ++w) m = fmaxf(m, maxima[w]);
     float const scale = gemm::e4m3_row_scale(m);
     if (has) {
-      f.h_fp8[static_cast<int64_t>(dense) * f.inter + mt] = static_cast<uint8_t>(
-          __nv_cvt_float_to_fp8(h * (1.0f / scale), __NV_SATFINITE, __NV_E4M3));
+      f.h_fp8[static_cast<int64_t>(dense) * f.inter + mt] = gemm::e4m3_byte(h, 1.0f / scale);
     }
     if (mt == 0) f.h_scales[dense] = scale;
   }

@@ -1268,7 +1268,6 @@ __device__ __forceinline__ void pipe_epilogue(Sm90Fp8KernelParams const& p, floa
 
 /// Where a split-K partial holds (row, col) of its item: the register image of the math
 /// warpgroups' m64n128 fragments, [half][value][thread].
-template <int kHalves>
 __device__ __forceinline__ int split_image_index(int row, int col) {
   // The m64n128 wgmma C fragment: thread 128 wg + 32 warp + lane, value v (sm90 layout).
   int const wg = col >> 7;
@@ -1352,7 +1351,7 @@ __device__ __forceinline__ bool split_k_reduce(Sm90Fp8KernelParams const& p,
   int const cols = min(256, p.n_prep - n_tile * 256);
   if (mt < cols) {
     for (int row = 0; row < rows; ++row) {
-      int const idx = split_image_index<kHalves>(row, mt);
+      int const idx = split_image_index(row, mt);
       float sum = 0.0f;
       // Eight loads in flight: the decode shapes that split (dsv3-tp8: 8 ranges) read all their
       // ranges in one L2 round trip (perf-log v0.51; the order of the adds is unchanged).

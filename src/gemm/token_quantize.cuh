@@ -41,6 +41,11 @@ __device__ __forceinline__ float amax16(uint4 const& v) {
   return m;
 }
 
+/// One value times `inv` as an e4m3 byte (the GEMM's rule: float product, cvt.rn.satfinite).
+__device__ __forceinline__ uint8_t e4m3_byte(float x, float inv) {
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(x * inv, __NV_SATFINITE, __NV_E4M3));
+}
+
 /// kPer (= 16 / sizeof(T)) values of 16 bytes times `inv`, as kPer e4m3 bytes (the GEMM's rule:
 /// float product, cvt.rn.satfinite of pairs).
 template <typename T>
@@ -110,8 +115,7 @@ __device__ __forceinline__ void quantize_row_part(T const* __restrict__ xr, int6
     }
   } else {
     for (int64_t c = i; c < cols; c += kThreads) {
-      qr[c] = static_cast<uint8_t>(
-          __nv_cvt_float_to_fp8(to_float(xr[c]) * inv, __NV_SATFINITE, __NV_E4M3));
+      qr[c] = e4m3_byte(to_float(xr[c]), inv);
     }
   }
 }
@@ -209,8 +213,7 @@ __device__ __forceinline__ void quantize_row_warp_to_rows(T const* __restrict__ 
       }
     } else {
       for (int64_t c = lane; c < cols; c += 32) {
-        uint8_t const q = static_cast<uint8_t>(
-            __nv_cvt_float_to_fp8(to_float(xr[c]) * inv, __NV_SATFINITE, __NV_E4M3));
+        uint8_t const q = e4m3_byte(to_float(xr[c]), inv);
 #pragma unroll
         for (int j = 0; j < kRows; ++j) {
           if (off[j] >= 0) dst[off[j] + c] = q;
