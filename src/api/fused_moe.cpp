@@ -10,8 +10,6 @@
 #include <array>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include "fused/cuda_check.h"
@@ -24,6 +22,7 @@
 #include "gemm/sm90_grouped_gemm.h"
 #include "routing/routing_kernels.h"
 #include "common/device_properties.h"
+#include "common/env_flag.h"
 #include "common/str_cat.h"
 
 namespace flashmoe {
@@ -153,13 +152,11 @@ std::array<KernelPath, 2> candidate_paths(MoeProblem const& problem) {
 
 // FLASHMOE_GEMM=sm80: the sm_80 GEMMs even where the sm_90a ones could run.
 bool sm80_gemm_forced() {
-  char const* v = std::getenv("FLASHMOE_GEMM");
-  return v != nullptr && std::strcmp(v, "sm80") == 0;
+  return detail::env_is("FLASHMOE_GEMM", "sm80");
 }
 
 bool print_config_requested() {
-  char const* v = std::getenv("FLASHMOE_PRINT_CONFIG");
-  return v != nullptr && std::strcmp(v, "1") == 0;
+  return detail::env_is("FLASHMOE_PRINT_CONFIG", "1");
 }
 
 }  // namespace

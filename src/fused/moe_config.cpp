@@ -2,9 +2,8 @@
 #include "fused/moe_config.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
+#include "common/env_flag.h"
 #include "common/str_cat.h"
 #include "fused/fused_limits.h"
 
@@ -18,8 +17,7 @@ std::string one_kernel_unsupported_reason(MoeProblem const& p) {
 }
 
 bool one_kernel_preferred() {
-  char const* v = std::getenv("FLASHMOE_FUSED");
-  return v == nullptr || std::strcmp(v, "0") != 0;
+  return !detail::env_is("FLASHMOE_FUSED", "0");
 }
 
 MoeConfig choose_moe_config(MoeProblem const& problem, bool sm90) {

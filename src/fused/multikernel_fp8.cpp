@@ -16,6 +16,7 @@
 #include "gemm/token_scales.h"
 #include "routing/routing_kernels.h"
 #include "common/device_properties.h"
+#include "common/env_flag.h"
 #include "common/str_cat.h"
 #include "fused/multikernel_moe.h"
 
@@ -187,9 +188,8 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
       }
     }
     // One h channel per math thread of the slot's finisher (256 threads, so I <= 256).
-    char const* const finish_env = std::getenv("FLASHMOE_FP8_SLOT_FINISH");
     c.fp8_slot_finish = gate_up && c.fp8_k_splits > 1 && problem.inter_dim <= 256 &&
-                        !(finish_env != nullptr && std::strcmp(finish_env, "0") == 0);
+                        !detail::env_is("FLASHMOE_FP8_SLOT_FINISH", "0");
   }
   // Two K blocks per fp32 promotion in the 128-row items of the plain GEMMs (v0.34, rounds
   // 162-164): linear experts' GEMM, the FFN's down projection, with channel scales on E4M3 rows.
@@ -205,9 +205,7 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
     int64_t const per_h = (kb_h + c.fp8_k_splits - 1) / c.fp8_k_splits;
     bool const even_first = kb_h % 2 == 0 && (c.fp8_k_splits == 1 || per_h % 2 == 0);
     bool allowed = c.fp8_prequant && problem.weight_scale == WeightScale::kChannel && even_first;
-    if (char const* v = std::getenv("FLASHMOE_FP8_PROMOTE_KB")) {
-      if (std::strcmp(v, "1") == 0) allowed = false;
-    }
+    if (detail::env_is("FLASHMOE_FP8_PROMOTE_KB", "1")) allowed = false;
     if (allowed && problem.kind == ExpertKind::kLinear) c.fp8_promote_kb = 2;
     bool const even_down = ((problem.inter_dim + 127) / 128) % 2 == 0;
     if (allowed && problem.kind == ExpertKind::kGatedFFN && even_down) c.fp8_promote_kb_down = 2;
@@ -221,9 +219,8 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
   // default on cards with the HBM bandwidth for it (fp8_ffn_dense_by_default), else with
   // FLASHMOE_FP8_A_DENSE=1; the choice also sizes the workspace's slice (the env must be set
   // before the workspace is sized, and the workspace serves the device it was sized on).
-  char const* const dense_env = std::getenv("FLASHMOE_FP8_A_DENSE");
-  bool const dense_off = dense_env != nullptr && std::strcmp(dense_env, "0") == 0;
-  bool const dense_on = dense_env != nullptr && std::strcmp(dense_env, "1") == 0;
+  bool const dense_off = detail::env_is("FLASHMOE_FP8_A_DENSE", "0");
+  bool const dense_on = detail::env_is("FLASHMOE_FP8_A_DENSE", "1");
   bool const eligible =
       problem.kind == ExpertKind::kGatedFFN
           ? (dense_on || (!dense_off && fp8_ffn_dense_by_default(current_device_hbm_gbps()))) &&

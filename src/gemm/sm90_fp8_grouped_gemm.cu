@@ -14,6 +14,7 @@
 
 #include <cutlass/cuda_host_adapter.hpp>  // cuTensorMapEncodeTiled via cudaGetDriverEntryPoint
 
+#include "common/env_flag.h"
 #include "fused/cuda_check.h"
 #include "gemm/sm90_fp8_convert_kernel.cuh"
 #include "gemm/sm90_fp8_grouped_gemm.cuh"
@@ -278,8 +279,7 @@ static Status make_sm90_fp8_kernel_params(Sm90Fp8GemmParams const& p,
   // The pipelined body copies the row scales with the channel scales (block128 tiles have no
   // such copy); the one-kernel FFN turns it off for its down projection (fused_sm90_fp8.cu).
   // FLASHMOE_FP8_ROW_SCALES=0 (for comparisons): the epilogue loads them everywhere.
-  char const* const early_env = std::getenv("FLASHMOE_FP8_ROW_SCALES");
-  bool const early_off = early_env != nullptr && std::strcmp(early_env, "0") == 0;
+  bool const early_off = detail::env_is("FLASHMOE_FP8_ROW_SCALES", "0");
   kp.row_scales_early = kp.scale_block || early_off ? 0 : 1;
   kp.epilogue = static_cast<int32_t>(p.epilogue);
   kp.a_bf16 = p.a_dtype == DType::kBFloat16 ? 1 : 0;
