@@ -50,10 +50,12 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/env_flag.h"
 #include "fused/cuda_check.h"
 #include "fused/fused_phases.cuh"
 #include "fused/multikernel_fp8.h"
 #include "fused/multikernel_moe.h"
+#include "fused/solo_down_gemv.cuh"
 #include "gemm/sm90_device_util.cuh"
 #include "gemm/sm90_fp8_grouped_gemm.cuh"
 #include "gemm/sm90_fp8_grouped_gemm.h"
@@ -77,6 +79,15 @@ struct FusedParams {
   __nv_bfloat16 const* h_rows;
   float* hidden_scales;
   uint8_t* hidden_fp8;
+  // Gated FFN, one token (MoeConfig::fp8_down_gemv): the body runs the gate/up GEMM alone and
+  // the math warpgroups then run the down projection and the combine as solo_down_gemv, over
+  // gemv_blocks blocks of gemv_cols output columns (gemv_early: the weight copies before the h
+  // rows' wait).
+  uint8_t const* down_w;
+  int32_t down_gemv;
+  int32_t gemv_cols;
+  int32_t gemv_blocks;
+  int32_t gemv_early;
 };
 
 // The gated FFN's two GEMMs in one pipeline, ordered per m slot instead of by a grid barrier:
@@ -195,6 +206,43 @@ __device__ __forceinline__ void combine_n_tile(FusedRoutingParams const& r, int 
 
 // The body's hooks (sm90_util::NoPipeDeps says when they run): the gated FFN's per-slot order
 // (wait_rows, item_done) and solo mode's combine by the items (item_stored, after_tiles).
+// The math warpgroups after their last tile: the one-token gated FFN's down projection and combine
+// (solo_down_gemv), else phase 4 (CombineAfterGemm).
+struct Fp8AfterGemm {
+  FusedParams const& fp;
+  __device__ __forceinline__ void operator()() const {
+    if (!fp.down_gemv) {
+      CombineAfterGemm{fp.r}();
+      return;
+    }
+    SoloDownGemv g;
+    g.w = fp.down_w;
+    g.w_scales = fp.gemm2.w_scales;
+    g.h_fp8 = fp.hidden_fp8;
+    g.h_scales = fp.hidden_scales;
+    g.tiles = fp.gemm.tiles;
+    g.tile_done = fp.r.tile_done;
+    g.slot_row = fp.r.cp.slot_row;
+    g.weights = fp.r.cp.weights;
+    g.out = fp.r.cp.out;
+    g.queue = fp.gemm2.scheduler;  // the down GEMM's queue, which the body does not run
+    g.timeline = fp.r.timeline != nullptr ? fp.r.timeline + blockIdx.x * kFusedTimelineSlots
+                                          : nullptr;
+    g.n_prep = fp.gemm2.n_prep;
+    g.ready = static_cast<uint32_t>(fp.gemm.n_tiles) + 1u;
+    g.num_tile_slots = fp.gemm.num_tile_slots;
+    g.hidden = fp.gemm2.n_out;
+    g.inter = fp.inter;
+    g.block_cols = fp.gemv_cols;
+    g.num_blocks = fp.gemv_blocks;
+    g.top_k = fp.r.cp.top_k;
+    g.flags = (fp.gemm2.scale_block ? kGemvBlockScales : 0) | (fp.r.token_bf16 ? kGemvBf16 : 0) |
+              (fp.gemv_early ? kGemvEarly : 0);
+    extern __shared__ __align__(1024) uint8_t smem_gemv[];  // the pipeline's window
+    solo_down_gemv(g, static_cast<int>(threadIdx.x) - 128, smem_gemv);
+  }
+};
+
 // kTimeline: the profiling build (FLASHMOE_FUSED_TIMELINE=1), whose hooks stamp the timeline;
 // in the production kernel the stamps are compiled out (gemm::Sm90Fp8PipeTile::kTimeline).
 template <bool kTimeline>
@@ -336,7 +384,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1) fused_sm90_fp8_kernel(
   // ---- phases 3 and 4: the GEMM body (gated FFN: both GEMMs); its math warpgroups then combine
   // the owned tokens.
   gemm::sm90_fp8_pipelined_body<gemm::Sm90Fp8PipeTile<Pipe::kBlockM, kTimeline, true>>(
-      fp.gemm, fp.gemm2, fp.ffn ? 2 : 1, CombineAfterGemm{fp.r}, FusedDeps<kTimeline>{fp});
+      fp.gemm, fp.gemm2, fp.ffn && !fp.down_gemv ? 2 : 1, Fp8AfterGemm{fp},
+      FusedDeps<kTimeline>{fp});
 #else
   __trap();
 #endif
@@ -401,11 +450,30 @@ Status run_fused_fp8(MoeProblem const& problem, MoeArgs const& args, MoeConfig c
                    fp.r.token_fp8_dense == nullptr;
   // Solo mode: the first GEMM's last CTA done clears the flag every CTA waited on by then.
   fp.gemm.clear_on_done = fp.r.solo ? fp.r.grid_sync + 2 : nullptr;
+  // One token, gated FFN (MoeConfig::fp8_down_gemv): the down projection and the combine by
+  // solo_down_gemv over blocks of W output columns, at most two per CTA, W such that the CTAs
+  // other than the (<= top_k) slot finishers take them all -- and every CTA together always
+  // does -- where every row's weight bytes of two blocks fit the pipeline's window (else the
+  // pipelined down projection runs, as with FLASHMOE_FP8_DOWN_GEMV=0).
+  int64_t const gemv_ctas = std::max<int64_t>(1, ctas - problem.routing.top_k);
+  int64_t const gemv_cols = ((problem.hidden + 2 * gemv_ctas - 1) / (2 * gemv_ctas) + 7) / 8 * 8;
+  if (ffn && config.fp8_down_gemv && fp.r.solo && problem.num_tokens == 1 &&
+      !fp.r.atomic_combine && problem.routing.top_k <= kSoloGemvMaxRows &&
+      solo_down_gemv_smem_bytes(gemv_cols, problem.inter_dim) <=
+          static_cast<int64_t>(fp.gemm.control_offset)) {
+    fp.down_gemv = 1;
+    fp.down_w = static_cast<uint8_t const*>(args.w2);
+    fp.gemv_cols = static_cast<int32_t>(gemv_cols);
+    fp.gemv_blocks = static_cast<int32_t>((problem.hidden + gemv_cols - 1) / gemv_cols);
+    // FLASHMOE_FP8_GEMV_EARLY=0 (for comparisons): the copies after every h row is released.
+    fp.gemv_early = detail::env_is("FLASHMOE_FP8_GEMV_EARLY", "0") ? 0 : 1;
+  }
   // Solo mode: the last GEMM's items combine (FusedDeps::item_stored), counting per n tile in
   // the top of the sync region, above the split-K counts.
   int const combine_tiles = (ffn ? fp.gemm2 : fp.gemm).n_tiles;
   int const split_counts = fp.gemm.k_splits > 1 ? config.fp8_split_items : 0;
-  if (fp.r.solo && !fp.r.atomic_combine && combine_tiles + split_counts <= kSyncSplitMaxInts) {
+  if (fp.r.solo && !fp.r.atomic_combine && !fp.down_gemv &&
+      combine_tiles + split_counts <= kSyncSplitMaxInts) {
     fp.r.tile_combine_count = ws.gemm_scheduler + kSyncRegionInts - combine_tiles;
   }
   if (fp.r.timeline != nullptr) {  // profiling: the GEMM body's own stamps (fused_limits.h)

@@ -31,6 +31,12 @@ struct MoeConfig {
   // pass (gemm::Sm90Fp8KernelParams::split_by_slot, perf-log v0.56); FLASHMOE_FP8_SLOT_FINISH=0
   // (for comparisons) turns it off. The multi-kernel path does not read it.
   bool fp8_slot_finish = false;
+  // FP8 gated FFN with one token (choose_fp8_config): in the one-kernel forward the down
+  // projection and the combine run as a GEMV over column blocks after the gate/up GEMM
+  // (solo_down_gemv, perf-log v0.58) instead of through the pipelined body;
+  // FLASHMOE_FP8_DOWN_GEMV=0 (for comparisons) turns it off. The multi-kernel path does not
+  // read it.
+  bool fp8_down_gemv = false;
   // FP8: K blocks per fp32 promotion (gemm::Sm90Fp8GemmParams::promote_kb) of the first GEMM
   // and of the FFN's down projection (choose_fp8_config).
   int32_t fp8_promote_kb = 1;

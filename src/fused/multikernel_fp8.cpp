@@ -190,6 +190,14 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
     // One h channel per math thread of the slot's finisher (256 threads, so I <= 256).
     c.fp8_slot_finish = gate_up && c.fp8_k_splits > 1 && problem.inter_dim <= 256 &&
                         !detail::env_is("FLASHMOE_FP8_SLOT_FINISH", "0");
+    // One token's down projection as a GEMV (solo_down_gemv): a warp per expert row (top_k <= 8),
+    // pairs of k32 steps of I (I <= 512: the A fragments in registers), 8-column blocks of H,
+    // 16-bit tokens, dropless (the one kernel's solo mode).
+    c.fp8_down_gemv = gate_up && problem.num_tokens == 1 && problem.routing.top_k <= 8 &&
+                      problem.inter_dim % 64 == 0 && problem.inter_dim <= 512 &&
+                      problem.hidden % 8 == 0 && problem.routing.capacity_factor <= 0.0 &&
+                      problem.token_dtype != DType::kFloat32 &&
+                      !detail::env_is("FLASHMOE_FP8_DOWN_GEMV", "0");
   }
   // Two K blocks per fp32 promotion in the 128-row items of the plain GEMMs (v0.34, rounds
   // 162-164): linear experts' GEMM, the FFN's down projection, with channel scales on E4M3 rows.
@@ -267,6 +275,7 @@ std::string describe_fp8_config(MoeProblem const& problem, MoeConfig const& conf
                      " k_splits=",
                      config.fp8_k_splits,
                      config.fp8_slot_finish ? " slot_finish" : "",
+                     config.fp8_down_gemv ? " down_gemv" : "",
                      " promote_kb=",
                      config.fp8_promote_kb,
                      "/",

@@ -474,6 +474,28 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
         << "the slot finisher gives other bits than the two-step path";
   }
 
+  // The one-token down projection as a GEMV (MoeConfig::fp8_down_gemv) forms its sums in another
+  // order than the pipelined body (per k32 step instead of per 128-wide K block): it is held to
+  // the mirror's bound (above) and to the same kernel with it off (FLASHMOE_FP8_DOWN_GEMV=0),
+  // whose output then stands for the one kernel in the bitwise comparisons below.
+  std::vector<uint16_t> bits = g1.out;
+  if (g1.path == KernelPath::kFusedSm90Fp8 && fused::choose_fp8_config(p8).fp8_down_gemv) {
+    setenv("FLASHMOE_FP8_DOWN_GEMV", "0", 1);
+    bool const off = !fused::choose_fp8_config(p8).fp8_down_gemv;
+    Result const gp = run_fp8(p8, in, w);
+    unsetenv("FLASHMOE_FP8_DOWN_GEMV");
+    EXPECT_TRUE(off) << "FLASHMOE_FP8_DOWN_GEMV=0 does not turn the down GEMV off";
+    ASSERT_TRUE(gp.status.ok()) << gp.status.message();
+    EXPECT_EQ(gp.path, KernelPath::kFusedSm90Fp8);
+    double const err_p = rel_frobenius(raw.token_dtype, g1.out, gp.out);
+    double const err_pm = rel_frobenius(raw.token_dtype, gp.out, mirror);
+    EXPECT_LT(err_p, same_quant_tol) << "the down GEMV vs the pipelined down projection";
+    EXPECT_LT(err_pm, same_quant_tol) << "the pipelined down projection vs the host mirror";
+    std::printf("[ fp8 fwd  ] %s: down GEMV vs pipelined %.3e, pipelined vs mirror %.3e\n",
+                describe(raw, scale).c_str(), err_p, err_pm);
+    bits = gp.out;
+  }
+
   // The multi-kernel path (FLASHMOE_FUSED=0), with the A rows quantized by a pass (its default,
   // MoeConfig::fp8_prequant) and inside the GEMM's gather: same quantization rules, so the same
   // bits as the default run, and the same routing outputs -- except where the prepass
@@ -492,7 +514,7 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
     ASSERT_TRUE(g3.status.ok()) << g3.status.message();
     EXPECT_EQ(g3.path, KernelPath::kMultiKernelSm90Fp8);
     if (std::strcmp(act, "prepass") == 0 || same_sums) {
-      EXPECT_EQ(first_mismatch(g3.out, g1.out), -1)
+      EXPECT_EQ(first_mismatch(g3.out, bits), -1)
           << "the multi-kernel path with FLASHMOE_FP8_ACT=" << act << " gives other bits than "
           << "the " << kernel_path_name(g1.path) << " run";
     } else {
@@ -520,7 +542,7 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
       unsetenv("FLASHMOE_FUSED");
       EXPECT_TRUE(g5.status.ok()) << g5.status.message();  // (the env is reset below)
       if (!g5.status.ok()) continue;
-      EXPECT_EQ(first_mismatch(g5.out, g1.out), -1)
+      EXPECT_EQ(first_mismatch(g5.out, std::strcmp(fused_env, "1") == 0 ? g1.out : bits), -1)
           << "FLASHMOE_FP8_A_DENSE=1 (dense rows) gives other bits than the gathered run, "
           << "FLASHMOE_FUSED=" << fused_env;
     }
@@ -534,7 +556,7 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
       unsetenv("FLASHMOE_FUSED");
       EXPECT_TRUE(g4.status.ok()) << g4.status.message();  // (the env is reset below)
       if (!g4.status.ok()) continue;
-      EXPECT_EQ(first_mismatch(g4.out, g1.out), -1)
+      EXPECT_EQ(first_mismatch(g4.out, std::strcmp(fused_env, "1") == 0 ? g1.out : bits), -1)
           << "FLASHMOE_FP8_A_DENSE=0 (rows gathered) gives other bits than the dense rows, "
           << "FLASHMOE_FUSED=" << fused_env;
     }
@@ -983,6 +1005,81 @@ TEST(GpuSmallFp8Fwd, FfnSlotFinish) {
   for (SlotFinishCase const& c : slot_finish_cases()) check_fp8(c.problem, c.scale, seed++);
 }
 
+// The one-token gated FFN's down projection and combine as a GEMV over column blocks
+// (MoeConfig::fp8_down_gemv, perf-log v0.58): check_fp8 holds it to the host mirror and to the
+// pipelined down projection (FLASHMOE_FP8_DOWN_GEMV=0). Shapes: DeepSeek-like top-8 of 256 with
+// block scales; I at the largest (512, fp16 tokens, GELU) and smallest (64) k32 counts and at
+// six pairs of k32 steps (384); H = 4112, not a multiple of the column blocks (24 columns each on 132
+// SMs); rows of one local expert taken by several slots (an expert map); and the weight copies
+// issued after the h rows' wait (FLASHMOE_FP8_GEMV_EARLY=0): the same bits.
+std::vector<SlotFinishCase> down_gemv_cases() {
+  return {
+      {ffn_problem(1, 256, 8, 1024, 256, Activation::kSilu), WeightScale::kBlock128, 0},
+      {ffn_problem(1, 64, 8, 768, 512, Activation::kGelu, DType::kFloat16), WeightScale::kChannel,
+       0},
+      {ffn_problem(1, 16, 6, 4112, 64, Activation::kSilu), WeightScale::kChannel, 0},
+      {ffn_problem(1, 32, 8, 2048, 384, Activation::kSilu), WeightScale::kChannel, 0},
+  };
+}
+
+TEST(GpuSmallFp8Fwd, FfnDownGemv) {
+  FLASHMOE_REQUIRE_SM90();
+  uint32_t seed = 1401;
+  for (SlotFinishCase const& c : down_gemv_cases()) check_fp8(c.problem, c.scale, seed++);
+  // Several slots on one local expert, others non-local (slot rows -1).
+  MoeProblem m = ffn_problem(1, 16, 8, 512, 128, Activation::kSilu);
+  m.has_expert_map = true;
+  m.num_local_experts = 6;
+  check_fp8(m, WeightScale::kChannel, seed++, Logits::kNormal, 0, [](HostData& d) {
+    int32_t const first_local = first_local_expert(d.expert_map);
+    for (size_t e = 0; e < d.expert_map.size(); e += 2) {
+      if (d.expert_map[e] < 0) d.expert_map[e] = d.expert_map[first_local];
+    }
+  });
+  // The copies after the wait: the same bits as before it.
+  for (SlotFinishCase const& c : down_gemv_cases()) {
+    SCOPED_TRACE(describe(c.problem, c.scale));
+    Fp8Inputs x;
+    x.d = make_data(c.problem, seed++);
+    x.in.load(c.problem, x.d);
+    ASSERT_TRUE(prepare(c.problem, x.in, c.scale, &x.w).ok());
+    x.p8 = prepared_problem(c.problem, c.scale);
+    ASSERT_TRUE(fused::choose_fp8_config(x.p8).fp8_down_gemv);
+    Result const early = run_fp8(x.p8, x.in, x.w);
+    setenv("FLASHMOE_FP8_GEMV_EARLY", "0", 1);
+    Result const late = run_fp8(x.p8, x.in, x.w);
+    unsetenv("FLASHMOE_FP8_GEMV_EARLY");
+    ASSERT_TRUE(early.status.ok() && late.status.ok());
+    EXPECT_EQ(first_mismatch(late.out, early.out), -1);
+  }
+}
+
+// The GEMV with no local row at all: every selected expert is non-local, so the CTAs combine
+// nothing and write zeros (the output poisoned before each run).
+TEST(GpuSmallFp8Fwd, FfnDownGemvWithoutLocalRowWritesZeros) {
+  FLASHMOE_REQUIRE_SM90();
+  MoeProblem raw = ffn_problem(1, 8, 2, 256, 128, Activation::kSilu);
+  raw.has_expert_map = true;
+  raw.num_local_experts = 1;
+  Fp8Inputs x;
+  x.d = make_data(raw, 1451);
+  for (int32_t& le : x.d.expert_map) le = -1;
+  x.d.expert_map[0] = 0;
+  x.d.scores_f32[0] = -30.0f;  // expert 0, the only local one, is never in the top 2
+  x.in.load(raw, x.d);
+  ASSERT_TRUE(prepare(raw, x.in, WeightScale::kChannel, &x.w).ok());
+  x.p8 = prepared_problem(raw, WeightScale::kChannel);
+  EXPECT_TRUE(fused::choose_fp8_config(x.p8).fp8_down_gemv);
+  Result const g = run_fp8(x.p8, x.in, x.w);
+  ASSERT_TRUE(g.status.ok()) << g.status.message();
+  EXPECT_EQ(g.path, KernelPath::kFusedSm90Fp8);
+  ASSERT_EQ(g.out.size(), static_cast<size_t>(256));
+  size_t nonzero = 0;
+  for (uint16_t v : g.out) nonzero += v != 0 ? 1 : 0;
+  EXPECT_EQ(nonzero, 0u);
+  for (int32_t e : g.topk_ids) EXPECT_NE(e, 0) << "the local expert was selected";
+}
+
 // An expert map that sends two global experts to the same local expert (nothing forbids it):
 // their rows share that expert's weights, in (token, slot) order, on both paths.
 TEST(GpuSmallFp8Fwd, ExpertMapTwoGlobalsOneLocal) {
@@ -1379,6 +1476,38 @@ TEST(Fp8FwdHost, SlotFinishChoice) {
 // seed's 64), the workspace slice by the shape alone, FLASHMOE_FP8_A_DENSE=0 switching them
 // off; gated-FFN experts with >= 32 (dsv3: 64) by default on cards with the HBM bandwidth for it
 // (fp8_ffn_dense_by_default), else with FLASHMOE_FP8_A_DENSE=1.
+// Where the one kernel runs the one-token down projection as a GEMV (MoeConfig::fp8_down_gemv).
+TEST(Fp8FwdHost, DownGemvChoice) {
+  auto config = [](MoeProblem raw, WeightScale scale) {
+    return fused::choose_fp8_config(prepared_problem(raw, scale));
+  };
+  for (SlotFinishCase const& c : down_gemv_cases()) {
+    EXPECT_TRUE(config(c.problem, c.scale).fp8_down_gemv) << describe(c.problem, c.scale);
+  }
+  MoeProblem const tp8 = ffn_problem(1, 256, 8, 7168, 256, Activation::kSilu);
+  EXPECT_TRUE(config(tp8, WeightScale::kBlock128).fp8_down_gemv);
+  setenv("FLASHMOE_FP8_DOWN_GEMV", "0", 1);
+  bool const off = config(tp8, WeightScale::kBlock128).fp8_down_gemv;
+  unsetenv("FLASHMOE_FP8_DOWN_GEMV");
+  EXPECT_FALSE(off) << "FLASHMOE_FP8_DOWN_GEMV=0";
+  EXPECT_FALSE(config(ffn_problem(2, 256, 8, 7168, 256, Activation::kSilu),
+                      WeightScale::kBlock128)
+                   .fp8_down_gemv);  // two tokens
+  EXPECT_FALSE(config(ffn_problem(1, 256, 8, 7168, 1024, Activation::kSilu),
+                      WeightScale::kBlock128)
+                   .fp8_down_gemv);  // I > 512
+  EXPECT_FALSE(config(ffn_problem(1, 64, 8, 1024, 96, Activation::kSilu), WeightScale::kChannel)
+                   .fp8_down_gemv);  // I not a multiple of 64
+  EXPECT_FALSE(config(ffn_problem(1, 64, 16, 1024, 256, Activation::kSilu),
+                      WeightScale::kChannel)
+                   .fp8_down_gemv);  // top-16: more rows than warps
+  EXPECT_FALSE(config(linear_problem(1, 256, 8, 4096, 4096), WeightScale::kChannel)
+                   .fp8_down_gemv);  // linear experts: no down projection
+  MoeProblem cap = tp8;
+  cap.routing.capacity_factor = 1.0;
+  EXPECT_FALSE(config(cap, WeightScale::kBlock128).fp8_down_gemv);  // capacity: not solo
+}
+
 TEST(Fp8FwdHost, DenseRowsChoice) {
   auto config = [](MoeProblem const& p) {
     return fused::choose_fp8_config(prepared_problem(p, WeightScale::kChannel));
