@@ -239,7 +239,21 @@ struct Fp8AfterGemm {
     g.flags = (fp.gemm2.scale_block ? kGemvBlockScales : 0) | (fp.r.token_bf16 ? kGemvBf16 : 0) |
               (fp.gemv_early ? kGemvEarly : 0);
     extern __shared__ __align__(1024) uint8_t smem_gemv[];  // the pipeline's window
-    solo_down_gemv(g, static_cast<int>(threadIdx.x) - 128, smem_gemv);
+    int const mt = static_cast<int>(threadIdx.x) - 128;
+    switch (fp.inter / 64) {  // I in {64, 128, 256, 512} (choose_fp8_config)
+      case 1:
+        solo_down_gemv<1>(g, mt, smem_gemv);
+        break;
+      case 2:
+        solo_down_gemv<2>(g, mt, smem_gemv);
+        break;
+      case 4:
+        solo_down_gemv<4>(g, mt, smem_gemv);
+        break;
+      default:
+        solo_down_gemv<8>(g, mt, smem_gemv);
+        break;
+    }
   }
 };
 

@@ -191,10 +191,12 @@ MoeConfig choose_fp8_config(MoeProblem const& problem) {
     c.fp8_slot_finish = gate_up && c.fp8_k_splits > 1 && problem.inter_dim <= 256 &&
                         !detail::env_is("FLASHMOE_FP8_SLOT_FINISH", "0");
     // One token's down projection as a GEMV (solo_down_gemv): a warp per expert row (top_k <= 8),
-    // pairs of k32 steps of I (I <= 512: the A fragments in registers), 8-column blocks of H,
-    // 16-bit tokens, dropless (the one kernel's solo mode).
+    // I / 64 = 1, 2, 4 or 8 K slices (a template parameter; the A fragments in registers),
+    // 8-column blocks of H, 16-bit tokens, dropless (the one kernel's solo mode).
+    int64_t const slices = problem.inter_dim / 64;
     c.fp8_down_gemv = gate_up && problem.num_tokens == 1 && problem.routing.top_k <= 8 &&
-                      problem.inter_dim % 64 == 0 && problem.inter_dim <= 512 &&
+                      problem.inter_dim % 64 == 0 &&
+                      (slices == 1 || slices == 2 || slices == 4 || slices == 8) &&
                       problem.hidden % 8 == 0 && problem.routing.capacity_factor <= 0.0 &&
                       problem.token_dtype != DType::kFloat32 &&
                       !detail::env_is("FLASHMOE_FP8_DOWN_GEMV", "0");

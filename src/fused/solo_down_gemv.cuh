@@ -9,25 +9,29 @@
 // the output, for 14.7 MB of weights). Here the CTAs take blocks of W output columns from a
 // queue (at most two each); for each block one bulk copy per expert row brings its W x I weight
 // bytes into the idle pipeline window (issued before the h rows exist: they do not depend on
-// them), each warp computes one row's outputs with m16n8k32 e4m3 mma.sync (the token's h row as
-// row 0 of A), and the CTA combines its columns over the k slots in slot order from shared
-// memory -- no y round trip through L2, no counts, no second wave.
+// them), each warp computes one row's outputs with m16n8k16 f16 mma.sync on the E4M3 bytes
+// converted to f16 (the token's h row as row 0 of A, converted once; sm_90 has no native e4m3
+// mma.sync: ptxas expands one into the same conversions and two HMMA), and the CTA combines its
+// columns over the k slots in slot order from shared memory -- no y round trip through L2, no
+// counts, no second wave.
 //
-// Numerics: each k32 product block is promoted into fp32 at once (scaled by its 128 x 128 block
-// scale, or summed for channel scales), the row's h scale and the channel scale applied as the
-// pipelined epilogue applies them, y rounded to the tokens' type, then the combine's fp32 adds in
-// slot order (combine_token's rule). The sums are formed in another order than the wgmma path's
-// (per k32 instead of per 128-wide K block), so the bits differ from the multi-kernel path
-// within the FP8 tolerances; FLASHMOE_FP8_DOWN_GEMV=0 runs the pipelined down projection.
+// Numerics: E4M3 values are exact in f16 and so are their products; each 64-wide K slice is
+// summed in fp32 by four chained MMAs and promoted (scaled by its 128 x 128 block scale, or
+// summed for channel scales), the row's h scale and the channel scale applied as the pipelined
+// epilogue applies them, y rounded to the tokens' type, then the combine's fp32 adds in slot
+// order (combine_token's rule). The sums are formed in another order than the wgmma path's
+// (FP8 tensor cores, promoted per 128-wide K block), so the bits differ from the multi-kernel
+// path within the FP8 tolerances; FLASHMOE_FP8_DOWN_GEMV=0 runs the pipelined down projection.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
 
 #include <cute/arch/copy_sm90_tma.hpp>
-#include <cute/arch/mma_sm89.hpp>
+#include <cute/arch/mma_sm80.hpp>
 #include <cutlass/arch/barrier.h>
 
 #include "common/globaltimer.cuh"
@@ -94,6 +98,13 @@ struct Meta {
   int32_t block[kSoloGemvMaxBlocks];    // the column blocks this CTA took (-1: none)
 };
 
+// Two E4M3 bytes (the low one first) as an f16x2 word (exact: every E4M3 value is an f16 one).
+__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t word, int shift) {
+  __half2_raw const h = __nv_cvt_fp8x2_to_halfraw2(
+      static_cast<__nv_fp8x2_storage_t>((word >> shift) & 0xffffu), __NV_E4M3);
+  return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
+}
+
 __device__ __forceinline__ float round_to_token(float v, int bf16) {
   return bf16 ? __bfloat162float(__float2bfloat16_rn(v)) : __half2float(__float2half_rn(v));
 }
@@ -157,9 +168,12 @@ namespace {  // the one kernel's translation unit its own copy
 /// - Every global load is issued off the chain that follows the h rows' release (round 263: the
 ///   scale loads per block, the tile list read one load at a time and the combine's slot loads
 ///   one after another were ~8 us of round trips after the release).
-/// - The B fragments are 16-byte loads covering two k32 steps (the k order inside a pair of
-///   steps is permuted alike in A and B, which leaves each MMA's sum the same): 4-byte loads of
-///   8 columns I bytes apart hit one bank 8 ways (round 264: ~5 us of the compute).
+/// - The B fragments are 16-byte loads covering a 64-wide K slice (the k order inside it is
+///   permuted alike in A and B): 4-byte loads of 8 columns I bytes apart hit one bank 8 ways
+///   (round 264).
+/// - The slice count is a template parameter, so that the slices' loads, conversions and MMAs
+///   interleave (behind a run-time count each slice ran as its own serial chain, round 266).
+template <int kPairs>  // I / 64: 1, 2, 4 or 8
 __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_t* window) {
   using namespace solo_gemv_detail;
   using Bar = cutlass::arch::ClusterTransactionBarrier;
@@ -242,27 +256,28 @@ __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_
     }
   }
 
-  // Row d's h as row 0 of the A fragments, once its m slot is released: lanes 0-3, per pair of
-  // k32 steps p the 16 bytes at 64 p + 16 lane (a[4p], a[4p + 1]: step 2p's k-low and k-high
-  // words; a[4p + 2], a[4p + 3]: step 2p + 1's), rows 1-15 zero.
+  // Row d's h as row 0 of the A fragments, once its m slot is released, converted to f16 once:
+  // lane t < 4 holds, per 64-wide K slice p, the 16 bytes at 64 p + 16 t as eight f16x2 words
+  // (ah[8 p + 2 q], ah[8 p + 2 q + 1]: the k-low and k-high words of the slice's MMA q); rows
+  // 1-15 and the other lanes are zero. The B fragments take the same bytes of their column, so
+  // each m16n8k16 MMA pairs h and w by byte (a k order permuted alike in A and B).
   int const tig = lane & 3;
-  int const pairs = g.inter / 64;
-  uint32_t a[32];
+  uint32_t ah[8 * kPairs];
   float s_h = 0.0f;
 #pragma unroll
-  for (int i = 0; i < 32; ++i) a[i] = 0u;
+  for (int i = 0; i < 8 * kPairs; ++i) ah[i] = 0u;
   if (d < rows && lane < 4) {
     uint32_t const* flag = reinterpret_cast<uint32_t const*>(g.tile_done + s_d);
     while (fused_phases::ld_acquire(flag) != g.ready) __nanosleep(32);
     uint8_t const* h = g.h_fp8 + static_cast<int64_t>(d) * g.inter + 16 * tig;
 #pragma unroll
-    for (int p = 0; p < 8; ++p) {
-      if (p < pairs) {
-        uint4 const v = __ldcg(reinterpret_cast<uint4 const*>(h + 64 * p));
-        a[4 * p] = v.x;
-        a[4 * p + 1] = v.y;
-        a[4 * p + 2] = v.z;
-        a[4 * p + 3] = v.w;
+    for (int p = 0; p < kPairs; ++p) {
+      uint4 const v = __ldcg(reinterpret_cast<uint4 const*>(h + 64 * p));
+      uint32_t const w4[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        ah[8 * p + 2 * q] = e4m3x2_to_f16x2(w4[q], 0);
+        ah[8 * p + 2 * q + 1] = e4m3x2_to_f16x2(w4[q], 16);
       }
     }
     s_h = __ldcg(g.h_scales + d);
@@ -275,7 +290,9 @@ __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_
   Bar::wait(&meta->bar, 0);
   if (mt == 0 && g.timeline != nullptr) stamp_globaltimer(g.timeline + 6);  // "barrier3"
 
-  // Row d's outputs per block: n8 blocks of columns, pairs of k32 steps; lanes 0-3 hold row 0.
+  // Row d's outputs per block: n8 blocks of columns; per 64-wide K slice one 16-byte load per
+  // lane, four chained f16 MMAs (exact products, fp32 sums), then the slice's block scale.
+  // Lanes 0-3 hold row 0 of each result.
   if (d < rows) {
     int const gid = lane >> 2;
     for (int k = 0; k < kSoloGemvMaxBlocks; ++k) {
@@ -289,24 +306,24 @@ __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_
       for (int nb = 0; nb < cols / 8; ++nb) {
         uint8_t const* const bcol = wrow + static_cast<int64_t>(nb * 8 + gid) * g.inter + 16 * tig;
         float const* const bs = sc + ((c0 + nb * 8) / 128 - c0 / 128) * k_sb;
+        uint4 bv[kPairs];
+#pragma unroll
+        for (int p = 0; p < kPairs; ++p) bv[p] = *reinterpret_cast<uint4 const*>(bcol + 64 * p);
         float t0 = 0.0f;
         float t1 = 0.0f;
 #pragma unroll
-        for (int p = 0; p < 8; ++p) {
-          if (p < pairs) {
-            uint4 const bv = *reinterpret_cast<uint4 const*>(bcol + 64 * p);
-            float d0, d1, d2, d3, e0, e1, e2, e3;
-            cute::SM89_16x8x32_F32E4M3E4M3F32_TN::fma(d0, d1, d2, d3, a[4 * p], 0u, a[4 * p + 1],
-                                                       0u, bv.x, bv.y, 0.0f, 0.0f, 0.0f, 0.0f);
-            cute::SM89_16x8x32_F32E4M3E4M3F32_TN::fma(e0, e1, e2, e3, a[4 * p + 2], 0u,
-                                                       a[4 * p + 3], 0u, bv.z, bv.w, 0.0f, 0.0f,
-                                                       0.0f, 0.0f);
-            float const s = block_scales ? bs[(64 * p) / 128] : 1.0f;
-            t0 = fmaf(d0, s, t0);
-            t1 = fmaf(d1, s, t1);
-            t0 = fmaf(e0, s, t0);
-            t1 = fmaf(e1, s, t1);
+        for (int p = 0; p < kPairs; ++p) {
+          uint32_t const w4[4] = {bv[p].x, bv[p].y, bv[p].z, bv[p].w};
+          float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            cute::SM80_16x8x16_F32F16F16F32_TN::fma(
+                d0, d1, d2, d3, ah[8 * p + 2 * q], 0u, ah[8 * p + 2 * q + 1], 0u,
+                e4m3x2_to_f16x2(w4[q], 0), e4m3x2_to_f16x2(w4[q], 16), d0, d1, d2, d3);
           }
+          float const s = block_scales ? bs[(64 * p) / 128] : 1.0f;
+          t0 = fmaf(d0, s, t0);
+          t1 = fmaf(d1, s, t1);
         }
         if (lane < 4) {  // row 0: columns nb * 8 + 2 tig and + 1
           int const col = nb * 8 + 2 * tig;

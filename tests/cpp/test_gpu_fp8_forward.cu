@@ -1008,17 +1008,17 @@ TEST(GpuSmallFp8Fwd, FfnSlotFinish) {
 // The one-token gated FFN's down projection and combine as a GEMV over column blocks
 // (MoeConfig::fp8_down_gemv, perf-log v0.58): check_fp8 holds it to the host mirror and to the
 // pipelined down projection (FLASHMOE_FP8_DOWN_GEMV=0). Shapes: DeepSeek-like top-8 of 256 with
-// block scales; I at the largest (512, fp16 tokens, GELU) and smallest (64) k32 counts and at
-// six pairs of k32 steps (384); H = 4112, not a multiple of the column blocks (24 columns each on 132
-// SMs); rows of one local expert taken by several slots (an expert map); and the weight copies
-// issued after the h rows' wait (FLASHMOE_FP8_GEMV_EARLY=0): the same bits.
+// block scales; I at each K slice count (I / 64 = 1, 2, 4, 8; 512 with fp16 tokens and GELU);
+// H = 4112, not a multiple of the column blocks (24 columns each on 132 SMs); rows of one local
+// expert taken by several slots (an expert map); and the weight copies issued after the h rows'
+// wait (FLASHMOE_FP8_GEMV_EARLY=0): the same bits.
 std::vector<SlotFinishCase> down_gemv_cases() {
   return {
       {ffn_problem(1, 256, 8, 1024, 256, Activation::kSilu), WeightScale::kBlock128, 0},
       {ffn_problem(1, 64, 8, 768, 512, Activation::kGelu, DType::kFloat16), WeightScale::kChannel,
        0},
       {ffn_problem(1, 16, 6, 4112, 64, Activation::kSilu), WeightScale::kChannel, 0},
-      {ffn_problem(1, 32, 8, 2048, 384, Activation::kSilu), WeightScale::kChannel, 0},
+      {ffn_problem(1, 32, 8, 2048, 128, Activation::kGelu), WeightScale::kBlock128, 0},
   };
 }
 
@@ -1498,6 +1498,8 @@ TEST(Fp8FwdHost, DownGemvChoice) {
                    .fp8_down_gemv);  // I > 512
   EXPECT_FALSE(config(ffn_problem(1, 64, 8, 1024, 96, Activation::kSilu), WeightScale::kChannel)
                    .fp8_down_gemv);  // I not a multiple of 64
+  EXPECT_FALSE(config(ffn_problem(1, 64, 8, 1024, 384, Activation::kSilu), WeightScale::kChannel)
+                   .fp8_down_gemv);  // I / 64 = 6: no instantiation
   EXPECT_FALSE(config(ffn_problem(1, 64, 16, 1024, 256, Activation::kSilu),
                       WeightScale::kChannel)
                    .fp8_down_gemv);  // top-16: more rows than warps
