@@ -66,7 +66,7 @@ struct SoloDownGemv {
   uint32_t ready;
   int32_t num_tile_slots;
   int32_t hidden;               // H: output columns
-  int32_t inter;                // I: a multiple of 64, at most 512
+  int32_t inter;                // I: 64, 128, 256 or 512 (the template's K slices x 64)
   int32_t block_cols;           // W: columns of a block, a multiple of 8
   int32_t num_blocks;           // ceil(H / W)
   int32_t top_k;                // <= kSoloGemvMaxRows
@@ -144,8 +144,8 @@ __device__ __forceinline__ void issue_weight_copies(SoloDownGemv const& g, Meta*
     if (b < 0) continue;
     int const c0 = b * g.block_cols;
     int const cols = min(g.block_cols, g.hidden - c0);
-    for (int d = 0; d < rows; ++d) {
-      int r = 0;
+    for (int d = 0; d < rows; ++d) {  // (the dispatch numbers its rows 0 .. rows - 1 densely:
+      int r = 0;                        // every one lies in a tile)
       int const s = tile_of_row(meta, num_tiles, d, r);
       uint8_t const* src =
           g.w + (static_cast<int64_t>(meta->tile[s].x) * g.n_prep + c0) * g.inter;

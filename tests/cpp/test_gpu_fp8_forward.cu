@@ -1012,20 +1012,23 @@ TEST(GpuSmallFp8Fwd, FfnSlotFinish) {
 // H = 4112, not a multiple of the column blocks (24 columns each on 132 SMs); rows of one local
 // expert taken by several slots (an expert map); and the weight copies issued after the h rows'
 // wait (FLASHMOE_FP8_GEMV_EARLY=0): the same bits.
-std::vector<SlotFinishCase> down_gemv_cases() {
+struct ScaledProblem {
+  MoeProblem problem;
+  WeightScale scale;
+};
+std::vector<ScaledProblem> down_gemv_cases() {
   return {
-      {ffn_problem(1, 256, 8, 1024, 256, Activation::kSilu), WeightScale::kBlock128, 0},
-      {ffn_problem(1, 64, 8, 768, 512, Activation::kGelu, DType::kFloat16), WeightScale::kChannel,
-       0},
-      {ffn_problem(1, 16, 6, 4112, 64, Activation::kSilu), WeightScale::kChannel, 0},
-      {ffn_problem(1, 32, 8, 2048, 128, Activation::kGelu), WeightScale::kBlock128, 0},
+      {ffn_problem(1, 256, 8, 1024, 256, Activation::kSilu), WeightScale::kBlock128},
+      {ffn_problem(1, 64, 8, 768, 512, Activation::kGelu, DType::kFloat16), WeightScale::kChannel},
+      {ffn_problem(1, 16, 6, 4112, 64, Activation::kSilu), WeightScale::kChannel},
+      {ffn_problem(1, 32, 8, 2048, 128, Activation::kGelu), WeightScale::kBlock128},
   };
 }
 
 TEST(GpuSmallFp8Fwd, FfnDownGemv) {
   FLASHMOE_REQUIRE_SM90();
   uint32_t seed = 1401;
-  for (SlotFinishCase const& c : down_gemv_cases()) check_fp8(c.problem, c.scale, seed++);
+  for (ScaledProblem const& c : down_gemv_cases()) check_fp8(c.problem, c.scale, seed++);
   // Several slots on one local expert, others non-local (slot rows -1).
   MoeProblem m = ffn_problem(1, 16, 8, 512, 128, Activation::kSilu);
   m.has_expert_map = true;
@@ -1037,7 +1040,7 @@ TEST(GpuSmallFp8Fwd, FfnDownGemv) {
     }
   });
   // The copies after the wait: the same bits as before it.
-  for (SlotFinishCase const& c : down_gemv_cases()) {
+  for (ScaledProblem const& c : down_gemv_cases()) {
     SCOPED_TRACE(describe(c.problem, c.scale));
     Fp8Inputs x;
     x.d = make_data(c.problem, seed++);
@@ -1481,7 +1484,7 @@ TEST(Fp8FwdHost, DownGemvChoice) {
   auto config = [](MoeProblem raw, WeightScale scale) {
     return fused::choose_fp8_config(prepared_problem(raw, scale));
   };
-  for (SlotFinishCase const& c : down_gemv_cases()) {
+  for (ScaledProblem const& c : down_gemv_cases()) {
     EXPECT_TRUE(config(c.problem, c.scale).fp8_down_gemv) << describe(c.problem, c.scale);
   }
   MoeProblem const tp8 = ffn_problem(1, 256, 8, 7168, 256, Activation::kSilu);
