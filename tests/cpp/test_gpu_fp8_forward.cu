@@ -475,9 +475,10 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
   }
 
   // The one-token down projection as a GEMV (MoeConfig::fp8_down_gemv) forms its sums in another
-  // order than the pipelined body (per k32 step instead of per 128-wide K block): it is held to
-  // the mirror's bound (above) and to the same kernel with it off (FLASHMOE_FP8_DOWN_GEMV=0),
-  // whose output then stands for the one kernel in the bitwise comparisons below.
+  // order than the pipelined body (fp32 sums per 64-wide K slice instead of the FP8 tensor cores'
+  // per-128 promotion): it is held to the mirror's bound (above) and to the same kernel with it
+  // off (FLASHMOE_FP8_DOWN_GEMV=0), whose output then stands for the one kernel in the bitwise
+  // comparisons below.
   std::vector<uint16_t> bits = g1.out;
   if (g1.path == KernelPath::kFusedSm90Fp8 && fused::choose_fp8_config(p8).fp8_down_gemv) {
     setenv("FLASHMOE_FP8_DOWN_GEMV", "0", 1);
