@@ -204,8 +204,6 @@ __device__ __forceinline__ void combine_n_tile(FusedRoutingParams const& r, int 
   combine_token_of(r, t, mt & 127, 128, c0, c0 + Pipe::kBlockN / 8);
 }
 
-// The body's hooks (sm90_util::NoPipeDeps says when they run): the gated FFN's per-slot order
-// (wait_rows, item_done) and solo mode's combine by the items (item_stored, after_tiles).
 // The math warpgroups after their last tile: the one-token gated FFN's down projection and combine
 // (solo_down_gemv), else phase 4 (CombineAfterGemm).
 struct Fp8AfterGemm {
@@ -257,6 +255,8 @@ struct Fp8AfterGemm {
   }
 };
 
+// The body's hooks (sm90_util::NoPipeDeps says when they run): the gated FFN's per-slot order
+// (wait_rows, item_done) and solo mode's combine by the items (item_stored, after_tiles).
 // kTimeline: the profiling build (FLASHMOE_FUSED_TIMELINE=1), whose hooks stamp the timeline;
 // in the production kernel the stamps are compiled out (gemm::Sm90Fp8PipeTile::kTimeline).
 template <bool kTimeline>
