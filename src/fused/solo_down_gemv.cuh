@@ -173,7 +173,7 @@ namespace {  // the one kernel's translation unit its own copy
 ///   (round 264).
 /// - The slice count is a template parameter, so that the slices' loads, conversions and MMAs
 ///   interleave (behind a run-time count each slice ran as its own serial chain, round 266).
-template <int kPairs>  // I / 64: 1, 2, 4 or 8
+template <int kKSlices>  // I / 64: 1, 2, 4 or 8
 __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_t* window) {
   using namespace solo_gemv_detail;
   using Bar = cutlass::arch::ClusterTransactionBarrier;
@@ -181,16 +181,16 @@ __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_
   bool const block_scales = (g.flags & kGemvBlockScales) != 0;
   int const bf16 = (g.flags & kGemvBf16) != 0 ? 1 : 0;
   bool const early = (g.flags & kGemvEarly) != 0;
-  constexpr int kSlices = kSoloGemvMaxBlocks * kSoloGemvMaxRows;
+  constexpr int kRowSlices = kSoloGemvMaxBlocks * kSoloGemvMaxRows;  // (block, row) slices
   int const warp = mt >> 5;
   int const lane = mt & 31;
   int const W = g.block_cols;
   int const num_tiles = min(g.num_tile_slots, kSoloGemvMaxTiles);
   int const scale_stride = W > 8 ? W : 8;
   uint8_t* const wsm = window;
-  float* const ysm = reinterpret_cast<float*>(window + int64_t(kSlices) * W * g.inter);
-  float* const ssm = ysm + kSlices * W;  // per block and row: its scales
-  Meta* const meta = reinterpret_cast<Meta*>(ssm + kSlices * scale_stride);
+  float* const ysm = reinterpret_cast<float*>(window + int64_t(kRowSlices) * W * g.inter);
+  float* const ssm = ysm + kRowSlices * W;  // per block and row: its scales
+  Meta* const meta = reinterpret_cast<Meta*>(ssm + kRowSlices * scale_stride);
 
   // Both math warpgroups are past their last stage: the window is free.
   asm volatile("bar.sync %0, 256;" ::"n"(kBarrier) : "memory");
@@ -262,16 +262,16 @@ __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_
   // 1-15 and the other lanes are zero. The B fragments take the same bytes of their column, so
   // each m16n8k16 MMA pairs h and w by byte (a k order permuted alike in A and B).
   int const tig = lane & 3;
-  uint32_t ah[8 * kPairs];
+  uint32_t ah[8 * kKSlices];
   float s_h = 0.0f;
 #pragma unroll
-  for (int i = 0; i < 8 * kPairs; ++i) ah[i] = 0u;
+  for (int i = 0; i < 8 * kKSlices; ++i) ah[i] = 0u;
   if (d < rows && lane < 4) {
     uint32_t const* flag = reinterpret_cast<uint32_t const*>(g.tile_done + s_d);
     while (fused_phases::ld_acquire(flag) != g.ready) __nanosleep(32);
     uint8_t const* h = g.h_fp8 + static_cast<int64_t>(d) * g.inter + 16 * tig;
 #pragma unroll
-    for (int p = 0; p < kPairs; ++p) {
+    for (int p = 0; p < kKSlices; ++p) {
       uint4 const v = __ldcg(reinterpret_cast<uint4 const*>(h + 64 * p));
       uint32_t const w4[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
@@ -306,13 +306,13 @@ __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_
       for (int nb = 0; nb < cols / 8; ++nb) {
         uint8_t const* const bcol = wrow + static_cast<int64_t>(nb * 8 + gid) * g.inter + 16 * tig;
         float const* const bs = sc + ((c0 + nb * 8) / 128 - c0 / 128) * k_sb;
-        uint4 bv[kPairs];
+        uint4 bv[kKSlices];
 #pragma unroll
-        for (int p = 0; p < kPairs; ++p) bv[p] = *reinterpret_cast<uint4 const*>(bcol + 64 * p);
+        for (int p = 0; p < kKSlices; ++p) bv[p] = *reinterpret_cast<uint4 const*>(bcol + 64 * p);
         float t0 = 0.0f;
         float t1 = 0.0f;
 #pragma unroll
-        for (int p = 0; p < kPairs; ++p) {
+        for (int p = 0; p < kKSlices; ++p) {
           uint32_t const w4[4] = {bv[p].x, bv[p].y, bv[p].z, bv[p].w};
           float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
 #pragma unroll
