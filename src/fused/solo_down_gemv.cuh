@@ -51,7 +51,7 @@ inline constexpr int kSoloGemvMaxTiles = 32;
 /// out-of-line function, so that no field is a load on its chain).
 struct SoloDownGemv {
   uint8_t const* w;             // W_down E4M3 [E_local, n_prep, I] (K = I contiguous)
-  float const* w_scales;        // channel [E_local, H]; block128 [E_local, ceil(H/128), ceil(I/128)]
+  float const* w_scales;        // channel [E_local, H]; block128 [E_local, H/128, I/128] (ceil)
   uint8_t const* h_fp8;         // the h rows' E4M3 bytes [rows, I]
   float const* h_scales;        // their scales
   gemm::TileInfo const* tiles;  // the dispatch's tile list (expert, row0, rows) of the m slots
