@@ -203,20 +203,11 @@ __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_
     meta->slot_row[j] = j < g.top_k ? __ldcg(g.slot_row + j) : -1;
     meta->weight[j] = j < g.top_k ? __ldcg(g.weights + j) : 0.0f;
   } else if (mt == 96) {
-    int taken[kSoloGemvMaxBlocks];
-    int b = atomicAdd(g.queue, 1);
+    // One take of consecutive blocks (one L2 round trip before the copies; perf-log v0.59c).
+    int const b = atomicAdd(g.queue, kSoloGemvMaxBlocks);
 #pragma unroll
     for (int k = 0; k < kSoloGemvMaxBlocks; ++k) {
-      taken[k] = b < g.num_blocks ? b : -1;
-      if (k + 1 < kSoloGemvMaxBlocks && b < g.num_blocks) b = atomicAdd(g.queue, 1);
-    }
-#pragma unroll
-    for (int k = 0; k < kSoloGemvMaxBlocks; ++k) meta->block[k] = taken[k];
-    // Every CTA takes its blocks before it counts itself done: the last one leaves the queue
-    // zeroed for the next launch.
-    if (atomicAdd(g.queue + 1, 1) == static_cast<int>(gridDim.x) - 1) {
-      g.queue[0] = 0;
-      g.queue[1] = 0;
+      meta->block[k] = b + k < g.num_blocks ? b + k : -1;
     }
   } else if (mt == 255) {
     if (g.timeline != nullptr) stamp_globaltimer(g.timeline + 5);  // "gemm done"
@@ -224,8 +215,14 @@ __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_
     cutlass::arch::fence_barrier_init();
   }
   asm volatile("bar.sync %0, 256;" ::"n"(kBarrier) : "memory");
+  if (mt == 0 && early && meta->block[0] >= 0) issue_weight_copies(g, meta, wsm, num_tiles);
+  // Every CTA counts itself done after its take (the barrier above), off the copies' path: the
+  // last one leaves the queue zeroed for the next launch.
+  if (mt == 96 && atomicAdd(g.queue + 1, 1) == static_cast<int>(gridDim.x) - 1) {
+    g.queue[0] = 0;
+    g.queue[1] = 0;
+  }
   if (meta->block[0] < 0) return;  // (the same for the whole CTA)
-  if (mt == 0 && early) issue_weight_copies(g, meta, wsm, num_tiles);
 
   // Warp d: row d's expert and m slot, its scales per block into shared memory (block128: the
   // 128-column blocks that the block's columns touch, times I / 128; channel: its W columns').
