@@ -328,9 +328,11 @@ struct DeviceInputs {
 
 /// One fused_moe_run on a fresh stream: output, optional outputs and workspace poisoned first
 /// (0xFF: NaN in bf16/fp16; 0x7F in the integer/float optional outputs), then synchronized.
-/// `set_weights`, if given, replaces the weight pointers of the args (e.g. prepared FP8 weights).
+/// `set_weights`, if given, replaces the weight pointers of the args (e.g. prepared FP8 weights);
+/// `inspect`, if given, reads the workspace after a successful run (before it is freed).
 inline Result run_gpu(MoeProblem const& p, DeviceInputs const& in, bool optional_outputs = true,
-                      std::function<void(MoeArgs&)> const& set_weights = nullptr) {
+                      std::function<void(MoeArgs&)> const& set_weights = nullptr,
+                      std::function<void(void*)> const& inspect = nullptr) {
   Result r;
   int64_t const T = p.num_tokens;
   int const k = p.routing.top_k;
@@ -368,6 +370,7 @@ inline Result run_gpu(MoeProblem const& p, DeviceInputs const& in, bool optional
                       std::string("kernel failed: ") + cudaGetErrorString(sync));
   }
   if (!r.status.ok()) return r;
+  if (inspect) inspect(ws.get());
   r.out = download<uint16_t>(out, out_elems);
   if (optional_outputs) {
     r.topk_ids = download<int32_t>(ids, T * k);
