@@ -100,8 +100,8 @@ double activate(Activation a, double g) {
 
 /// The GPU's per-row quantization of `row` (already in the type the GPU reads): float32 scale
 /// amax / 448 (1 for a zero row), the gather multiplies by the float32 reciprocal, rounds to
-/// E4M3; returns the dequantized values.
-// `e4m3` / `scale`, if given, receive the E4M3 values (before the scale) and the row's scale.
+/// E4M3; returns the dequantized values (`e4m3` / `scale`, if given, receive the E4M3 values
+/// before the scale and the row's scale).
 std::vector<double> quantize_row_like_gpu(std::vector<double> const& row,
                                           double* e4m3 = nullptr, double* scale = nullptr) {
   float amax = 0.0f;
@@ -116,16 +116,6 @@ std::vector<double> quantize_row_like_gpu(std::vector<double> const& row,
   }
   if (scale != nullptr) *scale = s;
   return q;
-}
-
-/// The finite non-negative E4M3 values in ascending order (bytes 0x00-0x7e).
-std::vector<double> const& e4m3_magnitudes() {
-  static std::vector<double> const v = [] {
-    std::vector<double> m;
-    for (int b = 0; b < 0x7f; ++b) m.push_back(e4m3_value(static_cast<uint8_t>(b)));
-    return m;
-  }();
-  return v;
 }
 
 std::string describe(MoeProblem const& p, WeightScale scale) {
@@ -338,15 +328,6 @@ HiddenRows download_hidden(MoeProblem const& p8, void* ws) {
   return h;
 }
 
-/// The position of E4M3 value v among the finite E4M3 values (0 for +-0, negative below 0): two
-/// values one rounding step apart differ by 1.
-int e4m3_ordinal(double v) {
-  int const mag = static_cast<int>(std::lower_bound(e4m3_magnitudes().begin(),
-                                                    e4m3_magnitudes().end(), std::fabs(v)) -
-                                   e4m3_magnitudes().begin());
-  return v < 0 ? -mag : mag;
-}
-
 /// A problem's seeded inputs on the device, its experts prepared as FP8 with `scale`, and `p8`,
 /// the problem that names them. Filled in place (the device buffers are not copyable); call it
 /// inside ASSERT_NO_FATAL_FAILURE.
@@ -476,9 +457,12 @@ bool fused_expected(MoeProblem const& raw) {
 /// land on the neighbouring E4M3 value -- one such element of a heavy expert at T = 1 moves the
 /// whole output by 2e-2 (host emulation, session of 2026-11-28), which the end-to-end bound
 /// (kSameQuantFfnTol) absorbs. Here: (1) the GPU's h rows equal the mirror's but for single
-/// rounding steps -- each value at most one E4M3 step from the mirror's, at most 10% of them
+/// rounding steps -- each value at most one E4M3 step from the mirror's, at most 5% of them
 /// moved, each row scale within 2^-7 (a bf16 step of the row's amax); (2) the down projection
 /// and combine on the GPU's own h rows are within kSameQuantTol of the mirror's on those rows.
+/// "One step": the larger value's E4M3 spacing (2^-3 of it), or 2^-10 of the row's amax near
+/// zero, where g or u cancel and the accumulation error spans several subnormal steps (round
+/// 272: up to 14 values per shape moved by two or more steps there, never elsewhere).
 void check_each_gemm(MoeProblem const& raw, WeightScale scale, HostData const& d,
                      Result const& ref_q, std::vector<double> const& w1,
                      std::vector<double> const& w2, Result const& g1, HiddenRows const& gpu_h,
@@ -492,16 +476,17 @@ void check_each_gemm(MoeProblem const& raw, WeightScale scale, HostData const& d
     double const sg = gpu_h.scale[a], sm = mirror_h.scale[a];
     bad_scales += !(std::fabs(sg - sm) <= std::ldexp(std::fabs(sm), -7));
     for (int64_t i = 0; i < I; ++i) {
-      int const step = std::abs(e4m3_ordinal(gpu_h.q[a * I + i]) -
-                                e4m3_ordinal(mirror_h.q[a * I + i]));
-      moved += step != 0;
-      far += step > 1;
+      double const vg = gpu_h.q[a * I + i] * sg, vm = mirror_h.q[a * I + i] * sm;
+      double const step = std::max(std::ldexp(std::max(std::fabs(vg), std::fabs(vm)), -3),
+                                   std::ldexp(kE4M3Max * sm, -10));
+      moved += gpu_h.q[a * I + i] != mirror_h.q[a * I + i];  // another E4M3 code
+      far += !(std::fabs(vg - vm) <= step);
       ++values;
     }
   }
   EXPECT_EQ(bad_scales, 0) << "h row scales more than 2^-7 from the mirror's";
   EXPECT_EQ(far, 0) << "h values more than one E4M3 step from the mirror's";
-  EXPECT_LE(moved * 10, values) << "more than 10% of the h values moved by a rounding step";
+  EXPECT_LE(moved * 20, values) << "more than 5% of the h values moved by a rounding step";
   std::vector<uint16_t> const on_gpu_h =
       mirror_forward(raw, d, ref_q, w1, w2, false, nullptr, &gpu_h);
   double const err_h = rel_frobenius(raw.token_dtype, g1.out, on_gpu_h);
