@@ -18,4 +18,11 @@ __device__ __forceinline__ void stamp_globaltimer_once(uint64_t* slot) {
   if (*slot == 0) stamp_globaltimer(slot);
 }
 
+/// The latest of several threads' events: *slot = max(*slot, now).
+__device__ __forceinline__ void stamp_globaltimer_max(uint64_t* slot) {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  atomicMax(reinterpret_cast<unsigned long long*>(slot), static_cast<unsigned long long>(t));
+}
+
 }  // namespace flashmoe

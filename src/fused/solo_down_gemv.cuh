@@ -278,10 +278,18 @@ __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_
       }
     }
     s_h = __ldcg(g.h_scales + d);
+    // Profiling: the CTA's last h row in registers ("gemv:h-last").
+    if (lane == 0 && g.timeline != nullptr) stamp_globaltimer_max(g.timeline + 29);
   }
   if (!early) {
     asm volatile("bar.sync %0, 256;" ::"n"(kBarrier) : "memory");  // every row released
     if (mt == 0) issue_weight_copies(g, meta, wsm, num_tiles);
+  }
+  // Profiling: the weights' arrival alone ("gemv:weights"), by a lane that loads no h row (a
+  // wait consumes nothing); "barrier3" below is row 0's h and the weights.
+  if (mt == 4 && g.timeline != nullptr) {
+    Bar::wait(&meta->bar, 0);
+    stamp_globaltimer(g.timeline + 28);
   }
   __syncwarp();  // the warp's scales written
   Bar::wait(&meta->bar, 0);
