@@ -289,6 +289,19 @@ Result run_fp8(MoeProblem const& p8, DeviceInputs const& in, Prepared const& w,
   return run_gpu(p8, in, optional_outputs, [&](MoeArgs& a) { use_prepared(a, p8, w); }, inspect);
 }
 
+/// run_fp8 with the environment switch `env`=0, which must turn the one-kernel forward's
+/// MoeConfig::*`feature` off (asserted, as is the path that ran).
+Result run_fp8_switched_off(MoeProblem const& p8, DeviceInputs const& in, Prepared const& w,
+                            char const* env, bool fused::MoeConfig::*feature) {
+  setenv(env, "0", 1);
+  bool const off = !(fused::choose_fp8_config(p8).*feature);
+  Result r = run_fp8(p8, in, w);
+  unsetenv(env);
+  EXPECT_TRUE(off) << env << "=0 does not turn the feature off";
+  if (r.status.ok()) EXPECT_EQ(r.path, KernelPath::kFusedSm90Fp8) << env << "=0";
+  return r;
+}
+
 /// The gated FFN's E4M3 h rows per slot a = t * k + j: slot a's I values (E4M3 values, before
 /// the row's scale) at q[a * I], its scale, and whether it was computed.
 struct HiddenRows {
@@ -403,11 +416,10 @@ std::vector<uint16_t> mirror_forward(MoeProblem const& p, HostData const& d, Res
           for (int64_t i = 0; gpu_h->present[a] && i < I; ++i) {
             hq[i] = gpu_h->q[a * I + i] * gpu_h->scale[a];
           }
-        } else if (own_h != nullptr) {
-          own_h->present[a] = 1;
-          hq = quantize_row_like_gpu(h, own_h->q.data() + a * I, own_h->scale.data() + a);
         } else {
-          hq = quantize_row_like_gpu(h);
+          if (own_h != nullptr) own_h->present[a] = 1;
+          hq = quantize_row_like_gpu(h, own_h != nullptr ? own_h->q.data() + a * I : nullptr,
+                                     own_h != nullptr ? own_h->scale.data() + a : nullptr);
         }
         for (int64_t o = 0; o < N; ++o) {
           double const* wr = &w2[(le * N + o) * I];
@@ -457,10 +469,11 @@ bool fused_expected(MoeProblem const& raw) {
 /// (sm90_fp8_grouped_gemm.cuh's top), so an h element within ~1e-4 of a rounding boundary can
 /// land on the neighbouring E4M3 value -- one such element of a heavy expert at T = 1 moves the
 /// whole output by 2e-2 (docs/perf-log.md, "FFN same-quantization error, each GEMM apart"),
-/// which the end-to-end bound (kSameQuantFfnTol) absorbs. Here: (1) the GPU's h rows equal the mirror's but for single
-/// rounding steps -- each value at most one E4M3 step from the mirror's, at most 5% of them
-/// moved, each row scale within 2^-7 (a bf16 step of the row's amax); (2) the down projection
-/// and combine on the GPU's own h rows are within kSameQuantTol of the mirror's on those rows.
+/// which the end-to-end bound (kSameQuantFfnTol) absorbs. Here: (1) the GPU's h rows equal the
+/// mirror's but for single rounding steps -- each value at most one E4M3 step from the mirror's,
+/// at most 5% of them moved, each row scale within 2^-7 (a bf16 step of the row's amax); (2) the
+/// down projection and combine on the GPU's own h rows are within kSameQuantTol of the mirror's
+/// on those rows.
 /// "One step": the larger value's E4M3 spacing (2^-3 of it), or 2^-10 of the row's amax near
 /// zero, where g or u cancel and the accumulation error spans several subnormal steps (round
 /// 272: up to 14 values per shape moved by two or more steps there, never elsewhere).
@@ -587,13 +600,9 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
   // kernel's two-step path (FLASHMOE_FP8_SLOT_FINISH=0: each n tile sums its ranges, stores bf16
   // h and counts itself; the slot's last n tile quantizes h): the same bits.
   if (g1.path == KernelPath::kFusedSm90Fp8 && fused::choose_fp8_config(p8).fp8_slot_finish) {
-    setenv("FLASHMOE_FP8_SLOT_FINISH", "0", 1);
-    bool const off = !fused::choose_fp8_config(p8).fp8_slot_finish;
-    Result const gs = run_fp8(p8, in, w);
-    unsetenv("FLASHMOE_FP8_SLOT_FINISH");
-    EXPECT_TRUE(off) << "FLASHMOE_FP8_SLOT_FINISH=0 does not turn the slot finisher off";
+    Result const gs = run_fp8_switched_off(p8, in, w, "FLASHMOE_FP8_SLOT_FINISH",
+                                           &fused::MoeConfig::fp8_slot_finish);
     ASSERT_TRUE(gs.status.ok()) << gs.status.message();
-    EXPECT_EQ(gs.path, KernelPath::kFusedSm90Fp8);
     EXPECT_EQ(first_mismatch(gs.out, g1.out), -1)
         << "the slot finisher gives other bits than the two-step path";
   }
@@ -605,13 +614,9 @@ void check_fp8(MoeProblem const& raw, WeightScale scale, uint32_t seed,
   // comparisons below.
   std::vector<uint16_t> bits = g1.out;
   if (g1.path == KernelPath::kFusedSm90Fp8 && fused::choose_fp8_config(p8).fp8_down_gemv) {
-    setenv("FLASHMOE_FP8_DOWN_GEMV", "0", 1);
-    bool const off = !fused::choose_fp8_config(p8).fp8_down_gemv;
-    Result const gp = run_fp8(p8, in, w);
-    unsetenv("FLASHMOE_FP8_DOWN_GEMV");
-    EXPECT_TRUE(off) << "FLASHMOE_FP8_DOWN_GEMV=0 does not turn the down GEMV off";
+    Result const gp = run_fp8_switched_off(p8, in, w, "FLASHMOE_FP8_DOWN_GEMV",
+                                           &fused::MoeConfig::fp8_down_gemv);
     ASSERT_TRUE(gp.status.ok()) << gp.status.message();
-    EXPECT_EQ(gp.path, KernelPath::kFusedSm90Fp8);
     double const err_p = rel_frobenius(raw.token_dtype, g1.out, gp.out);
     double const err_pm = rel_frobenius(raw.token_dtype, gp.out, mirror);
     EXPECT_LT(err_p, same_quant_tol) << "the down GEMV vs the pipelined down projection";
