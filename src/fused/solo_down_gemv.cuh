@@ -124,35 +124,38 @@ __device__ __forceinline__ int tile_of_row(Meta const* meta, int num_tiles, int 
   return found;
 }
 
-// Thread 0: each taken block's W x I weight bytes of every row into its slice of the window
-// (one bulk copy per block and row; the barrier counts every byte).
+// Warp 0 (lane = 0..31): each taken block's W x I weight bytes of every row into its slice of
+// the window, one bulk copy per block and row, lane 8 k + d issuing block k's row d (the barrier
+// counts every byte, announced by lane 0 first). Each lane finds its row's tile itself: issued
+// by thread 0 alone, one tile-list walk and copy after another took ~8 us before the last copy
+// went out (round 281), for copies that then land in ~2 us.
+static_assert(kSoloGemvMaxBlocks * kSoloGemvMaxRows <= 32, "a lane per block and row");
 __device__ __forceinline__ void issue_weight_copies(SoloDownGemv const& g, Meta* meta,
-                                                    uint8_t* wsm, int num_tiles) {
+                                                    uint8_t* wsm, int num_tiles, int lane) {
   using Bar = cutlass::arch::ClusterTransactionBarrier;
+  int const k = lane / kSoloGemvMaxRows;
+  int const d = lane % kSoloGemvMaxRows;
   int rows = 0;
-  tile_of_row(meta, num_tiles, 0, rows);
-  uint32_t total = 0;
-  for (int k = 0; k < kSoloGemvMaxBlocks; ++k) {
-    int const b = meta->block[k];
-    if (b < 0) continue;
-    int const cols = min(g.block_cols, g.hidden - b * g.block_cols);
-    total += static_cast<uint32_t>(cols * g.inter * rows);
-  }
-  Bar::arrive_and_expect_tx(&meta->bar, total);
-  for (int k = 0; k < kSoloGemvMaxBlocks; ++k) {
-    int const b = meta->block[k];
-    if (b < 0) continue;
-    int const c0 = b * g.block_cols;
-    int const cols = min(g.block_cols, g.hidden - c0);
-    for (int d = 0; d < rows; ++d) {  // (the dispatch numbers its rows 0 .. rows - 1 densely:
-      int r = 0;                        // every one lies in a tile)
-      int const s = tile_of_row(meta, num_tiles, d, r);
-      uint8_t const* src =
-          g.w + (static_cast<int64_t>(meta->tile[s].x) * g.n_prep + c0) * g.inter;
-      uint8_t* dst = wsm + static_cast<int64_t>(k * kSoloGemvMaxRows + d) * g.block_cols * g.inter;
-      cute::SM90_BULK_COPY_G2S::copy(src, &meta->bar, dst, cols * g.inter);
+  int const s = tile_of_row(meta, num_tiles, d, rows);  // (rows: the same in every lane)
+  if (lane == 0) {
+    uint32_t total = 0;
+    for (int j = 0; j < kSoloGemvMaxBlocks; ++j) {
+      int const b = meta->block[j];
+      if (b < 0) continue;
+      int const cols = min(g.block_cols, g.hidden - b * g.block_cols);
+      total += static_cast<uint32_t>(cols * g.inter * rows);
     }
+    Bar::arrive_and_expect_tx(&meta->bar, total);
   }
+  __syncwarp();
+  int const b = k < kSoloGemvMaxBlocks ? meta->block[k] : -1;
+  if (b < 0 || d >= rows) return;  // (the dispatch numbers its rows 0 .. rows - 1 densely:
+                                   // every one lies in a tile)
+  int const c0 = b * g.block_cols;
+  int const cols = min(g.block_cols, g.hidden - c0);
+  uint8_t const* src = g.w + (static_cast<int64_t>(meta->tile[s].x) * g.n_prep + c0) * g.inter;
+  uint8_t* dst = wsm + static_cast<int64_t>(k * kSoloGemvMaxRows + d) * g.block_cols * g.inter;
+  cute::SM90_BULK_COPY_G2S::copy(src, &meta->bar, dst, cols * g.inter);
 }
 
 }  // namespace solo_gemv_detail
@@ -215,7 +218,11 @@ __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_
     cutlass::arch::fence_barrier_init();
   }
   asm volatile("bar.sync %0, 256;" ::"n"(kBarrier) : "memory");
-  if (mt == 0 && early && meta->block[0] >= 0) issue_weight_copies(g, meta, wsm, num_tiles);
+  if (mt < 32 && early && meta->block[0] >= 0) {
+    issue_weight_copies(g, meta, wsm, num_tiles, mt);
+    __syncwarp();
+    if (mt == 0 && g.timeline != nullptr) stamp_globaltimer(g.timeline + 30);  // "gemv:issued"
+  }
   // Every CTA counts itself done after its take (the barrier above), off the copies' path: the
   // last one leaves the queue zeroed for the next launch.
   if (mt == 96 && atomicAdd(g.queue + 1, 1) == static_cast<int>(gridDim.x) - 1) {
@@ -283,7 +290,11 @@ __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_
   }
   if (!early) {
     asm volatile("bar.sync %0, 256;" ::"n"(kBarrier) : "memory");  // every row released
-    if (mt == 0) issue_weight_copies(g, meta, wsm, num_tiles);
+    if (mt < 32) {
+      issue_weight_copies(g, meta, wsm, num_tiles, mt);
+      __syncwarp();
+      if (mt == 0 && g.timeline != nullptr) stamp_globaltimer(g.timeline + 30);  // "gemv:issued"
+    }
   }
   // Profiling: the weights' arrival alone ("gemv:weights"), by a lane that loads no h row (a
   // wait consumes nothing); "barrier3" below is row 0's h and the weights.
