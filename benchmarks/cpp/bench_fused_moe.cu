@@ -448,10 +448,10 @@ std::string bench(Shape const& s, Opts const& o, Ctx* cx) {
         "tk:scores",  "tk:sum",   "tk:q",   "tk:selected",  // the top-k of the CTA's first token
         "first:rows", "first:K-done", "first:split-done", "slot-released",  // first item
         "gemm0 items", "gemm0 last K-done", "row:e4m3(t0)", "fast:written", "gemv:weights",
-        "gemv:h-last", "gemv:issued", ""};
+        "gemv:h-last", "gemv:issued", "finish:start"};
     static int const kOrder[] = {0,  16, 17, 18, 19, 27, 26, 8,  9,  1,  2,  3,
                                  4,  10, 11, 13, 12, 14, 15, 5,  30, 28, 29, 6,
-                                 7,  20, 21, 22, 23, 25, 31, 24};  // 24: a count, not a time
+                                 7,  20, 21, 22, 31, 23, 25, 24};  // 24: a count, not a time
     static_assert(sizeof(kOrder) / sizeof(kOrder[0]) == fused::kFusedTimelineSlots, "slots");
     std::string line = "   fused timeline (us from the first CTA's start, median/max over " +
                        std::to_string(ctas) + " CTAs):";

@@ -30,7 +30,8 @@ inline constexpr int kFusedMaxExperts = 256;
 /// the steps of the top-k of the CTA's first token (routing::topk_stamp: scores and their max
 /// loaded, softmax sum, selection scores ready, experts selected); 20-22 the CTA's *first* GEMM
 /// item (rows ready, K loop done, its split-K count taken -- with the sum where it finishes the
-/// item), 23 the first FFN slot the CTA released (h rows quantized), 24 the count of first-GEMM
+/// item), 31 the CTA's first slot finisher started (finish_split_slot), 23 the first FFN slot
+/// the CTA released (h rows quantized), 24 the count of first-GEMM
 /// items the CTA ran (a count, not a time), 25 the last one's K loop done, 26 the CTA's first
 /// token row quantized (phase 1), 27 solo_fast: CTA 0's warp 0 has written the GEMM's inputs
 /// (before it waits for that row and releases the flag); the one-token down GEMV (solo_down_gemv)

@@ -131,7 +131,8 @@ struct SlotFinish {
   uint8_t* h_fp8;           // [rows, inter] E4M3
   float* h_scales;
   uint32_t* release;        // the slot's count: `ready` once its h rows are written
-  uint64_t* timeline;       // profiling: the CTA's "slot released" stamp, else null
+  uint64_t* timeline;       // profiling: the CTA's timeline row (slots 31 "finish:start" and 23
+                            // "slot released"), else null
   int32_t k_splits;
   int32_t inter;
   uint32_t ready;
@@ -141,6 +142,7 @@ struct SlotFinish {
 
 __device__ __noinline__ void finish_split_slot(SlotFinish const f, int row0, int rows, int mt,
                                                float* warp_amax) {
+  if (mt == 0 && f.timeline != nullptr) stamp_globaltimer_once(f.timeline + 31);  // profiling
   bool const has = mt < f.inter;
   int const chunk = mt >> 6;  // the 64-channel chunk: its 64 gate, then its 64 up columns
   int const gate_col = 128 * (chunk & 1) + (mt & 63);  // in its n tile (two chunks each)
@@ -190,7 +192,7 @@ __device__ __noinline__ void finish_split_slot(SlotFinish const f, int row0, int
   asm volatile("bar.sync %0, 256;" ::"n"(kDepsBarrier) : "memory");
   if (mt == 0) {  // a release store: cumulative over the rows the barrier ordered before it
     st_release(f.release, f.ready);
-    if (f.timeline != nullptr) stamp_globaltimer_once(f.timeline);  // profiling
+    if (f.timeline != nullptr) stamp_globaltimer_once(f.timeline + 23);  // profiling
   }
 }
 
@@ -338,7 +340,7 @@ struct FusedDeps {
     f.h_scales = fp.hidden_scales;
     f.release = reinterpret_cast<uint32_t*>(fp.r.tile_done + slot);
     f.timeline = kTimeline && fp.r.timeline != nullptr
-                     ? fp.r.timeline + blockIdx.x * kFusedTimelineSlots + 23  // slot released
+                     ? fp.r.timeline + blockIdx.x * kFusedTimelineSlots
                      : nullptr;
     f.k_splits = p.k_splits;
     f.inter = fp.inter;
