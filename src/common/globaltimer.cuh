@@ -6,12 +6,15 @@
 
 namespace flashmoe {
 
-/// The %globaltimer nanoseconds into *slot.
-__device__ __forceinline__ void stamp_globaltimer(uint64_t* slot) {
+/// The %globaltimer nanoseconds.
+__device__ __forceinline__ uint64_t globaltimer_ns() {
   uint64_t t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  *slot = t;
+  return t;
 }
+
+/// The %globaltimer nanoseconds into *slot.
+__device__ __forceinline__ void stamp_globaltimer(uint64_t* slot) { *slot = globaltimer_ns(); }
 
 /// The same, only while *slot is unset (zeroed by the caller): the first of several events.
 __device__ __forceinline__ void stamp_globaltimer_once(uint64_t* slot) {
@@ -20,9 +23,8 @@ __device__ __forceinline__ void stamp_globaltimer_once(uint64_t* slot) {
 
 /// The latest of several threads' events: *slot = max(*slot, now).
 __device__ __forceinline__ void stamp_globaltimer_max(uint64_t* slot) {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  atomicMax(reinterpret_cast<unsigned long long*>(slot), static_cast<unsigned long long>(t));
+  atomicMax(reinterpret_cast<unsigned long long*>(slot),
+            static_cast<unsigned long long>(globaltimer_ns()));
 }
 
 }  // namespace flashmoe

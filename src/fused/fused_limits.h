@@ -35,9 +35,9 @@ inline constexpr int kFusedMaxExperts = 256;
 /// items the CTA ran (a count, not a time), 25 the last one's K loop done, 26 the CTA's first
 /// token row quantized (phase 1), 27 solo_fast: CTA 0's warp 0 has written the GEMM's inputs
 /// (before it waits for that row and releases the flag); the one-token down GEMV (solo_down_gemv)
-/// stamps 5 at its start, 30 its weight copies issued (by thread 0), 28 its weights in shared
-/// memory, 29 its last h row loaded (the latest of its warps), 6 row 0's h row and the weights,
-/// 7 its output stored. Written to
+/// stamps 5 at its start, 30 its weight copies issued (by warp 0's lanes), 28 its weights in
+/// shared memory, 29 its last h row loaded (the latest of its warps), 6 row 0's h row and the
+/// weights, 7 its output stored. Written to
 /// MoeWorkspace::fused_timeline[cta * kFusedTimelineSlots + i].
 inline constexpr int kFusedTimelineSlots = 32;
 /// The first of the GEMM body's slots.

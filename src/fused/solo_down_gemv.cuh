@@ -128,7 +128,8 @@ __device__ __forceinline__ int tile_of_row(Meta const* meta, int num_tiles, int 
 // the window, one bulk copy per block and row, lane 8 k + d issuing block k's row d (the barrier
 // counts every byte, announced by lane 0 first). Each lane finds its row's tile itself: issued
 // by thread 0 alone, one tile-list walk and copy after another took ~8 us before the last copy
-// went out (round 281), for copies that then land in ~2 us.
+// went out (round 281), for copies that then land in ~2 us. Profiling: lane 0 stamps
+// "gemv:issued" once every lane has issued its copy.
 static_assert(kSoloGemvMaxBlocks * kSoloGemvMaxRows <= 32, "a lane per block and row");
 __device__ __forceinline__ void issue_weight_copies(SoloDownGemv const& g, Meta* meta,
                                                     uint8_t* wsm, int num_tiles, int lane) {
@@ -149,13 +150,16 @@ __device__ __forceinline__ void issue_weight_copies(SoloDownGemv const& g, Meta*
   }
   __syncwarp();
   int const b = k < kSoloGemvMaxBlocks ? meta->block[k] : -1;
-  if (b < 0 || d >= rows) return;  // (the dispatch numbers its rows 0 .. rows - 1 densely:
-                                   // every one lies in a tile)
-  int const c0 = b * g.block_cols;
-  int const cols = min(g.block_cols, g.hidden - c0);
-  uint8_t const* src = g.w + (static_cast<int64_t>(meta->tile[s].x) * g.n_prep + c0) * g.inter;
-  uint8_t* dst = wsm + static_cast<int64_t>(k * kSoloGemvMaxRows + d) * g.block_cols * g.inter;
-  cute::SM90_BULK_COPY_G2S::copy(src, &meta->bar, dst, cols * g.inter);
+  if (b >= 0 && d < rows) {  // (the dispatch numbers its rows 0 .. rows - 1 densely: every one
+                             // lies in a tile)
+    int const c0 = b * g.block_cols;
+    int const cols = min(g.block_cols, g.hidden - c0);
+    uint8_t const* src = g.w + (static_cast<int64_t>(meta->tile[s].x) * g.n_prep + c0) * g.inter;
+    uint8_t* dst = wsm + static_cast<int64_t>(k * kSoloGemvMaxRows + d) * g.block_cols * g.inter;
+    cute::SM90_BULK_COPY_G2S::copy(src, &meta->bar, dst, cols * g.inter);
+  }
+  __syncwarp();
+  if (lane == 0 && g.timeline != nullptr) stamp_globaltimer(g.timeline + 30);  // "gemv:issued"
 }
 
 }  // namespace solo_gemv_detail
@@ -218,11 +222,7 @@ __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_
     cutlass::arch::fence_barrier_init();
   }
   asm volatile("bar.sync %0, 256;" ::"n"(kBarrier) : "memory");
-  if (mt < 32 && early && meta->block[0] >= 0) {
-    issue_weight_copies(g, meta, wsm, num_tiles, mt);
-    __syncwarp();
-    if (mt == 0 && g.timeline != nullptr) stamp_globaltimer(g.timeline + 30);  // "gemv:issued"
-  }
+  if (mt < 32 && early && meta->block[0] >= 0) issue_weight_copies(g, meta, wsm, num_tiles, mt);
   // Every CTA counts itself done after its take (the barrier above), off the copies' path: the
   // last one leaves the queue zeroed for the next launch.
   if (mt == 96 && atomicAdd(g.queue + 1, 1) == static_cast<int>(gridDim.x) - 1) {
@@ -290,11 +290,7 @@ __device__ __noinline__ void solo_down_gemv(SoloDownGemv const g, int mt, uint8_
   }
   if (!early) {
     asm volatile("bar.sync %0, 256;" ::"n"(kBarrier) : "memory");  // every row released
-    if (mt < 32) {
-      issue_weight_copies(g, meta, wsm, num_tiles, mt);
-      __syncwarp();
-      if (mt == 0 && g.timeline != nullptr) stamp_globaltimer(g.timeline + 30);  // "gemv:issued"
-    }
+    if (mt < 32) issue_weight_copies(g, meta, wsm, num_tiles, mt);
   }
   // Profiling: the weights' arrival alone ("gemv:weights"), by a lane that loads no h row (a
   // wait consumes nothing); "barrier3" below is row 0's h and the weights.
