@@ -70,11 +70,22 @@ constexpr int kRowsBarrier = 9;   // solo_fast: CTA 0's warp 0 and the warps qua
 // solo_fast: the row's quantizing warps among themselves (phase 1 only: hardware barrier 10 is
 // also the GEMM body's split-K barrier, CUTLASS NamedBarrier 2, which runs after the phases)
 constexpr int kRowQuantBarrier = 10;
-// solo_fast: warp 4 runs warp 0's release routine dry, warps 5-11 quantize the token's row.
+// solo_fast: warp 4 runs warp 0's release routine dry, warps 5-7 run the top-k dry from its
+// later steps (phase 1's solo_fast branch), warps 8-11 quantize the token's row.
 constexpr int kSoloWarmWarp = 4;
-constexpr int kSoloRowWarps = kWarps - kSoloWarmWarp - 1;
+constexpr int kSoloDryWarps = 3;
+constexpr int kSoloRowWarps = kWarps - kSoloWarmWarp - 1 - kSoloDryWarps;
 static_assert(kSoloWarmWarp >= 4 && kSoloWarmWarp % 4 == 0,
               "outside warpgroup 0 (the top-k), on warp 0's sub-partition");
+static_assert(kSoloDryWarps == routing::kTopkStepSelection, "one dry warp per later step");
+static_assert((3 + kSoloDryWarps) * sizeof(TopkSmemWg) <= kWarps * sizeof(TopkSmemWarp),
+              "the dry warps' scratch within the top-k union");
+// solo_fast: the dry top-k warps' own barriers, one each (phase 1 only: warpgroups 1-2 own no
+// token at T = 1, and 15 is phase 4's, after the phases' last CTA barrier)
+constexpr int kSoloDryBarrier = 13;  // 13, 14, 15
+static_assert(kSoloDryBarrier == kTopkBarrier + 1 && kSoloDryBarrier + kSoloDryWarps - 1 ==
+                                                         kMathBarrier,
+              "the dry warps' barriers");
 
 /// What the routing phases and the combine read and write: the kernels' parameters hold one.
 struct FusedRoutingParams {
@@ -127,7 +138,9 @@ struct FusedRoutingParams {
 // Dynamic shared memory of phases 1-2 (the GEMM's pipeline reuses the window afterwards).
 struct RoutingSmem {
   union {
-    TopkSmemWg wg[3];
+    // [0..2]: warpgroups 0..2; solo_fast: [3..]: the dry top-k warps' scratch, one each (the
+    // union's size is warp[]'s either way)
+    TopkSmemWg wg[3 + kSoloDryWarps];
     TopkSmemWarp warp[kWarps];
   } topk;
   typename WarpScan::TempStorage warp_scan[2];
@@ -627,21 +640,37 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
       for (int64_t a = a0 + tid; a < a1; a += kFusedThreads) {
         routing::prerouted_assignment(rp, rb, a);
       }
+    } else if (fp.solo_fast) {
+      // CTA 0, T = 1: warpgroup 0 selects the token's experts, warp 0 writes the GEMM's inputs
+      // and raises the flag, then the weights. Warps kSoloWarmWarp + 1.. run the same selection
+      // code dry at the same time, warp kSoloWarmWarp + j from step j (routing::kTopkStepExp..):
+      // no load of the logits, a barrier and scratch shared memory of their own warp, no global
+      // store (reroute off). Between them they bring the selection's later steps into the SM's
+      // instruction caches while warpgroup 0 waits for the logits: run first inside the one
+      // kernel, those steps took ~5.5 us more than warm (rounds 287-288, perf-log v0.64). One
+      // call site for both, so that they run the same instructions.
+      int const w = tid / 32;
+      bool const real = w < 4;
+      int const step = real ? 0 : w - kSoloWarmWarp;  // the dry warps': 1..kSoloDryWarps
+      if (t0 < t1 && (real || (step >= 1 && step <= kSoloDryWarps))) {
+        routing::RoutingParams rpl = rp;  // (topk_token says why)
+        if (!real) rpl.reroute = false;
+        routing::NamedSync const sync{real ? kTopkBarrier : kSoloDryBarrier + step - 1,
+                                      real ? 128 : 32};
+        routing::topk_select<128, 2>(rpl, rb, t0, real ? tid : tid % 32,
+                                     sm.topk.wg[real ? 0 : 2 + step], sync,
+                                     real ? topk_stamps : nullptr, step);
+        if (real) {
+          if (tid < 32) solo_release_gemm_inputs(fp, sm.topk.wg[0], fp.grid_sync + 2, false);
+          routing::topk_write<128, 2>(rpl, rb, t0, tid, sm.topk.wg[0], sync);
+        }
+      }
     } else if (fp.chunk <= kWarpgroupTopkMaxChunk) {
       int const wg = tid / 128;
       for (int t = t0 + wg; t < t1; t += 3) {
         routing::WarpgroupSync const sync{kTopkBarrier + wg};
-        if (fp.solo_fast) {
-          // (CTA 0, T = 1, warpgroup 0) the selection, the GEMM's inputs and the flag by warp 0,
-          // then the weights.
-          routing::RoutingParams const rpl = rp;  // (topk_token says why)
-          routing::topk_select<128, 2>(rpl, rb, t, tid % 128, sm.topk.wg[wg], sync, topk_stamps);
-          if (tid < 32) solo_release_gemm_inputs(fp, sm.topk.wg[0], fp.grid_sync + 2, false);
-          routing::topk_write<128, 2>(rpl, rb, t, tid % 128, sm.topk.wg[wg], sync);
-        } else {
-          routing::topk_token<128, 2>(rp, rb, t, tid % 128, sm.topk.wg[wg], sync,
-                                      t == t0 ? topk_stamps : nullptr);
-        }
+        routing::topk_token<128, 2>(rp, rb, t, tid % 128, sm.topk.wg[wg], sync,
+                                    t == t0 ? topk_stamps : nullptr);
         sync();  // the next token rewrites sm.topk.wg[wg]
       }
     } else {
@@ -664,14 +693,18 @@ __device__ __noinline__ void routing_phases(FusedRoutingParams const& fp) {
     bool const rows_here = fp.token_fp8 != nullptr && fp.token_fp8_dense == nullptr;
     if (fp.solo_fast) {
       // One token, owned by CTA 0 (the other CTAs own none), whose warpgroup 0 runs the top-k:
-      // warp kSoloWarmWarp warms warp 0's release routine (a dry run), the kSoloRowWarps warps
-      // after it quantize the row together and arrive on kRowsBarrier, where warp 0 waits for
-      // the row before its release (perf-log v0.50).
-      if (t0 < t1 && tid / 32 >= kSoloWarmWarp) {
-        if (tid / 32 == kSoloWarmWarp) {
+      // warp kSoloWarmWarp warms warp 0's release routine (a dry run), the kSoloDryWarps warps
+      // after it the top-k's later steps (above), the kSoloRowWarps warps after those
+      // quantize the row together and arrive on kRowsBarrier, where warp 0 waits for the row
+      // before its release (perf-log v0.50, v0.64).
+      int const w = tid / 32;
+      if (t0 < t1 && w >= kSoloWarmWarp) {
+        if (w == kSoloWarmWarp) {
           solo_release_gemm_inputs(fp, sm.topk.wg[0], nullptr, true);
+        } else if (w <= kSoloWarmWarp + kSoloDryWarps) {
+          // (the dry top-k above)
         } else {
-          int const i = tid - 32 * (kSoloWarmWarp + 1);
+          int const i = tid - 32 * (kSoloWarmWarp + 1 + kSoloDryWarps);
           auto const rows_sync = [] {
             asm volatile("bar.sync %0, %1;" ::"n"(kRowQuantBarrier), "n"(32 * kSoloRowWarps)
                          : "memory");

@@ -51,6 +51,23 @@ struct WarpgroupSync {
     asm volatile("bar.sync %0, 128;" ::"r"(id) : "memory");
   }
 };
+/// A barrier of `threads` threads on hardware named barrier `id`, both chosen at run time (the
+/// fused kernel's one-token top-k: its warpgroup, or one warp running it dry).
+struct NamedSync {
+  int id;
+  int threads;
+  __device__ __forceinline__ void operator()() const {
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+  }
+};
+
+/// topk_select's steps, for a run that starts at a later one (from_step): such a run computes
+/// nothing it can use -- it only brings the later steps' instructions into the SM's caches ahead
+/// of a real run (the fused kernel's one token; perf-log v0.64). The values of the skipped steps
+/// read as 0.
+inline constexpr int kTopkStepExp = 1;        // the softmax's numerators, their sum, p
+inline constexpr int kTopkStepQ = 2;          // q, the groups, the selection keys
+inline constexpr int kTopkStepSelection = 3;  // the k selection rounds
 
 /// v[0] + ... + v[N-1] as a perfect binary tree (N a power of two; each node: left + right), the
 /// order of routing.h step 1's softmax sum. Overwrites v.
@@ -86,22 +103,28 @@ __device__ __forceinline__ void topk_stamp(uint64_t* stamps, int tid, int i) {
 /// consecutive experts as a perfect binary tree, then the lanes' sums by a butterfly (at offset o
 /// a lane adds the neighbouring block of o lanes: left + right, or right + left, the same sum),
 /// then the warps' sums pairwise. log2 depth instead of E dependent adds.
+/// from_step: topk_select's.
 template <int kThreads, int kItems, class Sync>
 __device__ __forceinline__ void softmax_probs(RoutingParams const& rp, RoutingBuffers const& rb,
                                               int t, int tid, TopkSmem<kThreads, kItems>& sm,
                                               Sync const& sync, uint64_t* stamps,
-                                              double (&zp)[kItems]) {
+                                              double (&zp)[kItems], int from_step) {
   constexpr int kWarps = kThreads / 32;
-  double zmax = -INFINITY;
+  double zmax = 0.0;
+  if (from_step < kTopkStepExp) {
+    zmax = -INFINITY;
 #pragma unroll
-  for (int i = 0; i < kItems; ++i) zmax = fmax(zmax, zp[i]);
+    for (int i = 0; i < kItems; ++i) zmax = fmax(zmax, zp[i]);
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) zmax = fmax(zmax, __shfl_xor_sync(0xffffffffu, zmax, off));
-  if constexpr (kWarps > 1) {
-    if (tid % 32 == 0) sm.warp_max[tid / 32] = zmax;
-    sync();
+    for (int off = 16; off > 0; off >>= 1) {
+      zmax = fmax(zmax, __shfl_xor_sync(0xffffffffu, zmax, off));
+    }
+    if constexpr (kWarps > 1) {
+      if (tid % 32 == 0) sm.warp_max[tid / 32] = zmax;
+      sync();
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) zmax = fmax(zmax, sm.warp_max[w]);
+      for (int w = 0; w < kWarps; ++w) zmax = fmax(zmax, sm.warp_max[w]);
+    }
   }
   topk_stamp(stamps, tid, 0);
   double v[kItems];
@@ -130,11 +153,13 @@ __device__ __forceinline__ void softmax_probs(RoutingParams const& rp, RoutingBu
 /// Token t's top-k, steps 1-4 (topk_token's first part): sm.selected[r] = the expert of slot r
 /// (>= E only if k exceeded the eligible experts), sm.p = the experts' p, visible to the group
 /// on return (the softmax stats in rb.token_stats when rp.reroute; nothing else is written).
-/// rp: a local copy (topk_token says why).
+/// rp: a local copy (topk_token says why). from_step > 0: a run from a later step that only
+/// fetches code (kTopkStepExp says why; such a run must have rp.reroute false).
 template <int kThreads, int kItems, class Sync>
 __device__ __forceinline__ void topk_select(RoutingParams const& rp, RoutingBuffers const& rb,
                                             int t, int tid, TopkSmem<kThreads, kItems>& sm,
-                                            Sync const& sync, uint64_t* stamps) {
+                                            Sync const& sync, uint64_t* stamps,
+                                            int from_step = 0) {
   constexpr int kWarps = kThreads / 32;
   int const E = rp.num_experts;
   int const k = rp.top_k;
@@ -146,84 +171,94 @@ __device__ __forceinline__ void topk_select(RoutingParams const& rp, RoutingBuff
   // than what runs).
   double p[kItems];  // the scores s, then (softmax, sigmoid) the logits z, then p
 #pragma unroll
-  for (int i = 0; i < kItems; ++i) {
-    int const e = tid * kItems + i;
-    p[i] = e < E ? load_score(rp, row + e) : -INFINITY;
-  }
-  if (scoring != Scoring::kNone) {
-    scaled_logits(rp, p);
-    if (scoring == Scoring::kSigmoid) {
+  for (int i = 0; i < kItems; ++i) p[i] = 0.0;
+  if (from_step < kTopkStepQ) {
+    if (from_step < kTopkStepExp) {
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) p[i] = sigmoid_prob(p[i]);
-    } else {
-      softmax_probs<kThreads, kItems>(rp, rb, t, tid, sm, sync, stamps, p);
+      for (int i = 0; i < kItems; ++i) {
+        int const e = tid * kItems + i;
+        p[i] = e < E ? load_score(rp, row + e) : -INFINITY;
+      }
+    }
+    if (scoring != Scoring::kNone) {
+      if (from_step < kTopkStepExp) scaled_logits(rp, p);
+      if (scoring == Scoring::kSigmoid) {
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) p[i] = sigmoid_prob(p[i]);
+      } else {
+        softmax_probs<kThreads, kItems>(rp, rb, t, tid, sm, sync, stamps, p, from_step);
+      }
     }
   }
-  sync();  // sm.p is rewritten below
+  uint64_t keys[kItems];  // step 4's
 #pragma unroll
-  for (int i = 0; i < kItems; ++i) {
-    int const e = tid * kItems + i;
-    if (e < E) sm.p[e] = p[i];
-  }
-
-  // 2. Selection scores; 3. grouped top-k eligibility.
-  double q[kItems];
-#pragma unroll
-  for (int i = 0; i < kItems; ++i) {
-    int const e = tid * kItems + i;
-    q[i] = e < E ? selection_score(rp, p[i], e) : -INFINITY;
-  }
-  bool eligible[kItems];
-#pragma unroll
-  for (int i = 0; i < kItems; ++i) eligible[i] = tid * kItems + i < E;
-  if (rp.n_group > 0) {
-    int const G = E / rp.n_group;
+  for (int i = 0; i < kItems; ++i) keys[i] = ~uint64_t{0};
+  if (from_step < kTopkStepSelection) {
+    sync();  // sm.p is rewritten below
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       int const e = tid * kItems + i;
-      if (e < E) sm.aux[e] = q[i];
+      if (e < E) sm.p[e] = p[i];
     }
-    sync();
-    for (int g = tid; g < rp.n_group; g += kThreads) {
-      double top1 = -INFINITY;
-      double top2 = -INFINITY;
-      for (int e = g * G; e < (g + 1) * G; ++e) {
-        double const v = sm.aux[e];
-        if (v > top1) {
-          top2 = top1;
-          top1 = v;
-        } else if (v > top2) {
-          top2 = v;
+
+    // 2. Selection scores; 3. grouped top-k eligibility.
+    double q[kItems];
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      int const e = tid * kItems + i;
+      q[i] = e < E ? selection_score(rp, p[i], e) : -INFINITY;
+    }
+    bool eligible[kItems];
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) eligible[i] = tid * kItems + i < E;
+    if (rp.n_group > 0) {
+      int const G = E / rp.n_group;
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        int const e = tid * kItems + i;
+        if (e < E) sm.aux[e] = q[i];
+      }
+      sync();
+      for (int g = tid; g < rp.n_group; g += kThreads) {
+        double top1 = -INFINITY;
+        double top2 = -INFINITY;
+        for (int e = g * G; e < (g + 1) * G; ++e) {
+          double const v = sm.aux[e];
+          if (v > top1) {
+            top2 = top1;
+            top1 = v;
+          } else if (v > top2) {
+            top2 = v;
+          }
         }
+        sm.group[g] = (rp.has_bias && G > 1) ? top1 + top2 : top1;
       }
-      sm.group[g] = (rp.has_bias && G > 1) ? top1 + top2 : top1;
-    }
-    sync();
-    for (int g = tid; g < rp.n_group; g += kThreads) {
-      double const mine = sm.group[g];
-      int rank = 0;
-      for (int h = 0; h < rp.n_group; ++h) {
-        double const other = sm.group[h];
-        rank += (other > mine || (other == mine && h < g)) ? 1 : 0;
+      sync();
+      for (int g = tid; g < rp.n_group; g += kThreads) {
+        double const mine = sm.group[g];
+        int rank = 0;
+        for (int h = 0; h < rp.n_group; ++h) {
+          double const other = sm.group[h];
+          rank += (other > mine || (other == mine && h < g)) ? 1 : 0;
+        }
+        sm.group_ok[g] = rank < rp.topk_group ? 1 : 0;
       }
-      sm.group_ok[g] = rank < rp.topk_group ? 1 : 0;
-    }
-    sync();
+      sync();
 #pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      int const e = tid * kItems + i;
-      eligible[i] = e < E && sm.group_ok[e / G] != 0;
+      for (int i = 0; i < kItems; ++i) {
+        int const e = tid * kItems + i;
+        eligible[i] = e < E && sm.group_ok[e / G] != 0;
+      }
     }
-  }
 
-  // 4. Top-k: slot r takes the minimum (key, expert) of the experts not taken by slots < r,
-  // where key = descending_key(q) and ineligible experts (and the padding items e >= E) have the
-  // largest key: exactly the first k of a stable ascending sort of the keys in expert order (what
-  // this kernel did with a CUB block radix sort before: 16 4-bit passes of a block scan for
-  // 64-bit keys, against k rounds of 5 shuffles and one barrier here).
-  uint64_t keys[kItems];
+    // 4. Top-k: slot r takes the minimum (key, expert) of the experts not taken by slots < r,
+    // where key = descending_key(q) and ineligible experts (and the padding items e >= E) have the
+    // largest key: exactly the first k of a stable ascending sort of the keys in expert order (what
+    // this kernel did with a CUB block radix sort before: 16 4-bit passes of a block scan for
+    // 64-bit keys, against k rounds of 5 shuffles and one barrier here).
 #pragma unroll
-  for (int i = 0; i < kItems; ++i) keys[i] = eligible[i] ? descending_key(q[i]) : ~uint64_t{0};
+    for (int i = 0; i < kItems; ++i) keys[i] = eligible[i] ? descending_key(q[i]) : ~uint64_t{0};
+  }
   topk_stamp(stamps, tid, 2);
   // A taken item's key becomes the largest (a real key never is: descending_key of a non-NaN).
   // The thread's items are in expert order, so a strict key compare keeps the lower expert

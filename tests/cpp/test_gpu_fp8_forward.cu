@@ -818,6 +818,29 @@ TEST(GpuSmallFp8Fwd, SingleTokenWideRow) {
             WeightScale::kBlock128, 1026);
 }
 
+// T = 1 with the routing options: the one-kernel forward's one-token top-k (CTA 0's warpgroup
+// 0, with three warps running its later steps dry beside it: perf-log v0.64) selects and weighs
+// as the multi-kernel path and the reference do -- sigmoid scores with groups, a correction bias
+// and a scaling factor (the seed's E and k), a temperature, raw scores.
+TEST(GpuSmallFp8Fwd, SingleTokenRoutingOptions) {
+  FLASHMOE_REQUIRE_SM90();
+  MoeProblem g = linear_problem(1, 256, 8, 128, 64);
+  g.routing.scoring = Scoring::kSigmoid;
+  g.routing.n_group = 8;
+  g.routing.topk_group = 4;
+  g.has_correction_bias = true;
+  g.routing.routed_scaling_factor = 2.5;
+  check_fp8(g, WeightScale::kBlock128, 1071);
+  g.routing.renormalize = false;
+  check_fp8(g, WeightScale::kChannel, 1072);
+  MoeProblem t = ffn_problem(1, 20, 3, 256, 128, Activation::kSilu);
+  t.routing.temperature = 0.5;
+  check_fp8(t, WeightScale::kChannel, 1073);
+  MoeProblem n = linear_problem(1, 16, 4, 128, 64, DType::kFloat16, WeightLayout::kOutIn);
+  n.routing.scoring = Scoring::kNone;
+  check_fp8(n, WeightScale::kBlock128, 1074, Logits::kProbabilities);
+}
+
 // Two and three tokens: the one-kernel forward's solo dispatch (CTA 0 routes and dispatches up
 // to 2 tokens of up to 32 slots alone) at T = 2, the general dispatch over 3 CTAs at T = 3;
 // also pre-routed, with an expert map, at the solo slot limit (2 x 16).
