@@ -64,7 +64,7 @@ struct NamedSync {
 /// topk_select's steps, for a run that starts at a later one (from_step): such a run computes
 /// nothing it can use -- it only brings the later steps' instructions into the SM's caches ahead
 /// of a real run (the fused kernel's one token; perf-log v0.64). The values of the skipped steps
-/// read as 0.
+/// read as 0 (the selection keys as the largest: no candidate).
 inline constexpr int kTopkStepExp = 1;        // the softmax's numerators, their sum, p
 inline constexpr int kTopkStepQ = 2;          // q, the groups, the selection keys
 inline constexpr int kTopkStepSelection = 3;  // the k selection rounds
