@@ -2,7 +2,7 @@
 // T = 1 (solo_fast), CTA 0's warpgroup 0 runs routing::topk_select<128, 2> on the token's 256
 // logits, and its stamps read: scores 3.0 us, softmax sum 4.3, q 5.6, selected 8.2 (round 284,
 // H200). This launches the same code (the repo's topk_token.cuh) alone in one CTA and stamps the
-// same steps under four conditions, to tell instruction fetch from data latency from the work:
+// same steps under six conditions, to tell instruction fetch from data latency from the work:
 //   cold       L2 flushed before the launch (code and logits come from DRAM)
 //   code-warm  no flush, a logits row this launch is the first to read (data from DRAM)
 //   data-warm  L2 flushed, then a small kernel reads the row (code from DRAM, data in L2)
@@ -13,9 +13,10 @@
 // and for two forms: the warpgroup's (128 threads, 2 experts each, named barriers: what runs
 // now) and one warp's (32 threads, 8 experts each, no barrier: topk_select<32, 8>). Both must
 // select the same experts (checked per launch). Then the warpgroup's form with what surrounds it
-// in the one kernel, cold and warm: 131 other CTAs polling a flag word (ld.acquire.gpu and
-// __nanosleep(32), as FusedDeps::wait_routed) until the top-k ends; CTA 0's warps 5-11
-// quantizing a 7168-wide bf16 row (gemm::quantize_row_warps, as solo_fast's phase 1); both.
+// in the one kernel, cold, warm and i-cold: 131 other CTAs polling a flag word (ld.acquire.gpu
+// and __nanosleep(32), as FusedDeps::wait_routed) until the top-k ends; CTA 0's warps 5-11
+// quantizing a 7168-wide bf16 row (gemm::quantize_row_warps, as solo_fast's phase 1); both; the
+// pollers running 1 MB of code before they poll, beside the row warps.
 // Build: nvcc -O3 -DNDEBUG -std=c++17 -arch=sm_90a -Isrc -Iinclude
 // benchmarks/probes/topk_latency_probe.cu.
 #include <cuda_runtime.h>
@@ -198,13 +199,13 @@ int main(int argc, char** argv) {
         if (cond >= 4) big_code<<<prop.multiProcessorCount, 32>>>(sink, float(i));
         if (cond == 2) touch_row<<<1, kE>>>(logits, int64_t(t), sink);
         int const tt = (cond == 1 && form == 1) ? int((next_row++) * (kRowStride / kE)) : t;
-        if (cond == 3) {  // warm: one launch before on the same row, not measured
-          if (f == 0) topk_probe<128, 2><<<1, 128>>>(rp, tt, stamps, sel);
-          else topk_probe<32, 8><<<1, 128>>>(rp, tt, stamps, sel);
-        }
+        auto const launch = [&](int32_t* out) {
+          if (f == 0) topk_probe<128, 2><<<1, 128>>>(rp, tt, stamps, out);
+          else topk_probe<32, 8><<<1, 128>>>(rp, tt, stamps, out);
+        };
+        if (cond == 3) launch(sel);  // warm: one launch before on the same row, not measured
         CK(cudaMemset(stamps, 0, kStamps * sizeof(uint64_t)));
-        if (f == 0) topk_probe<128, 2><<<1, 128>>>(rp, tt, stamps, sel + f * kK);
-        else topk_probe<32, 8><<<1, 128>>>(rp, tt, stamps, sel + f * kK);
+        launch(sel + f * kK);
         CK(cudaGetLastError());
         CK(cudaMemcpy(hs, stamps, sizeof(hs), cudaMemcpyDeviceToHost));
         for (int s = 0; s < 5; ++s) {
@@ -220,7 +221,8 @@ int main(int argc, char** argv) {
     }
   }
   // The warpgroup's form in context: modes 0 alone (384 threads, one CTA), 1 pollers, 2 row
-  // warps, 3 both; cold (flush first) and warm (the same launch before, same row).
+  // warps, 3 both, 4 both with the pollers' code first; cold (flush first), warm (the same
+  // launch before, same row) and i-cold (flush, then big_code on every SM).
   int64_t const row_elems = 7168;
   int const row_sets = 64;  // the bf16 rows rotate too (cold unless warm)
   __nv_bfloat16* brow = nullptr;
